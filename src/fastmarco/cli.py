@@ -1,0 +1,92 @@
+"""The `fastmarco` command line; every command only calls the Python API."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from fastmarco import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fastmarco")
+def main() -> None:
+    """Fast embedding and indexing for MS MARCO-style passage retrieval."""
+
+
+@main.group()
+def shards() -> None:
+    """Inspect embedding shard directories."""
+
+
+@shards.command("info")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--no-verify", is_flag=True, help="Skip hashing the payloads (fast, checks only the manifest).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def shards_info(directory: str, no_verify: bool, as_json: bool) -> None:
+    """Counts, dim, dtype and checksum status of a shard directory (exit 1 if any shard is bad)."""
+    from pathlib import Path
+
+    from fastmarco.shards import Manifest, ShardFormatError, ShardSet
+
+    try:
+        if no_verify:
+            manifest, statuses = Manifest.load(Path(directory)), None
+        else:
+            manifest, statuses = ShardSet.verify(directory)
+    except ShardFormatError as exc:
+        raise click.ClickException(str(exc)) from exc
+    bad = [s for s in statuses or [] if s.error is not None]
+    summary = {
+        "directory": directory,
+        "rows": manifest.rows,
+        "shards": len(manifest.shards),
+        "dim": manifest.dim,
+        "dtype": manifest.dtype,
+        "id_type": manifest.id_type,
+        "complete": manifest.complete,
+        "checksums": "not verified" if statuses is None else ("ok" if not bad else f"{len(bad)} bad"),
+        "metadata": manifest.metadata,
+        "problems": [{"shard": s.vectors, "error": s.error} for s in bad],
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+    else:
+        click.echo(
+            f"{directory}: {manifest.rows:,} rows in {len(manifest.shards)} shards, "
+            f"dim {manifest.dim}, {manifest.dtype}, {manifest.id_type} ids, "
+            f"{'complete' if manifest.complete else 'INCOMPLETE (writer did not finish)'}"
+        )
+        click.echo(f"checksums: {summary['checksums']}")
+        for s in bad:
+            click.echo(f"  BAD {s.vectors}: {s.error}", err=True)
+    if bad:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--rows", default=200_000, show_default=True, help="Embeddings to write.")
+@click.option("--dim", default=384, show_default=True, help="Embedding dimension.")
+@click.option("--queries", default=256, show_default=True, help="Queries to search.")
+@click.option("--out", type=click.Path(file_okay=False), help="Keep the shard directory here.")
+def demo(rows: int, dim: int, queries: int, out: str | None) -> None:
+    """Write seeded embeddings to shards, search them exactly, check against NumPy."""
+    from fastmarco.demo import run_demo
+
+    click.echo(f"fastmarco {__version__} demo: {rows:,} x {dim} fp16 embeddings, {queries} queries")
+    report = run_demo(rows=rows, dim=dim, queries=queries, out=out)
+    click.echo(
+        f"wrote {report.rows:,} rows in {report.shards} checksummed shards in {report.write_seconds:.2f} s"
+    )
+    click.echo(
+        f"exact cosine top-10: {report.queries_per_second:,.0f} queries/s "
+        f"({report.search_seconds * 1000:.0f} ms for {report.queries})"
+    )
+    click.echo(
+        f"query's source row ranked first: {report.top1_hits}/{report.queries}; "
+        f"identical to NumPy brute force: {'yes' if report.matches_numpy else 'NO'}"
+    )
+    if not report.matches_numpy or report.top1_hits != report.queries:
+        sys.exit(1)

@@ -1,0 +1,216 @@
+"""Streaming readers and atomic writers for the MS MARCO file formats.
+
+- collection.tsv / queries.tsv: ``id<TAB>text`` (the text is everything after the first tab);
+- qrels: ``qid iter pid grade`` whitespace separated (TREC ``qid Q0 pid grade`` and MS MARCO
+  ``qid<TAB>0<TAB>pid<TAB>1`` alike);
+- runs: MS MARCO ``qid<TAB>pid<TAB>rank`` or TREC ``qid Q0 pid rank score tag``.
+
+Every malformed line raises FormatError naming the file and line; nothing is skipped. Lines are
+split on b"\\n" only and decoded as strict UTF-8, so text round-trips byte for byte (the MS MARCO
+collection's mojibake is valid UTF-8 and stays as it is). Ids are kept as strings, as trec_eval does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO, Literal, NamedTuple
+
+from fastmarco._atomic import write_atomic
+
+RunFormat = Literal["msmarco", "trec"]
+_READ_BUFFER = 1 << 20
+
+
+class FormatError(ValueError):
+    """A malformed line in an input file; the message starts with ``path:line:``."""
+
+    def __init__(self, path: str | os.PathLike[str], line: int, message: str) -> None:
+        super().__init__(f"{os.fspath(path)}:{line}: {message}")
+        self.path = os.fspath(path)
+        self.line = line
+
+
+class Judgement(NamedTuple):
+    qid: str
+    pid: str
+    grade: int
+
+
+class RunEntry(NamedTuple):
+    qid: str
+    pid: str
+    rank: int
+    score: float | None  # None in MS MARCO run files, which carry no score
+
+
+def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
+    """(line number, text without the trailing newline), strict UTF-8."""
+    with open(path, "rb", buffering=_READ_BUFFER) as handle:
+        for number, raw in enumerate(handle, 1):
+            if raw.endswith(b"\n"):
+                raw = raw[:-1]
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise FormatError(path, number, f"invalid UTF-8 at byte {exc.start} of the line") from exc
+
+
+def _read_id_text(path: str | os.PathLike[str], what: str) -> Iterator[tuple[str, str]]:
+    for number, line in _lines(path):
+        ident, tab, text = line.partition("\t")
+        if not tab:
+            raise FormatError(path, number, f"expected '<id><TAB><{what}>', found no tab")
+        if not ident.strip() or ident != ident.strip():
+            raise FormatError(path, number, f"empty or space-padded id {ident!r}")
+        if not text.strip():
+            raise FormatError(path, number, f"empty {what} for id {ident}")
+        yield ident, text
+
+
+def read_collection(path: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:
+    """Stream (pid, passage) pairs from a collection.tsv."""
+    return _read_id_text(path, "passage")
+
+
+def read_queries(path: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:
+    """Stream (qid, query) pairs from a queries.tsv."""
+    return _read_id_text(path, "query")
+
+
+def load_queries(path: str | os.PathLike[str]) -> dict[str, str]:
+    """All queries of a file by qid; a repeated qid is an error."""
+    queries: dict[str, str] = {}
+    for number, (qid, text) in enumerate(read_queries(path), 1):
+        if qid in queries:
+            raise FormatError(path, number, f"duplicate query id {qid}")
+        queries[qid] = text
+    return queries
+
+
+def _check_text_field(ident: str, text: str, what: str) -> None:
+    if not ident or any(c in ident for c in "\t\n\r") or ident != ident.strip():
+        raise ValueError(f"{what} id {ident!r} must be non-empty, unpadded and free of tabs and newlines")
+    if "\n" in text or not text.strip():
+        raise ValueError(f"{what} text of id {ident} must be non-empty and contain no newline")
+
+
+def write_id_text(
+    path: str | os.PathLike[str], pairs: Iterable[tuple[str, str]], what: str = "passage"
+) -> int:
+    """Atomically write (id, text) pairs as ``id<TAB>text`` lines; returns the line count."""
+    count = 0
+
+    def write(handle: BinaryIO) -> None:
+        nonlocal count
+        for ident, text in pairs:
+            _check_text_field(str(ident), text, what)
+            handle.write(f"{ident}\t{text}\n".encode())
+            count += 1
+
+    write_atomic(Path(path), write)
+    return count
+
+
+def read_qrels(path: str | os.PathLike[str]) -> Iterator[Judgement]:
+    """Stream judgements from TREC (``qid Q0 pid grade``) or MS MARCO (``qid 0 pid 1``) qrels."""
+    for number, line in _lines(path):
+        fields = line.split()
+        if len(fields) != 4:
+            raise FormatError(path, number, f"expected 4 fields 'qid iter pid grade', found {len(fields)}")
+        try:
+            grade = int(fields[3])
+        except ValueError:
+            raise FormatError(path, number, f"grade {fields[3]!r} is not an integer") from None
+        yield Judgement(fields[0], fields[2], grade)
+
+
+def load_qrels(path: str | os.PathLike[str]) -> dict[str, dict[str, int]]:
+    """qid -> {pid: grade}; the same pair judged twice with different grades is an error."""
+    qrels: dict[str, dict[str, int]] = {}
+    for number, (qid, pid, grade) in enumerate(read_qrels(path), 1):
+        judged = qrels.setdefault(qid, {})
+        if judged.get(pid, grade) != grade:
+            raise FormatError(
+                path, number, f"query {qid} passage {pid} judged {judged[pid]} before, now {grade}"
+            )
+        judged[pid] = grade
+    return qrels
+
+
+def detect_run_format(path: str | os.PathLike[str]) -> RunFormat:
+    """'msmarco' when the first line has 3 tab-separated fields, 'trec' when it has 6 fields."""
+    for number, line in _lines(path):
+        if len(line.split("\t")) == 3:
+            return "msmarco"
+        if len(line.split()) == 6:
+            return "trec"
+        raise FormatError(
+            path, number, "not a run file: expected 'qid<TAB>pid<TAB>rank' or 'qid Q0 pid rank score tag'"
+        )
+    raise FormatError(path, 1, "empty run file")
+
+
+def read_run(
+    path: str | os.PathLike[str], format: RunFormat | Literal["auto"] = "auto"
+) -> Iterator[RunEntry]:
+    """Stream run entries in file order; `format="auto"` detects it from the first line."""
+    run_format = detect_run_format(path) if format == "auto" else format
+    expected = 3 if run_format == "msmarco" else 6
+    for number, line in _lines(path):
+        fields = line.split("\t") if run_format == "msmarco" else line.split()
+        if len(fields) != expected:
+            raise FormatError(
+                path, number, f"expected {expected} fields of a {run_format} run, found {len(fields)}"
+            )
+        qid, pid, rank_text = (
+            (fields[0], fields[1], fields[2]) if expected == 3 else (fields[0], fields[2], fields[3])
+        )
+        try:
+            rank = int(rank_text)
+        except ValueError:
+            raise FormatError(path, number, f"rank {rank_text!r} is not an integer") from None
+        score = None
+        if run_format == "trec":
+            try:
+                score = float(fields[4])
+            except ValueError:
+                raise FormatError(path, number, f"score {fields[4]!r} is not a number") from None
+        yield RunEntry(qid, pid, rank, score)
+
+
+def load_run(
+    path: str | os.PathLike[str], format: RunFormat | Literal["auto"] = "auto"
+) -> dict[str, list[RunEntry]]:
+    """qid -> its entries in file order."""
+    run: dict[str, list[RunEntry]] = {}
+    for entry in read_run(path, format):
+        run.setdefault(entry.qid, []).append(entry)
+    return run
+
+
+def write_run(
+    path: str | os.PathLike[str], entries: Iterable[RunEntry], format: RunFormat, tag: str = "fastmarco"
+) -> int:
+    """Atomically write a run file; TREC lines need a score. Returns the line count."""
+    if format not in ("msmarco", "trec"):
+        raise ValueError(f"format must be 'msmarco' or 'trec', got {format!r}")
+    if not tag or any(c.isspace() for c in tag):
+        raise ValueError(f"run tag must be one word, got {tag!r}")
+    count = 0
+
+    def write(handle: BinaryIO) -> None:
+        nonlocal count
+        for entry in entries:
+            if format == "msmarco":
+                line = f"{entry.qid}\t{entry.pid}\t{entry.rank}\n"
+            else:
+                if entry.score is None:
+                    raise ValueError(f"TREC run entry for query {entry.qid} passage {entry.pid} has no score")
+                line = f"{entry.qid} Q0 {entry.pid} {entry.rank} {entry.score!r} {tag}\n"
+            handle.write(line.encode())
+            count += 1
+
+    write_atomic(Path(path), write)
+    return count

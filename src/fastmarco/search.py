@@ -1,0 +1,85 @@
+"""Exact top-k search and top-k merging over in-memory arrays (the native kernels, typed)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from fastmarco import _native
+
+Metric = Literal["ip", "cosine"]
+
+MISSING_ID: int = _native.MISSING_ID
+"""Id of an empty result slot (fewer than k rows); its score is -inf."""
+
+
+def as_queries(queries: npt.ArrayLike, dim: int | None = None) -> npt.NDArray[np.float32]:
+    """Queries as a C-contiguous (nq, dim) float32 array, checked to be finite."""
+    array = np.asarray(queries)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2:
+        raise ValueError(f"queries must be 1-D (dim,) or 2-D (nq, dim), got shape {array.shape}")
+    if array.dtype.kind != "f":
+        raise ValueError(f"queries must be floating point, got dtype {array.dtype}")
+    if dim is not None and array.shape[1] != dim:
+        raise ValueError(f"queries have dim {array.shape[1]} but the rows have dim {dim}")
+    out = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(out).all():
+        bad = int(np.argwhere(~np.isfinite(out))[0, 0])
+        raise ValueError(f"query {bad} contains NaN or infinity")
+    return out
+
+
+def exact_search(
+    queries: npt.ArrayLike,
+    rows: npt.NDArray[np.floating],
+    k: int,
+    metric: Metric = "ip",
+    *,
+    threads: int = 0,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Exact top-k of queries against a (n, dim) float16/float32 array.
+
+    Returns (scores, row ids), each (nq, k), best first; ties go to the lower row id; slots
+    beyond n hold (-inf, MISSING_ID). `threads=0` uses every hardware thread.
+    """
+    if rows.ndim != 2:
+        raise ValueError(f"rows must be 2-D (n, dim), got shape {rows.shape}")
+    q = as_queries(queries, rows.shape[1])
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    scores = np.empty((q.shape[0], k), dtype=np.float32)
+    ids = np.empty((q.shape[0], k), dtype=np.int64)
+    _native.exact_search(q, rows, k, metric, scores, ids, threads)
+    return scores, ids
+
+
+def merge_topk(
+    scores: npt.NDArray[np.float32],
+    ids: npt.NDArray[np.int64],
+    id_offsets: npt.ArrayLike | None = None,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Merge (nshard, nq, k) best-first lists into (nq, k), like faiss `merge_knn_results`.
+
+    Local ids of shard s are shifted by `id_offsets[s]` (MISSING_ID stays MISSING_ID). Ties
+    between equal scores go to the lower global id, so the result does not depend on shard order.
+    """
+    if scores.ndim != 3:
+        raise ValueError(f"scores must be 3-D (nshard, nq, k), got shape {scores.shape}")
+    nshard, nq, k = scores.shape
+    offsets = (
+        np.zeros(nshard, dtype=np.int64) if id_offsets is None else np.asarray(id_offsets, dtype=np.int64)
+    )
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    _native.merge_topk(
+        np.ascontiguousarray(scores),
+        np.ascontiguousarray(ids),
+        np.ascontiguousarray(offsets),
+        out_scores,
+        out_ids,
+    )
+    return out_scores, out_ids

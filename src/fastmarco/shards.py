@@ -1,0 +1,480 @@
+"""Shard directories: embedding shard files + per-shard id files + a JSON manifest.
+
+Layout of a directory::
+
+    manifest.json           format, dim, dtype, id type, metadata, the shards in order
+    vectors-00000.fms       native shard file (see csrc/shard_file.hpp)
+    ids-00000.npy | .txt    one id per row: int64 .npy, or UTF-8 text one id per line
+
+Every file is published atomically (temporary name, fsync, rename). The manifest is rewritten
+after each finished shard, so after a crash it lists exactly the whole shards; `complete` turns
+true only when the writer is closed. Files not listed in the manifest are ignored.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from fastmarco import _native
+from fastmarco._atomic import write_bytes_atomic
+from fastmarco.search import Metric, as_queries, merge_topk
+
+ShardFormatError = _native.ShardFormatError
+ShardChecksumError = _native.ShardChecksumError
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "fastmarco-shards"
+MANIFEST_VERSION = 1
+DEFAULT_ROWS_PER_SHARD = 1_000_000
+
+DType = Literal["fp16", "fp32"]
+IdType = Literal["int", "str"]
+Verify = Literal["size", "checksum"]
+_NUMPY_DTYPES: dict[str, type[np.floating[Any]]] = {"fp16": np.float16, "fp32": np.float32}
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One manifest entry: a shard file, its id file, row count and checksums (hex XXH3-64)."""
+
+    vectors: str
+    ids: str
+    rows: int
+    checksum: str
+    ids_checksum: str
+
+
+@dataclass
+class Manifest:
+    dim: int
+    dtype: DType
+    id_type: IdType
+    rows_per_shard: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+    shards: list[ShardEntry] = field(default_factory=list)
+    complete: bool = False
+
+    @property
+    def rows(self) -> int:
+        return sum(entry.rows for entry in self.shards)
+
+    def to_json(self) -> str:
+        body = {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "dim": self.dim,
+            "dtype": self.dtype,
+            "id_type": self.id_type,
+            "rows_per_shard": self.rows_per_shard,
+            "rows": self.rows,
+            "complete": self.complete,
+            "metadata": self.metadata,
+            "shards": [entry.__dict__ for entry in self.shards],
+        }
+        return json.dumps(body, indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def load(cls, directory: Path) -> Manifest:
+        path = directory / MANIFEST_NAME
+        if not path.is_file():
+            raise ShardFormatError(f"{path}: not found; '{directory}' is not a fastmarco shard directory")
+        try:
+            body = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ShardFormatError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+        except UnicodeDecodeError as exc:
+            raise ShardFormatError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT:
+            raise ShardFormatError(f"{path}: field 'format' must be '{MANIFEST_FORMAT}'")
+        if body.get("version") != MANIFEST_VERSION:
+            raise ShardFormatError(
+                f"{path}: field 'version' is {body.get('version')!r}; this fastmarco reads {MANIFEST_VERSION}"
+            )
+
+        def need(name: str, kind: type, allowed: Sequence[Any] | None = None) -> Any:
+            value = body.get(name)
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+                raise ShardFormatError(f"{path}: field '{name}' must be {kind.__name__}, got {value!r}")
+            if allowed is not None and value not in allowed:
+                raise ShardFormatError(
+                    f"{path}: field '{name}' must be one of {list(allowed)}, got {value!r}"
+                )
+            return value
+
+        shards = []
+        for position, raw in enumerate(need("shards", list)):
+            try:
+                entry = ShardEntry(**raw)
+                if not all(
+                    isinstance(getattr(entry, f), str) for f in ("vectors", "ids", "checksum", "ids_checksum")
+                ):
+                    raise TypeError("file names and checksums must be strings")
+                if not isinstance(entry.rows, int) or entry.rows < 0:
+                    raise TypeError("rows must be a non-negative integer")
+            except TypeError as exc:
+                raise ShardFormatError(f"{path}: field 'shards[{position}]' is malformed ({exc})") from exc
+            shards.append(entry)
+        return cls(
+            dim=need("dim", int),
+            dtype=need("dtype", str, ("fp16", "fp32")),
+            id_type=need("id_type", str, ("int", "str")),
+            rows_per_shard=need("rows_per_shard", int),
+            metadata=need("metadata", dict),
+            shards=shards,
+            complete=need("complete", bool),
+        )
+
+    def save(self, directory: Path) -> None:
+        write_bytes_atomic(directory / MANIFEST_NAME, self.to_json().encode("utf-8"))
+
+
+def _hex(value: int) -> str:
+    return f"{value:016x}"
+
+
+def _validate_str_ids(ids: Sequence[Any], first_row: int) -> list[str]:
+    out = []
+    for offset, value in enumerate(ids):
+        if not isinstance(value, str) or not value or any(c in value for c in "\n\r\t"):
+            raise ValueError(
+                f"id of row {first_row + offset} must be a non-empty str"
+                f" without tabs or newlines, got {value!r}"
+            )
+        out.append(value)
+    return out
+
+
+def _as_int_ids(ids: Sequence[Any] | npt.NDArray[Any], first_row: int) -> npt.NDArray[np.int64]:
+    array = np.asarray(ids)
+    if array.dtype.kind not in "iu":
+        for offset, value in enumerate(ids):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"id of row {first_row + offset} must be an integer, got {value!r}")
+    return array.astype(np.int64)
+
+
+class ShardWriter:
+    """Streams embeddings and their ids into a new shard directory.
+
+    Use as a context manager: leaving the block normally closes the set (manifest `complete`);
+    an exception discards only the unfinished shard, keeping every finished one listed.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        dim: int,
+        dtype: DType = "fp16",
+        rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+        id_type: IdType = "int",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if dtype not in _NUMPY_DTYPES:
+            raise ValueError(f"dtype must be 'fp16' or 'fp32', got {dtype!r}")
+        if id_type not in ("int", "str"):
+            raise ValueError(f"id_type must be 'int' or 'str', got {id_type!r}")
+        if dim <= 0 or rows_per_shard <= 0:
+            raise ValueError(f"dim and rows_per_shard must be positive, got {dim} and {rows_per_shard}")
+        self.directory = Path(directory)
+        if (self.directory / MANIFEST_NAME).exists():
+            raise FileExistsError(
+                f"{self.directory / MANIFEST_NAME}: the directory already holds a shard set"
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.manifest = Manifest(dim, dtype, id_type, rows_per_shard, dict(metadata or {}))
+        self.manifest.save(self.directory)
+        self._np_dtype = _NUMPY_DTYPES[dtype]
+        self._file: _native.ShardFileWriter | None = None
+        self._ids: list[Any] = []
+
+    @property
+    def rows(self) -> int:
+        """Rows added so far, including the unfinished shard."""
+        return self.manifest.rows + (self._file.rows if self._file is not None else 0)
+
+    def add(self, vectors: npt.ArrayLike, ids: Sequence[Any] | npt.NDArray[Any]) -> None:
+        """Append (n, dim) vectors with their n ids, starting new shards as needed."""
+        array = np.asarray(vectors)
+        if array.ndim != 2 or array.shape[1] != self.manifest.dim:
+            raise ValueError(f"vectors must have shape (n, {self.manifest.dim}), got {array.shape}")
+        if array.dtype.kind != "f":
+            raise ValueError(f"vectors must be floating point, got dtype {array.dtype}")
+        if len(ids) != array.shape[0]:
+            raise ValueError(f"got {array.shape[0]} vectors but {len(ids)} ids")
+        first = self.rows
+        stored = np.ascontiguousarray(array, dtype=self._np_dtype)
+        finite = np.isfinite(stored).all(axis=1)
+        if not finite.all():
+            bad = int(np.argmin(finite))
+            raise ValueError(
+                f"vector of row {first + bad} is not finite in {self.manifest.dtype}"
+                " (NaN, infinity, or beyond the fp16 range of 65504)"
+            )
+        checked_ids: Any = (
+            _as_int_ids(ids, first) if self.manifest.id_type == "int" else _validate_str_ids(ids, first)
+        )
+        start = 0
+        while start < len(stored):
+            if self._file is None:
+                name = f"vectors-{len(self.manifest.shards):05d}.fms"
+                self._file = _native.ShardFileWriter(
+                    str(self.directory / name), self.manifest.dtype, self.manifest.dim
+                )
+            take = min(len(stored) - start, self.manifest.rows_per_shard - self._file.rows)
+            self._file.append(stored[start : start + take])
+            self._ids.append(checked_ids[start : start + take])
+            start += take
+            if self._file.rows == self.manifest.rows_per_shard:
+                self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        assert self._file is not None
+        index = len(self.manifest.shards)
+        if self.manifest.id_type == "int":
+            ids_name = f"ids-{index:05d}.npy"
+            id_array = np.concatenate(self._ids) if self._ids else np.empty(0, dtype=np.int64)
+            buffer = io.BytesIO()
+            np.save(buffer, id_array, allow_pickle=False)
+            id_bytes = buffer.getvalue()
+        else:
+            ids_name = f"ids-{index:05d}.txt"
+            id_bytes = "".join(f"{value}\n" for chunk in self._ids for value in chunk).encode("utf-8")
+        write_bytes_atomic(self.directory / ids_name, id_bytes)
+        rows = self._file.rows
+        checksum = self._file.finalize()
+        vectors_name = Path(self._file.path).name
+        self._file = None
+        self._ids = []
+        self.manifest.shards.append(
+            ShardEntry(vectors_name, ids_name, rows, _hex(checksum), _hex(_native.checksum(id_bytes)))
+        )
+        self.manifest.save(self.directory)
+
+    def close(self) -> Manifest:
+        """Finish the last shard and mark the directory complete."""
+        if self._file is not None and self._file.rows > 0:
+            self._finish_shard()
+        elif self._file is not None:
+            self._file.abort()
+            self._file = None
+        self.manifest.complete = True
+        self.manifest.save(self.directory)
+        return self.manifest
+
+    def abort(self) -> None:
+        """Discard the unfinished shard; finished shards stay listed, the set stays incomplete."""
+        if self._file is not None:
+            self._file.abort()
+            self._file = None
+            self._ids = []
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+@dataclass(frozen=True)
+class ShardStatus:
+    """What `verify` found for one manifest entry; `error` is None when the shard is sound."""
+
+    vectors: str
+    rows: int
+    error: str | None
+
+
+class ShardSet:
+    """A read-only view of a shard directory: memory-mapped vectors, ids, exact search."""
+
+    def __init__(self, directory: Path, manifest: Manifest, files: list[_native.ShardFile]) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self.files = files
+        self.offsets = np.cumsum([0] + [f.rows for f in files], dtype=np.int64)
+        self._ids: npt.NDArray[Any] | None = None
+
+    @classmethod
+    def open(
+        cls, directory: str | os.PathLike[str], *, verify: Verify = "size", allow_incomplete: bool = False
+    ) -> ShardSet:
+        """Open and check a shard directory.
+
+        verify="size" checks headers, sizes and the manifest (cheap); "checksum" also hashes every
+        payload and id file. A directory whose writer did not finish is refused unless
+        allow_incomplete, in which case only its finished shards are visible.
+        """
+        root = Path(directory)
+        manifest = Manifest.load(root)
+        if not manifest.complete and not allow_incomplete:
+            raise ShardFormatError(
+                f"{root / MANIFEST_NAME}: the shard set is incomplete (its writer did not finish; "
+                f"{len(manifest.shards)} whole shards, {manifest.rows} rows); resume or rerun the encode, "
+                "or open with allow_incomplete=True"
+            )
+        files = [_open_entry(root, manifest, entry, verify == "checksum") for entry in manifest.shards]
+        return cls(root, manifest, files)
+
+    @staticmethod
+    def verify(directory: str | os.PathLike[str]) -> tuple[Manifest, list[ShardStatus]]:
+        """Hash every shard and id file of a directory, reporting each problem instead of raising."""
+        root = Path(directory)
+        manifest = Manifest.load(root)
+        statuses = []
+        for entry in manifest.shards:
+            try:
+                _open_entry(root, manifest, entry, True)
+                error = None
+            except (ShardFormatError, OSError, RuntimeError) as exc:
+                error = str(exc)
+            statuses.append(ShardStatus(entry.vectors, entry.rows, error))
+        return manifest, statuses
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    @property
+    def dtype(self) -> DType:
+        return self.manifest.dtype
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.manifest.metadata
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def shard_vectors(self) -> Iterator[npt.NDArray[np.floating[Any]]]:
+        """Zero-copy (rows, dim) views of each shard, in order."""
+        for f in self.files:
+            yield f.vectors
+
+    def search(
+        self, queries: npt.ArrayLike, k: int, metric: Metric = "ip", *, threads: int = 0
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Exact top-k over all shards: (scores, global row numbers), each (nq, k), best first.
+
+        Missing slots (fewer than k rows) hold (-inf, MISSING_ID); map rows to ids with `ids()`.
+        """
+        q = as_queries(queries, self.dim)
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        nshard = len(self.files)
+        scores = np.empty((max(nshard, 1), q.shape[0], k), dtype=np.float32)
+        rows = np.empty((max(nshard, 1), q.shape[0], k), dtype=np.int64)
+        if nshard == 0:
+            scores.fill(-np.inf)
+            rows.fill(_native.MISSING_ID)
+            return scores[0], rows[0]
+        for s, f in enumerate(self.files):
+            if f.rows == 0:
+                scores[s].fill(-np.inf)
+                rows[s].fill(_native.MISSING_ID)
+                continue
+            _native.exact_search(q, f.vectors, k, metric, scores[s], rows[s], threads)
+        if nshard == 1:
+            return scores[0], rows[0]
+        return merge_topk(scores, rows, self.offsets[:-1])
+
+    def ids(self, rows: npt.ArrayLike | None = None) -> npt.NDArray[Any]:
+        """Ids of the given global rows (all rows when None); MISSING_ID rows map to -1 / ''."""
+        if self._ids is None:
+            self._ids = self._load_ids()
+        if rows is None:
+            return self._ids
+        index = np.asarray(rows, dtype=np.int64)
+        missing = index == _native.MISSING_ID
+        if ((index < 0) & ~missing).any() or (index >= len(self)).any():
+            raise IndexError(f"row numbers must lie in [0, {len(self)})")
+        out = self._ids[np.where(missing, 0, index)] if len(self) else np.empty(index.shape, self._ids.dtype)
+        out[missing] = -1 if self.manifest.id_type == "int" else ""
+        return out
+
+    def _load_ids(self) -> npt.NDArray[Any]:
+        parts: list[npt.NDArray[Any]] = []
+        for entry in self.manifest.shards:
+            path = self.directory / entry.ids
+            if self.manifest.id_type == "int":
+                parts.append(np.load(path, allow_pickle=False))
+            else:
+                text = path.read_bytes().decode("utf-8")
+                parts.append(np.array(text.split("\n")[:-1], dtype=object))
+            if len(parts[-1]) != entry.rows:
+                raise ShardFormatError(
+                    f"id file '{path}' holds {len(parts[-1])} ids, but the shard has {entry.rows} rows"
+                )
+        if not parts:
+            return np.empty(0, dtype=np.int64 if self.manifest.id_type == "int" else object)
+        return np.concatenate(parts)
+
+
+def _open_entry(root: Path, manifest: Manifest, entry: ShardEntry, checksum: bool) -> _native.ShardFile:
+    path = root / entry.vectors
+    shard = _native.ShardFile(str(path), checksum)
+    if shard.dim != manifest.dim:
+        raise ShardFormatError(
+            f"shard '{path}' has dim {shard.dim}, but the shard set has dim {manifest.dim}"
+            " (shards of different models or exports cannot be mixed)"
+        )
+    if shard.dtype != manifest.dtype:
+        raise ShardFormatError(f"shard '{path}' stores {shard.dtype}, but the manifest says {manifest.dtype}")
+    if shard.rows != entry.rows:
+        raise ShardFormatError(f"shard '{path}' holds {shard.rows} rows, but the manifest lists {entry.rows}")
+    if _hex(shard.checksum) != entry.checksum:
+        raise ShardChecksumError(
+            f"shard '{path}' has checksum {_hex(shard.checksum)}, but the manifest lists {entry.checksum}"
+        )
+    ids_path = root / entry.ids
+    if not ids_path.is_file():
+        raise ShardFormatError(f"id file '{ids_path}' is missing")
+    if checksum:
+        actual = _hex(_native.checksum(ids_path.read_bytes()))
+        if actual != entry.ids_checksum:
+            raise ShardChecksumError(
+                f"id file '{ids_path}' hashes to {actual}, but the manifest lists {entry.ids_checksum}"
+            )
+    return shard
+
+
+def write_shards(
+    directory: str | os.PathLike[str],
+    vectors: npt.ArrayLike,
+    ids: Sequence[Any] | npt.NDArray[Any],
+    **options: Any,
+) -> Manifest:
+    """Write one in-memory array and its ids as a complete shard directory."""
+    array = np.asarray(vectors)
+    with ShardWriter(directory, dim=array.shape[1], **options) as writer:
+        writer.add(array, ids)
+    return writer.manifest
+
+
+__all__ = [
+    "DEFAULT_ROWS_PER_SHARD",
+    "MANIFEST_NAME",
+    "Manifest",
+    "ShardChecksumError",
+    "ShardEntry",
+    "ShardFormatError",
+    "ShardSet",
+    "ShardStatus",
+    "ShardWriter",
+    "write_shards",
+]
