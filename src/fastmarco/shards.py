@@ -142,7 +142,7 @@ def _hex(value: int) -> str:
     return f"{value:016x}"
 
 
-def _validate_str_ids(ids: Sequence[Any], first_row: int) -> list[str]:
+def _validate_str_ids(ids: Sequence[Any] | npt.NDArray[Any], first_row: int) -> list[str]:
     out = []
     for offset, value in enumerate(ids):
         if not isinstance(value, str) or not value or any(c in value for c in "\n\r\t"):
@@ -213,7 +213,8 @@ class ShardWriter:
         if len(ids) != array.shape[0]:
             raise ValueError(f"got {array.shape[0]} vectors but {len(ids)} ids")
         first = self.rows
-        stored = np.ascontiguousarray(array, dtype=self._np_dtype)
+        with np.errstate(over="ignore"):  # overflow to inf is reported just below, with the row
+            stored = np.ascontiguousarray(array, dtype=self._np_dtype)
         finite = np.isfinite(stored).all(axis=1)
         if not finite.all():
             bad = int(np.argmin(finite))

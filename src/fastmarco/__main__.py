@@ -1,0 +1,3 @@
+from fastmarco.cli import main
+
+main()
