@@ -1,39 +1,21 @@
 """
 fastmarco native core: embedding shard files, exact top-k search and top-k merging.
 """
-
 from __future__ import annotations
-
-import typing
-
 import numpy
+import typing
 import typing_extensions
-
-__all__: list[str] = [
-    "FORMAT_VERSION",
-    "HEADER_BYTES",
-    "MISSING_ID",
-    "ShardChecksumError",
-    "ShardFile",
-    "ShardFileWriter",
-    "ShardFormatError",
-    "checksum",
-    "exact_search",
-    "merge_topk",
-    "simd_fp16_enabled",
-]
-
+__all__: list[str] = ['FORMAT_VERSION', 'HEADER_BYTES', 'MISSING_ID', 'ShardChecksumError', 'ShardFile', 'ShardFileWriter', 'ShardFormatError', 'checksum', 'exact_search', 'merge_topk', 'simd_fp16_enabled']
 class ShardFormatError(ValueError):
     pass
-
 class ShardChecksumError(ShardFormatError):
     pass
-
 class ShardFileWriter:
     """
     Appends rows to '<path>.tmp' and publishes '<path>' atomically on finalize().
     """
-    def __init__(self, path: str, dtype: str, dim: typing.SupportsInt | typing.SupportsIndex) -> None: ...
+    def __init__(self, path: str, dtype: str, dim: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
     def abort(self) -> None:
         """
         Removes the temporary file.
@@ -47,75 +29,65 @@ class ShardFileWriter:
         Writes the header, fsyncs and renames into place; returns the payload checksum.
         """
     @property
-    def is_open(self) -> bool: ...
+    def is_open(self) -> bool:
+        ...
     @property
-    def path(self) -> str: ...
+    def path(self) -> str:
+        ...
     @property
-    def rows(self) -> int: ...
-
+    def rows(self) -> int:
+        ...
 class ShardFile:
     """
     A read-only memory map of a finished shard file.
     """
-    def __init__(self, path: str, verify_checksum: bool = False) -> None: ...
+    def __init__(self, path: str, verify_checksum: bool = False) -> None:
+        ...
     def verify_checksum(self) -> None:
         """
         Hashes the payload; raises ShardChecksumError on mismatch.
         """
     @property
-    def checksum(self) -> int: ...
+    def checksum(self) -> int:
+        ...
     @property
-    def dim(self) -> int: ...
+    def dim(self) -> int:
+        ...
     @property
-    def dtype(self) -> str: ...
+    def dtype(self) -> str:
+        ...
     @property
-    def format_version(self) -> int: ...
+    def format_version(self) -> int:
+        ...
     @property
-    def path(self) -> str: ...
+    def path(self) -> str:
+        ...
     @property
-    def rows(self) -> int: ...
+    def rows(self) -> int:
+        ...
     @property
     def vectors(self) -> numpy.ndarray:
         """
         Zero-copy read-only (rows, dim) numpy view of the payload; keeps the map alive.
         """
-
 def checksum(data: typing_extensions.Buffer) -> int:
     """
     XXH3-64 of a contiguous buffer: the checksum the shard format uses.
     """
-
-def exact_search(
-    queries: numpy.ndarray,
-    rows: numpy.ndarray,
-    k: typing.SupportsInt | typing.SupportsIndex,
-    metric: str,
-    out_scores: numpy.ndarray,
-    out_ids: numpy.ndarray,
-    threads: typing.SupportsInt | typing.SupportsIndex = 0,
-) -> None:
+def exact_search(queries: numpy.ndarray, rows: numpy.ndarray, k: typing.SupportsInt | typing.SupportsIndex, metric: str, out_scores: numpy.ndarray, out_ids: numpy.ndarray, threads: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
     """
     Exact top-k of float32 queries (nq, dim) against float16/float32 rows (n, dim).
     Fills out_scores (nq, k) float32 and out_ids (nq, k) int64 best-first; ties go to the lower row;
     missing results are (-inf, -1). threads=0 uses every hardware thread.
     """
-
-def merge_topk(
-    scores: numpy.ndarray,
-    ids: numpy.ndarray,
-    id_offsets: numpy.ndarray,
-    out_scores: numpy.ndarray,
-    out_ids: numpy.ndarray,
-) -> None:
+def merge_topk(scores: numpy.ndarray, ids: numpy.ndarray, id_offsets: numpy.ndarray, out_scores: numpy.ndarray, out_ids: numpy.ndarray) -> None:
     """
     Merges (nshard, nq, k) best-first lists into (nq, k); ids are shifted by id_offsets[shard].
     """
-
 def simd_fp16_enabled() -> bool:
     """
     Whether fp16 rows are converted with F16C/AVX instructions in this build.
     """
-
 FORMAT_VERSION: int = 1
 HEADER_BYTES: int = 64
 MISSING_ID: int = -1
