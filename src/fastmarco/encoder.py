@@ -1,0 +1,265 @@
+"""Batched text -> embedding with onnxruntime, tokenization overlapped with inference.
+
+Texts are tokenized in chunks on a background thread (the Rust tokenizer releases the GIL), sorted
+by length inside each chunk and cut into batches under a token budget (batch rows x padded length),
+so short passages travel in big batches and long ones in small ones. ORT runs the next batch while
+the following chunk is tokenized; results land in input order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger("fastmarco")
+
+Device = Literal["cpu", "cuda", "auto"]
+DEFAULT_MAX_TOKENS = 16_384  # per batch on CPU; GPUs want far more (see Encoder.open)
+DEFAULT_GPU_MAX_TOKENS = 262_144
+CHUNK_TEXTS = 8_192
+
+
+class EncoderError(RuntimeError):
+    """The encoder cannot run as asked (missing provider, bad model directory)."""
+
+
+@dataclass
+class EncodeStats:
+    texts: int = 0
+    tokens: int = 0
+    truncated: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: EncodeStats) -> None:
+        self.texts += other.texts
+        self.tokens += other.tokens
+        self.truncated += other.truncated
+        self.batches += other.batches
+        self.seconds += other.seconds
+
+
+@dataclass
+class _Batch:
+    positions: npt.NDArray[np.int64]  # indexes into the caller's texts
+    input_ids: npt.NDArray[np.int64]
+    attention_mask: npt.NDArray[np.int64]
+
+
+def plan_batches(
+    lengths: npt.NDArray[np.int64], max_tokens: int, max_batch: int
+) -> list[npt.NDArray[np.int64]]:
+    """Longest first, greedily packed so rows x longest row <= max_tokens (at least one row each)."""
+    order = np.argsort(-lengths, kind="stable")
+    batches = []
+    start = 0
+    while start < len(order):
+        longest = max(1, int(lengths[order[start]]))
+        take = max(1, min(max_batch, max_tokens // longest))
+        batches.append(order[start : start + take])
+        start += take
+    return batches
+
+
+class Encoder:
+    """An exported model directory (see fastmarco.export) opened for inference."""
+
+    def __init__(
+        self,
+        directory: Path,
+        manifest: dict[str, Any],
+        session: Any,
+        tokenizer: Any,
+        device: str,
+        max_tokens: int,
+        max_batch: int,
+    ) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self.session = session
+        self.tokenizer = tokenizer
+        self.device = device
+        self.max_tokens = max_tokens
+        self.max_batch = max_batch
+        self.input_names = {i.name for i in session.get_inputs()}
+
+    @classmethod
+    def open(
+        cls,
+        directory: str | os.PathLike[str],
+        device: Device = "auto",
+        *,
+        device_id: int = 0,
+        threads: int = 0,
+        max_tokens: int | None = None,
+        max_batch: int = 1024,
+    ) -> Encoder:
+        """Load the ONNX graph and tokenizer. `cuda` without CUDA is an error, never a CPU fallback."""
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        root = Path(directory)
+        manifest_path = root / "fastmarco.json"
+        if not manifest_path.is_file():
+            raise EncoderError(f"{manifest_path}: not found; export a model with `fastmarco export` first")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        available = ort.get_available_providers()
+        has_cuda = "CUDAExecutionProvider" in available
+        if device == "cuda" and not has_cuda:
+            raise EncoderError(
+                "device 'cuda' asked for, but onnxruntime has no CUDAExecutionProvider "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu (pip install 'fastmarco[gpu]')"
+            )
+        if device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+        use_cuda = device == "cuda" or (device == "auto" and has_cuda)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        providers: list[Any] = (
+            [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+            if use_cuda
+            else ["CPUExecutionProvider"]
+        )
+        session = ort.InferenceSession(str(root / manifest["model"]), options, providers=providers)
+        if use_cuda and session.get_providers()[0] != "CUDAExecutionProvider":
+            raise EncoderError(
+                f"CUDAExecutionProvider failed to initialise (session providers: {session.get_providers()}); "
+                "check the CUDA and cuDNN libraries onnxruntime-gpu needs"
+            )
+        chosen = f"cuda:{device_id}" if use_cuda else "cpu"
+        if device == "auto":
+            log.info("device auto: using %s (%s)", chosen, "CUDA present" if use_cuda else "no CUDA provider")
+        tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
+        if manifest.get("do_lower_case"):  # as sentence-transformers does: a Lowercase normalizer first
+            from tokenizers.normalizers import Lowercase
+            from tokenizers.normalizers import Sequence as NormalizerSequence
+
+            current = tokenizer.normalizer
+            tokenizer.normalizer = NormalizerSequence([Lowercase(), current] if current else [Lowercase()])
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(int(manifest["max_seq_length"]))
+        budget = max_tokens or (DEFAULT_GPU_MAX_TOKENS if use_cuda else DEFAULT_MAX_TOKENS)
+        return cls(root, manifest, session, tokenizer, chosen, budget, max_batch)
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest["fingerprint"])
+
+    @staticmethod
+    def _check_texts(texts: Sequence[Any], offset: int) -> list[str]:
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{offset + i}] is {type(text).__name__}, expected str")
+        return list(texts)
+
+    def _batches(self, texts: Sequence[Any], stats: EncodeStats) -> Iterator[_Batch]:
+        pad = int(self.manifest.get("pad_token_id", 0))
+        for start in range(0, len(texts), CHUNK_TEXTS):
+            encodings = self.tokenizer.encode_batch(
+                self._check_texts(texts[start : start + CHUNK_TEXTS], start)
+            )
+            lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+            stats.tokens += int(lengths.sum())
+            stats.truncated += sum(1 for e in encodings if e.overflowing)
+            for rows in plan_batches(lengths, self.max_tokens, self.max_batch):
+                width = int(lengths[rows[0]])
+                ids = np.full((len(rows), width), pad, dtype=np.int64)
+                mask = np.zeros((len(rows), width), dtype=np.int64)
+                for j, row in enumerate(rows):
+                    n = int(lengths[row])
+                    ids[j, :n] = encodings[row].ids
+                    mask[j, :n] = 1
+                yield _Batch(rows + start, ids, mask)
+
+    def _run(self, batch: _Batch) -> npt.NDArray[np.float32]:
+        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = np.zeros_like(batch.input_ids)
+        if self.device.startswith("cuda"):
+            binding = self.session.io_binding()
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, value)
+            binding.bind_output(self.manifest["output"], "cuda", int(self.device.split(":")[1]))
+            self.session.run_with_iobinding(binding)
+            result: npt.NDArray[np.float32] = binding.copy_outputs_to_cpu()[0]
+        else:
+            result = self.session.run([self.manifest["output"]], feeds)[0]
+        return result
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        dtype: type[np.floating[Any]] = np.float32,
+        progress: Callable[[int], None] | None = None,
+    ) -> npt.NDArray[np.floating[Any]]:
+        """Embed texts in input order: (len(texts), dim). Over-long texts are truncated (see
+        `encode_with_stats` for the count); an empty string embeds as sentence-transformers embeds it."""
+        return self.encode_with_stats(texts, dtype=dtype, progress=progress)[0]
+
+    def encode_with_stats(
+        self,
+        texts: Sequence[str],
+        *,
+        dtype: type[np.floating[Any]] = np.float32,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[npt.NDArray[np.floating[Any]], EncodeStats]:
+        """`encode`, plus token, truncation and batch counts for this call (safe across threads)."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a sequence of str, not one str")
+        out = np.empty((len(texts), self.dim), dtype=dtype)
+        stats = EncodeStats(texts=len(texts))
+        started = time.perf_counter()
+        pipe: queue.Queue[_Batch | BaseException | None] = queue.Queue(maxsize=8)
+        stop = threading.Event()
+
+        def put(item: _Batch | BaseException | None) -> bool:
+            while not stop.is_set():
+                try:
+                    pipe.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for batch in self._batches(texts, stats):
+                    if not put(batch):
+                        return
+                put(None)
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                put(exc)
+
+        producer = threading.Thread(target=produce, name="fastmarco-tokenize", daemon=True)
+        producer.start()
+        try:
+            while (item := pipe.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                out[item.positions] = self._run(item)
+                stats.batches += 1
+                if progress is not None:
+                    progress(len(item.positions))
+        finally:
+            stop.set()
+            producer.join()
+        stats.seconds = time.perf_counter() - started
+        return out, stats

@@ -1,0 +1,385 @@
+"""Export a sentence-transformers model to one ONNX graph that outputs the final sentence embedding.
+
+optimum's exporter traces the whole sentence-transformers pipeline (Transformer, Pooling, Dense,
+LayerNorm, Normalize), so the graph's `sentence_embedding` output is what
+`SentenceTransformer.encode` returns. Cosine models get a Normalize module appended (if they lack one)
+so stored embeddings are unit vectors and search is a plain inner product. The directory is checked
+against sentence-transformers before it is published, and published atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from fastmarco import __version__
+from fastmarco._atomic import fsync_dir
+
+log = logging.getLogger("fastmarco")
+
+MANIFEST_NAME = "fastmarco.json"
+MODEL_FORMAT = "fastmarco-model"
+MODEL_FORMAT_VERSION = 1
+OUTPUT_NAME = "sentence_embedding"
+
+Similarity = Literal["cosine", "dot"]
+OptimizeLevel = Literal["O1", "O2", "O3", "O4"]
+
+SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "LayerNorm", "Normalize")
+SUPPORTED_POOLING = ("mean", "cls", "max")
+SUPPORTED_ARCHITECTURES = ("bert", "distilbert", "roberta", "xlm-roberta", "mpnet")
+
+# Texts the export is parity-checked on: short, long, mixed case, MS MARCO-like mojibake.
+PARITY_TEXTS = (
+    "how big is london",
+    "The presence of communication amid scientific minds was equally important to the success of the "
+    "Manhattan Project as scientific intellect was.",
+    "Wi-Fi or WiFi (/ËwaÉª faÉª/) is a technology that allows electronic devices to connect to a "
+    "wireless LAN (WLAN) network, mainly using the 2.4 gigahertz (12 cm) UHF and 5 gigahertz (6 cm) "
+    "SHF ISM radio bands. " * 8,
+    "a",
+    "",
+)
+
+
+class ExportError(ValueError):
+    """The model cannot be exported as asked; the message says what is supported."""
+
+
+@dataclass
+class ModelCard:
+    """What the sentence-transformers module stack does, read from the model folder."""
+
+    architecture: str
+    modules: list[str]
+    pooling: str
+    similarity: Similarity
+    similarity_source: str
+    max_seq_length: int
+    do_lower_case: bool
+    pad_token_id: int
+    num_heads: int
+    hidden_size: int
+    max_positions: int
+
+
+@dataclass
+class ExportReport:
+    directory: str
+    card: ModelCard
+    precision: str
+    optimize: str | None
+    fusions: dict[str, int] = field(default_factory=dict)
+    parity_min_cosine: float = 0.0
+    fingerprint: str = ""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+    if not isinstance(body, dict):
+        raise ExportError(f"{path}: expected a JSON object")
+    return body
+
+
+def resolve_model(model: str) -> Path:
+    """A local folder as is; otherwise a hub id, downloaded (or taken from the local hub cache)."""
+    path = Path(model)
+    if path.is_dir():
+        return path
+    if path.exists() or model.startswith((".", "/")):
+        raise ExportError(f"{model}: not a model folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model))
+    except Exception as exc:  # the hub client raises many types; all mean "not available here"
+        raise ExportError(f"cannot fetch '{model}' from the model hub ({type(exc).__name__}: {exc})") from exc
+
+
+def _module_kind(type_name: str) -> str:
+    return type_name.rsplit(".", 1)[-1]
+
+
+def read_model_card(folder: Path, similarity: Similarity | None = None) -> ModelCard:
+    """Check the module stack is exportable and work out pooling and similarity."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ExportError(f"{folder}: no config.json; not a transformers / sentence-transformers model")
+    config = _read_json(config_path)
+    architecture = str(config.get("model_type", ""))
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise ExportError(
+            f"{config_path}: model_type '{architecture}' is not supported; supported: "
+            + ", ".join(SUPPORTED_ARCHITECTURES)
+        )
+    modules_path = folder / "modules.json"
+    if modules_path.is_file():
+        entries = json.loads(modules_path.read_text(encoding="utf-8"))
+        kinds = [_module_kind(str(entry.get("type", ""))) for entry in entries]
+        paths = [folder / str(entry.get("path", "")) for entry in entries]
+    else:  # a plain transformers folder: sentence-transformers adds mean pooling
+        kinds, paths = ["Transformer", "Pooling"], [folder, folder]
+    unsupported = [k for k in kinds if k not in SUPPORTED_MODULES]
+    if unsupported or not kinds or kinds[0] != "Transformer":
+        raise ExportError(
+            f"{modules_path}: module types {unsupported or kinds} are not supported; a model must be a "
+            f"Transformer followed by any of {', '.join(SUPPORTED_MODULES[1:])}"
+        )
+    pooling = "mean"
+    if "Pooling" in kinds and modules_path.is_file():
+        pooling_config = _read_json(paths[kinds.index("Pooling")] / "config.json")
+        if isinstance(pooling_config.get("pooling_mode"), str):  # sentence-transformers >= 5
+            names = [pooling_config["pooling_mode"]]
+        else:  # older models: one boolean flag per mode
+            flags = [m for m, on in pooling_config.items() if m.startswith("pooling_mode_") and on]
+            names = [
+                m.removeprefix("pooling_mode_").removesuffix("_token").removesuffix("_tokens") for m in flags
+            ]
+        if len(names) != 1 or names[0] not in SUPPORTED_POOLING:
+            raise ExportError(
+                f"{paths[kinds.index('Pooling')] / 'config.json'}: pooling {names} is not supported; "
+                f"supported: one of {', '.join(SUPPORTED_POOLING)}"
+            )
+        pooling = names[0]
+    bert_config = folder / "sentence_bert_config.json"
+    st_config = _read_json(bert_config) if bert_config.is_file() else {}
+    declared = None
+    if (folder / "config_sentence_transformers.json").is_file():
+        declared = _read_json(folder / "config_sentence_transformers.json").get("similarity_fn_name")
+    if similarity is not None:
+        chosen, source = similarity, "option"
+    elif declared in ("cosine", "dot", "dot_product"):
+        chosen, source = ("cosine" if declared == "cosine" else "dot"), "model config"
+    elif "Normalize" in kinds:
+        chosen, source = "cosine", "inferred: Normalize module"
+    elif "Dense" in kinds or "LayerNorm" in kinds:
+        # ANCE-style heads (CLS + Dense + LayerNorm, no Normalize) are trained for dot product
+        chosen, source = "dot", "inferred: projection head without Normalize"
+    else:
+        chosen, source = "cosine", "inferred: default"
+    heads = config.get("num_attention_heads", config.get("n_heads"))
+    hidden = config.get("hidden_size", config.get("dim"))
+    if not isinstance(heads, int) or not isinstance(hidden, int):
+        raise ExportError(f"{config_path}: no attention head count or hidden size")
+    positions = int(config.get("max_position_embeddings", 512))
+    if architecture in ("roberta", "xlm-roberta"):  # positions start after the padding index
+        positions -= int(config.get("pad_token_id") or 1) + 1
+    max_length = int(st_config.get("max_seq_length") or positions)
+    return ModelCard(
+        architecture=architecture,
+        modules=kinds,
+        pooling=pooling,
+        similarity=chosen,
+        similarity_source=source,
+        max_seq_length=max_length,
+        do_lower_case=bool(st_config.get("do_lower_case", False)),
+        pad_token_id=int(config.get("pad_token_id") or 0),
+        num_heads=heads,
+        hidden_size=hidden,
+        max_positions=positions,
+    )
+
+
+def fingerprint_files(paths: list[Path]) -> str:
+    """sha256 over the names and bytes of the files: identifies an exported model."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _source_fingerprint(folder: Path) -> str:
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.name not in ("README.md", ".gitattributes")
+    )
+    return fingerprint_files(files)
+
+
+def _optimize(path: Path, card: ModelCard, level: OptimizeLevel, fp16: bool) -> dict[str, int]:
+    """ORT transformer fusions (O2+), GELU approximation (O3+), fp16 (O4 or --fp16)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    if level == "O1":
+        for name in vars(options):
+            if name.startswith("enable_") and isinstance(getattr(options, name), bool):
+                setattr(options, name, False)
+    options.enable_gelu_approximation = level in ("O3", "O4")
+    optimized = optimize_model(
+        str(path),
+        model_type="bert",
+        num_heads=card.num_heads,
+        hidden_size=card.hidden_size,
+        optimization_options=options,
+        opt_level=0,
+    )
+    fusions = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+    if fp16 or level == "O4":
+        optimized.convert_float_to_float16(keep_io_types=True)
+    optimized.save_model_to_file(str(path))
+    return fusions
+
+
+def _keep_only_sentence_embedding(path: Path) -> None:
+    """Drop the token_embeddings output so no (batch, length, hidden) tensor leaves the graph."""
+    import onnx
+
+    model = onnx.load(str(path))
+    outputs = [o for o in model.graph.output if o.name == OUTPUT_NAME]
+    if not outputs:
+        raise ExportError(f"the exported graph has no '{OUTPUT_NAME}' output")
+    del model.graph.output[:]
+    model.graph.output.extend(outputs)
+    onnx.save(model, str(path))
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    norms = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
+    return np.where(norms > 0, (a64 * b64).sum(axis=1) / np.where(norms > 0, norms, 1), 1.0)
+
+
+def export_model(
+    model: str,
+    out: str | os.PathLike[str],
+    *,
+    fp16: bool = False,
+    optimize: OptimizeLevel | None = None,
+    max_seq_length: int | None = None,
+    similarity: Similarity | None = None,
+    opset: int | None = None,
+    overwrite: bool = False,
+) -> ExportReport:
+    """Export MODEL (folder or hub id) to OUT; see the module docstring."""
+    from optimum.exporters.onnx import onnx_export_from_model
+    from sentence_transformers import SentenceTransformer
+
+    try:  # sentence-transformers >= 5.7 moved the modules
+        from sentence_transformers.sentence_transformer.modules import Normalize
+    except ImportError:
+        from sentence_transformers.models import Normalize
+
+    from fastmarco.encoder import Encoder
+
+    target = Path(out)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target}: already exists (pass overwrite=True / --overwrite to replace it)")
+    folder = resolve_model(model)
+    card = read_model_card(folder, similarity)
+    st_model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    card.max_seq_length = int(max_seq_length or st_model.max_seq_length or card.max_seq_length)
+    if card.max_seq_length > card.max_positions:
+        raise ExportError(
+            f"max_seq_length {card.max_seq_length} exceeds the {card.max_positions} positions this "
+            f"{card.architecture} model has"
+        )
+    st_model.max_seq_length = card.max_seq_length
+    normalized = card.similarity == "cosine" or "Normalize" in card.modules
+    if normalized and "Normalize" not in card.modules:
+        st_model.append(Normalize())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        # torch/optimum warn about their own internals (TorchScript exporter, tracer); not actionable
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            onnx_export_from_model(
+                st_model,
+                staging,
+                task="feature-extraction",
+                library_name="sentence_transformers",
+                opset=opset,
+                do_validation=False,
+            )
+        for warning in caught:
+            log.debug("exporter warning: %s: %s", warning.category.__name__, warning.message)
+        onnx_path = staging / "model.onnx"
+        _keep_only_sentence_embedding(onnx_path)
+        level: OptimizeLevel | None = optimize or ("O2" if fp16 else None)
+        fusions = _optimize(onnx_path, card, level, fp16) if level else {}
+        if not (staging / "tokenizer.json").is_file():
+            raise ExportError(f"{folder}: no fast tokenizer (tokenizer.json) could be saved for this model")
+        import onnx
+
+        precision = "fp16" if fp16 or optimize == "O4" else "fp32"
+        fingerprint = fingerprint_files([onnx_path, staging / "tokenizer.json"])
+        expected = st_model.encode(
+            list(PARITY_TEXTS), convert_to_numpy=True, batch_size=8, show_progress_bar=False
+        )
+        manifest = {
+            "format": MODEL_FORMAT,
+            "version": MODEL_FORMAT_VERSION,
+            "model": "model.onnx",
+            "output": OUTPUT_NAME,
+            "dim": int(expected.shape[1]),
+            "similarity": card.similarity,
+            "similarity_source": card.similarity_source,
+            "normalized": normalized,
+            "search_metric": "ip",
+            "max_seq_length": card.max_seq_length,
+            "do_lower_case": card.do_lower_case,
+            "pad_token_id": card.pad_token_id,
+            "pooling": card.pooling,
+            "modules": card.modules
+            + (["Normalize (added)"] if normalized and "Normalize" not in card.modules else []),
+            "architecture": card.architecture,
+            "precision": precision,
+            "optimize": level,
+            "fusions": fusions,
+            "opset": int(onnx.load(str(onnx_path), load_external_data=False).opset_import[0].version),
+            "source": {"model": model, "fingerprint": _source_fingerprint(folder)},
+            "fingerprint": fingerprint,
+            "exported_by": {
+                "fastmarco": __version__,
+                **{name: _version(name) for name in ("optimum-onnx", "onnxruntime", "torch", "transformers")},
+                "sentence-transformers": _version("sentence-transformers"),
+            },
+        }
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        # the check that makes an export trustworthy: the same texts through both stacks
+        got = Encoder.open(staging, device="cpu").encode(list(PARITY_TEXTS))
+        parity = float(_cosines(expected, got).min())
+        floor = 0.999 if precision == "fp16" else 0.9999
+        if parity < floor:
+            raise ExportError(
+                f"exported model disagrees with sentence-transformers: min cosine {parity:.6f} < {floor}"
+            )
+        manifest["parity_min_cosine"] = parity
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        for path in staging.iterdir():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("exported %s to %s (%s, fusions %s, parity %.6f)", model, target, precision, fusions, parity)
+    return ExportReport(str(target), card, precision, level, fusions, parity, fingerprint)
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None

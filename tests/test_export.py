@@ -1,0 +1,220 @@
+"""Export + Encoder parity with sentence-transformers on tiny random models of each family."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sentence_transformers", reason="needs the export extra: pip install '.[export]'")
+pytest.importorskip("optimum.exporters.onnx", reason="needs the export extra: pip install '.[export]'")
+
+from tiny_models import CORPUS, FAMILIES, build
+
+from fastmarco.encoder import Encoder, EncoderError, plan_batches
+from fastmarco.export import ExportError, export_model, read_model_card
+
+TEXTS = [
+    *CORPUS,
+    *(text.upper() for text in CORPUS),
+    "  padded with spaces  ",
+    "x",
+    "",
+    " ".join(CORPUS) * 3,  # far beyond max_seq_length (48): truncated
+    *(f"query number {i} about {CORPUS[i % len(CORPUS)][: 20 + i]}" for i in range(40)),
+]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    return (a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {family: build(family, root / family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def exported(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+    root = tmp_path_factory.mktemp("exported")
+    out = {}
+    for family, folder in tiny.items():
+        for precision in ("fp32", "fp16"):
+            target = root / f"{family}-{precision}"
+            export_model(str(folder), target, fp16=precision == "fp16")
+            out[family, precision] = target
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("precision", "floor"), [("fp32", 0.9999), ("fp16", 0.999)])
+def test_parity_with_sentence_transformers(
+    tiny: dict[str, Path], exported: dict[tuple[str, str], Path], family: str, precision: str, floor: float
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    expected = SentenceTransformer(str(tiny[family]), device="cpu").encode(TEXTS, show_progress_bar=False)
+    encoder = Encoder.open(exported[family, precision], device="cpu", max_tokens=256)
+    got, stats = encoder.encode_with_stats(TEXTS)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    assert cosines(got, expected).min() >= floor
+    assert stats.texts == len(TEXTS) and stats.batches > 1
+    assert stats.truncated == untruncated_over_limit(exported[family, precision]) > 0
+
+
+def untruncated_over_limit(directory: Path) -> int:
+    """How many of TEXTS exceed max_seq_length tokens when nothing truncates them."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    tokenizer.no_truncation()
+    limit = json.loads((directory / "fastmarco.json").read_text())["max_seq_length"]
+    return sum(len(tokenizer.encode(text).ids) > limit for text in TEXTS)
+
+
+def test_cosine_models_are_normalised_and_dot_models_are_not(
+    tiny: dict[str, Path], exported: dict[tuple[str, str], Path]
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    for family in FAMILIES:
+        manifest = json.loads((exported[family, "fp32"] / "fastmarco.json").read_text())
+        got = Encoder.open(exported[family, "fp32"], device="cpu").encode(CORPUS)
+        if family.endswith("-dot"):
+            assert manifest["similarity"] == "dot" and not manifest["normalized"]
+            assert manifest["modules"] == ["Transformer", "Pooling", "Dense", "LayerNorm"]
+            assert manifest["pooling"] == "cls"
+            # dot-product models keep their raw scale: values, not just directions, must match
+            expected = SentenceTransformer(str(tiny[family]), device="cpu").encode(
+                CORPUS, show_progress_bar=False
+            )
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+        else:
+            assert manifest["similarity"] == "cosine" and manifest["normalized"]
+            np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_manifest_records_what_was_exported(exported: dict[tuple[str, str], Path]) -> None:
+    manifest = json.loads((exported["bert-mean-normalize", "fp16"] / "fastmarco.json").read_text())
+    assert manifest["precision"] == "fp16" and manifest["optimize"] == "O2"
+    assert manifest["fusions"].get("LayerNormalization", 0) > 0  # ORT fusions took, and are reported
+    assert manifest["dim"] == 32 and manifest["max_seq_length"] == 48 and manifest["search_metric"] == "ip"
+    assert manifest["parity_min_cosine"] >= 0.999 and len(manifest["fingerprint"]) == 64
+    assert (exported["bert-mean-normalize", "fp16"] / "tokenizer.json").is_file()
+
+
+def test_results_do_not_depend_on_batching(exported: dict[tuple[str, str], Path]) -> None:
+    directory = exported["roberta-mean-cosine", "fp32"]
+    small = Encoder.open(directory, device="cpu", max_tokens=64, max_batch=3).encode(TEXTS)
+    large = Encoder.open(directory, device="cpu", max_tokens=100_000).encode(TEXTS)
+    np.testing.assert_allclose(small, large, atol=2e-6)
+    # input order is kept whatever the length-sorted batch order was
+    np.testing.assert_allclose(
+        small[::-1], Encoder.open(directory, device="cpu").encode(TEXTS[::-1]), atol=2e-6
+    )
+
+
+def test_bad_inputs(exported: dict[tuple[str, str], Path]) -> None:
+    encoder = Encoder.open(exported["bert-mean-normalize", "fp32"], device="cpu")
+    with pytest.raises(TypeError, match=r"texts\[2\] is int, expected str"):
+        encoder.encode(["a", "b", 3])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="not one str"):
+        encoder.encode("a single string")
+    assert encoder.encode([]).shape == (0, 32)
+    empty = encoder.encode(["", "   "])
+    np.testing.assert_allclose(
+        empty[0], empty[1], atol=1e-6
+    )  # WordPiece drops whitespace: both are [CLS][SEP]
+    assert encoder.encode(["a"], dtype=np.float16).dtype == np.float16
+
+
+def test_cuda_without_provider_is_an_error_not_a_fallback(exported: dict[tuple[str, str], Path]) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(EncoderError, match=r"no CUDAExecutionProvider.*fastmarco\[gpu\]"):
+        Encoder.open(exported["bert-mean-normalize", "fp32"], device="cuda")
+    assert Encoder.open(exported["bert-mean-normalize", "fp32"], device="auto").device == "cpu"
+
+
+def test_plan_batches_respects_the_token_budget() -> None:
+    lengths = np.random.default_rng(0).integers(1, 300, size=1000)
+    batches = plan_batches(lengths, max_tokens=2048, max_batch=64)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    for rows in batches:
+        assert len(rows) <= 64 and (len(rows) == 1 or len(rows) * lengths[rows].max() <= 2048)
+        assert lengths[rows[0]] == lengths[rows].max()
+
+
+def write_module_stack(
+    folder: Path, modules: list[str], pooling: dict | None = None, model_type: str = "bert"
+) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": model_type, "num_attention_heads": 2, "hidden_size": 8})
+    )
+    entries = [
+        {
+            "idx": i,
+            "name": str(i),
+            "path": "" if i == 0 else f"{i}_{m}",
+            "type": f"sentence_transformers.models.{m}",
+        }
+        for i, m in enumerate(modules)
+    ]
+    (folder / "modules.json").write_text(json.dumps(entries))
+    if pooling is not None:
+        (folder / "1_Pooling").mkdir()
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("modules", "pooling", "model_type", "message"),
+    [
+        (["Transformer", "CNN"], None, "bert", r"module types \['CNN'\] are not supported; .*Pooling, Dense"),
+        (
+            ["Transformer", "Pooling"],
+            {"pooling_mode": "weightedmean"},
+            "bert",
+            r"pooling \['weightedmean'\] is not supported",
+        ),
+        (
+            ["Transformer", "Pooling"],
+            {"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True},
+            "bert",
+            r"pooling \['mean', 'max'\] is not supported",
+        ),
+        (
+            ["Transformer", "Pooling"],
+            {"pooling_mode": "mean"},
+            "gpt2",
+            "model_type 'gpt2' is not supported; supported: bert",
+        ),
+    ],
+)
+def test_unsupported_models_are_refused_clearly(
+    tmp_path: Path, modules, pooling, model_type, message
+) -> None:  # type: ignore[no-untyped-def]
+    folder = write_module_stack(tmp_path / "m", modules, pooling, model_type)
+    with pytest.raises(ExportError, match=message):
+        read_model_card(folder)
+    with pytest.raises(ExportError, match=message):
+        export_model(str(folder), tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # nothing half-written
+
+
+def test_old_style_pooling_config_is_read(tmp_path: Path) -> None:
+    folder = write_module_stack(tmp_path / "m", ["Transformer", "Pooling"], {"pooling_mode_cls_token": True})
+    assert read_model_card(folder).pooling == "cls"
+
+
+def test_existing_output_is_not_overwritten(tiny: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FileExistsError, match="already exists"):
+        export_model(str(tiny["bert-mean-normalize"]), tmp_path / "out")

