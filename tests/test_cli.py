@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from fastmarco import __version__
@@ -56,3 +57,45 @@ def test_demo_runs_and_checks_itself(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "ranked first: 20/20; identical to NumPy brute force: yes" in result.output
+
+
+def test_eval_reports_the_published_bm25_figure(mini: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["eval", "--qrels", str(mini / "qrels.dl19.txt"), "--run", str(mini / "run.dl19.bm25.trec")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "43 judged, 43 in the run, 43 evaluated" in result.output
+    assert "ndcg@10      0.5058" in result.output
+
+
+def test_eval_names_the_bad_line(tmp_path: Path) -> None:
+    (tmp_path / "qrels").write_text("1 0 a 1\n")
+    (tmp_path / "run").write_text("1\ta\t1\n1\tb\ttwo\n")
+    result = CliRunner().invoke(
+        main, ["eval", "--qrels", str(tmp_path / "qrels"), "--run", str(tmp_path / "run")]
+    )
+    assert result.exit_code == 1 and f"{tmp_path / 'run'}:2: rank 'two' is not an integer" in result.output
+
+
+def test_bm25_over_the_mini_collection(mini: Path, tmp_path: Path) -> None:
+    pytest.importorskip("bm25s", reason="needs the bm25 extra")
+    out = tmp_path / "bm25.trec"
+    args = ["bm25", "--collection", str(mini / "collection.tsv"), "--queries", str(mini / "queries.dl19.tsv")]
+    result = CliRunner().invoke(main, [*args, "--out", str(out), "-k", "100"])
+    assert result.exit_code == 0, result.output
+    assert "for 43 queries" in result.output
+    scored = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            "--qrels",
+            str(mini / "qrels.dl19.txt"),
+            "--run",
+            str(out),
+            "--json",
+            "--metrics",
+            "ndcg@10",
+        ],
+    )
+    ndcg = json.loads(scored.output)["metrics"]["ndcg@10"]
+    assert ndcg == pytest.approx(0.4538, abs=0.002)  # a smaller corpus than Pyserini's 8.8M, so not 0.5058

@@ -13,6 +13,7 @@ from fastmarco.formats import (
     read_collection,
     read_qrels,
     read_run,
+    read_run_columns,
     write_id_text,
     write_run,
 )
@@ -130,3 +131,44 @@ def test_real_qrels_queries_and_run(mini: Path) -> None:
     assert set(run) == set(load_queries(mini / "queries.dl19.tsv")) and all(
         len(v) == 100 for v in run.values()
     )
+
+
+@pytest.mark.parametrize("run_format", ["msmarco", "trec"])
+@pytest.mark.parametrize("block_bytes", [5, 64, 1 << 20])
+def test_columnar_reader_equals_the_line_reader(tmp_path: Path, run_format: str, block_bytes: int) -> None:
+    entries = [
+        RunEntry(str(q), f"p{q}x{r}", r, float(q * 10 - r) / 3) for q in range(1, 9) for r in range(1, 14)
+    ]
+    path = tmp_path / "run"
+    write_run(path, entries, run_format)  # type: ignore[arg-type]
+    columns = read_run_columns(path, block_bytes=block_bytes)
+    expected = list(read_run(path))
+    assert columns.qids.tolist() == [e.qid for e in expected]
+    assert columns.pids.tolist() == [e.pid for e in expected]
+    assert columns.ranks.tolist() == [e.rank for e in expected]
+    if run_format == "trec":
+        assert columns.scores is not None and columns.scores.tolist() == [e.score for e in expected]
+    else:
+        assert columns.scores is None
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"1\t10\t1\n1\t11\t2\t9\n1\t12\t3\n", r":2: expected 3 fields of a msmarco run, found 4"),
+        (b"1\t10\t1\n1\t11\t2x\n", r":2: rank '2x' is not an integer"),
+        (b"1 Q0 10 1 2.0 t\n1 Q0 11 2 1.0\n1 Q0 11 2 1.0 t x\n", r":2: expected 6 fields"),
+        (b"1\t10\t1\n1\t\xff\t2\n", r":2: invalid UTF-8"),
+    ],
+)
+def test_columnar_reader_names_the_bad_line(tmp_path: Path, data: bytes, message: str) -> None:
+    with pytest.raises(FormatError, match=message):
+        read_run_columns(write(tmp_path, "run", data))
+
+
+def test_columnar_reader_accepts_what_the_line_reader_accepts(tmp_path: Path) -> None:
+    # str.split() also splits on a non-breaking space; the byte-level fast path does not, so it falls back
+    path = write(tmp_path, "run", "1 Q0 a 1 2.5\u00a0t\n".encode() + b"1 Q0 b 2 1.5 t\n")
+    columns = read_run_columns(path)
+    assert columns.pids.tolist() == [e.pid for e in read_run(path)] == ["a", "b"]
+    assert columns.scores is not None and columns.scores.tolist() == [2.5, 1.5]

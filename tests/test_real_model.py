@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,40 @@ def test_minilm_matches_sentence_transformers_and_reproduces_dl19(
     theirs = ndcg10(dl19["qrels"], dl19["run"], row, reference["passages"], reference["queries"], qids)
     assert ours == pytest.approx(0.6424, abs=0.002)
     assert ours == pytest.approx(theirs, abs=1e-4)
+
+
+def test_rerank_cli_reproduces_sentence_transformers_dl19(mini: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from fastmarco.cli import main
+
+    runner = CliRunner()
+    assert runner.invoke(main, ["export", str(MODEL), "--out", str(tmp_path / "m")]).exit_code == 0
+    rerank = runner.invoke(
+        main,
+        [
+            "rerank",
+            "--model",
+            str(tmp_path / "m"),
+            "--run",
+            str(mini / "run.dl19.bm25.trec"),
+            "--queries",
+            str(mini / "queries.dl19.tsv"),
+            "--collection",
+            str(mini / "collection.tsv"),
+            "--out",
+            str(tmp_path / "reranked.trec"),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert rerank.exit_code == 0, rerank.output
+    assert "re-ranked 43 queries on cpu; wrote 4,300 lines" in rerank.output
+    scored = runner.invoke(
+        main,
+        ["eval", "--qrels", str(mini / "qrels.dl19.txt"), "--run", str(tmp_path / "reranked.trec"), "--json"],
+    )
+    assert json.loads(scored.output)["metrics"]["ndcg@10"] == pytest.approx(0.6424, abs=0.002)
 
 
 def test_minilm_fp16_export(dl19: dict, reference: dict, tmp_path: Path) -> None:

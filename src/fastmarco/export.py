@@ -275,7 +275,7 @@ def export_model(
     try:  # sentence-transformers >= 5.7 moved the modules
         from sentence_transformers.sentence_transformer.modules import Normalize
     except ImportError:
-        from sentence_transformers.models import Normalize
+        from sentence_transformers.models import Normalize  # type: ignore[no-redef]
 
     from fastmarco.encoder import Encoder
 

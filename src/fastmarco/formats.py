@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
 
 from fastmarco._atomic import write_atomic
 
@@ -214,3 +218,80 @@ def write_run(
 
     write_atomic(Path(path), write)
     return count
+
+
+@dataclass(frozen=True)
+class RunColumns:
+    """A whole run file as columns (file order): the fast path for evaluation."""
+
+    qids: npt.NDArray[np.object_]
+    pids: npt.NDArray[np.object_]
+    ranks: npt.NDArray[np.int64]
+    scores: npt.NDArray[np.float64] | None  # None for MS MARCO runs
+
+
+def read_run_columns(
+    path: str | os.PathLike[str], format: RunFormat | Literal["auto"] = "auto", block_bytes: int = 64 << 20
+) -> RunColumns:
+    """Load a run file column-wise, several times faster than `read_run`.
+
+    Blocks are split into fields at once (no per-line objects) after NumPy checks that every line
+    has the right field count. Any irregularity (bad UTF-8, a wrong field count, a non-numeric rank
+    or score) makes it parse the file with `read_run`, which names the offending line.
+    """
+    run_format = detect_run_format(path) if format == "auto" else format
+    width = 3 if run_format == "msmarco" else 6
+    columns: list[list[str]] = [[] for _ in range(width)]
+    try:
+        with open(path, "rb") as handle:
+            tail = b""
+            while block := handle.read(block_bytes):
+                block = tail + block
+                cut = block.rfind(b"\n") + 1
+                tail = block[cut:]
+                _split_block(block[:cut], run_format, width, columns)
+            if tail:
+                _split_block(tail + b"\n", run_format, width, columns)
+        ranks = np.array(columns[2 if width == 3 else 3], dtype=np.int64)
+        scores = np.array(columns[4], dtype=np.float64) if width == 6 else None
+    except (UnicodeDecodeError, ValueError):
+        # the strict line-by-line parser raises a FormatError naming the line, or parses it correctly
+        return columns_from_entries(list(read_run(path, run_format)))
+    return RunColumns(
+        np.array(columns[0], dtype=object),
+        np.array(columns[1 if width == 3 else 2], dtype=object),
+        ranks,
+        scores,
+    )
+
+
+def _split_block(block: bytes, run_format: RunFormat, width: int, columns: list[list[str]]) -> None:
+    """Append the fields of whole lines; ValueError unless every line has exactly `width` fields."""
+    if not block:
+        return
+    raw = np.frombuffer(block, dtype=np.uint8)
+    line_ends = np.flatnonzero(raw == 10)
+    if run_format == "msmarco":  # fields are separated by exactly one tab
+        separators = np.flatnonzero(raw == 9)
+        per_line = np.diff(np.searchsorted(separators, line_ends), prepend=0) + 1
+        fields = block.decode("utf-8").replace("\n", "\t").split("\t")[:-1]
+    else:  # whitespace separated: count the starts of non-space runs
+        space = (raw == 32) | (raw == 9) | (raw == 10) | (raw == 13) | (raw == 11) | (raw == 12)
+        starts = np.flatnonzero(~space & np.concatenate(([True], space[:-1])))
+        per_line = np.diff(np.searchsorted(starts, line_ends), prepend=0)
+        fields = block.decode("utf-8").split()
+    if (per_line != width).any() or len(fields) != width * len(line_ends):
+        raise ValueError("field count")
+    for i, column in enumerate(columns):
+        column.extend(fields[i::width])
+
+
+def columns_from_entries(entries: list[RunEntry]) -> RunColumns:
+    """Columns of already parsed entries; scores are kept only when every entry has one."""
+    scored = bool(entries) and all(e.score is not None for e in entries)
+    return RunColumns(
+        np.array([e.qid for e in entries], dtype=object),
+        np.array([e.pid for e in entries], dtype=object),
+        np.array([e.rank for e in entries], dtype=np.int64),
+        np.array([e.score for e in entries], dtype=np.float64) if scored else None,
+    )
