@@ -52,6 +52,7 @@ class ShardEntry:
     rows: int
     checksum: str
     ids_checksum: str
+    cursor: dict[str, Any] | None = None  # where the producer stands after this shard (for resuming)
 
 
 @dataclass
@@ -121,6 +122,8 @@ class Manifest:
                     raise TypeError("file names and checksums must be strings")
                 if not isinstance(entry.rows, int) or entry.rows < 0:
                     raise TypeError("rows must be a non-negative integer")
+                if entry.cursor is not None and not isinstance(entry.cursor, dict):
+                    raise TypeError("cursor must be an object")
             except TypeError as exc:
                 raise ShardFormatError(f"{path}: field 'shards[{position}]' is malformed ({exc})") from exc
             shards.append(entry)
@@ -197,14 +200,55 @@ class ShardWriter:
         self._np_dtype = _NUMPY_DTYPES[dtype]
         self._file: _native.ShardFileWriter | None = None
         self._ids: list[Any] = []
+        self._cursor: dict[str, Any] | None = None
+
+    @classmethod
+    def resume(cls, directory: str | os.PathLike[str]) -> ShardWriter:
+        """Reopen an incomplete directory after its writer died; continue after its last whole shard.
+
+        Listed shards are checked (header, size, checksum against the manifest); files of the shard
+        that was in flight, which the manifest never listed, are removed.
+        """
+        root = Path(directory)
+        manifest = Manifest.load(root)
+        if manifest.complete:
+            raise ShardFormatError(f"{root / MANIFEST_NAME}: the shard set is complete; nothing to resume")
+        for entry in manifest.shards:
+            _open_entry(root, manifest, entry, False)
+        listed = {e.vectors for e in manifest.shards} | {e.ids for e in manifest.shards} | {MANIFEST_NAME}
+        for path in root.iterdir():
+            if path.name not in listed and path.name.startswith(("vectors-", "ids-", MANIFEST_NAME)):
+                path.unlink()
+        writer = cls.__new__(cls)
+        writer.directory = root
+        writer.manifest = manifest
+        writer._np_dtype = _NUMPY_DTYPES[manifest.dtype]
+        writer._file = None
+        writer._ids = []
+        writer._cursor = None
+        return writer
+
+    @property
+    def last_cursor(self) -> dict[str, Any] | None:
+        """The cursor recorded with the last finished shard (None before the first)."""
+        return self.manifest.shards[-1].cursor if self.manifest.shards else None
 
     @property
     def rows(self) -> int:
         """Rows added so far, including the unfinished shard."""
         return self.manifest.rows + (self._file.rows if self._file is not None else 0)
 
-    def add(self, vectors: npt.ArrayLike, ids: Sequence[Any] | npt.NDArray[Any]) -> None:
-        """Append (n, dim) vectors with their n ids, starting new shards as needed."""
+    def add(
+        self,
+        vectors: npt.ArrayLike,
+        ids: Sequence[Any] | npt.NDArray[Any],
+        cursor: dict[str, Any] | None = None,
+    ) -> None:
+        """Append (n, dim) vectors with their n ids, starting new shards as needed.
+
+        `cursor` (any JSON object) is recorded with the shard this call finishes, if it finishes
+        one: a producer that never lets a call straddle shards can resume from it.
+        """
         array = np.asarray(vectors)
         if array.ndim != 2 or array.shape[1] != self.manifest.dim:
             raise ValueError(f"vectors must have shape (n, {self.manifest.dim}), got {array.shape}")
@@ -222,6 +266,8 @@ class ShardWriter:
                 f"vector of row {first + bad} is not finite in {self.manifest.dtype}"
                 " (NaN, infinity, or beyond the fp16 range of 65504)"
             )
+        if cursor is not None:
+            self._cursor = cursor
         checked_ids: Any = (
             _as_int_ids(ids, first) if self.manifest.id_type == "int" else _validate_str_ids(ids, first)
         )
@@ -258,8 +304,11 @@ class ShardWriter:
         self._file = None
         self._ids = []
         self.manifest.shards.append(
-            ShardEntry(vectors_name, ids_name, rows, _hex(checksum), _hex(_native.checksum(id_bytes)))
+            ShardEntry(
+                vectors_name, ids_name, rows, _hex(checksum), _hex(_native.checksum(id_bytes)), self._cursor
+            )
         )
+        self._cursor = None
         self.manifest.save(self.directory)
 
     def close(self) -> Manifest:
