@@ -13,3 +13,29 @@ def mini() -> Path:
     if not (MINI / "collection.tsv").is_file():
         pytest.skip(f"MS MARCO mini data not found at {MINI} (it lives in ../shared beside the checkout)")
     return MINI
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random sentence-transformers models, one per family (needs the export extra)."""
+    pytest.importorskip("sentence_transformers", reason="needs the export extra: pip install '.[export]'")
+    from tiny_models import FAMILIES, build
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {family: build(family, root / family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def exported(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+    """Each tiny model exported in fp32 and fp16."""
+    pytest.importorskip("optimum.exporters.onnx", reason="needs the export extra: pip install '.[export]'")
+    from fastmarco.export import export_model
+
+    root = tmp_path_factory.mktemp("exported")
+    out = {}
+    for family, folder in tiny.items():
+        for precision in ("fp32", "fp16"):
+            target = root / f"{family}-{precision}"
+            export_model(str(folder), target, fp16=precision == "fp16")
+            out[family, precision] = target
+    return out

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("sentence_transformers", reason="needs the export extra: pip install '.[export]'")
 pytest.importorskip("optimum.exporters.onnx", reason="needs the export extra: pip install '.[export]'")
 
-from tiny_models import CORPUS, FAMILIES, build
+from tiny_models import CORPUS, FAMILIES
 
 from fastmarco.encoder import Encoder, EncoderError, plan_batches
 from fastmarco.export import ExportError, export_model, read_model_card
@@ -30,24 +30,6 @@ TEXTS = [
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     return (a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-models")
-    return {family: build(family, root / family) for family in FAMILIES}
-
-
-@pytest.fixture(scope="session")
-def exported(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
-    root = tmp_path_factory.mktemp("exported")
-    out = {}
-    for family, folder in tiny.items():
-        for precision in ("fp32", "fp16"):
-            target = root / f"{family}-{precision}"
-            export_model(str(folder), target, fp16=precision == "fp16")
-            out[family, precision] = target
-    return out
 
 
 @pytest.mark.parametrize("family", FAMILIES)

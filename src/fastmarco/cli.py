@@ -215,6 +215,63 @@ def rerank(
 
 
 @main.command()
+@click.option("--model", required=True, type=click.Path(exists=True, file_okay=False), help="Exported model.")
+@click.option(
+    "--corpus", required=True, help="collection.tsv (pid<TAB>passage), or 'demo' for the bundled one."
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Shard directory.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--shard-size", default=1_000_000, show_default=True, help="Rows per shard.")
+@click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True)
+@click.option(
+    "--on-bad-line",
+    type=click.Choice(["error", "skip"]),
+    default="error",
+    show_default=True,
+    help="skip: write each bad line to skipped-lines.tsv in OUT and count it.",
+)
+@click.option("--restart", is_flag=True, help="Discard what OUT holds and start over.")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+def encode(
+    model: str,
+    corpus: str,
+    out: str,
+    device: str,
+    shard_size: int,
+    dtype: str,
+    on_bad_line: str,
+    restart: bool,
+    quiet: bool,
+) -> None:
+    """Embed a whole corpus into memory-mapped shards; rerun the same command to resume."""
+    from fastmarco.corpus import EncodeMismatchError, ProgressLine, encode_corpus
+    from fastmarco.demo_corpus import demo_corpus_path
+    from fastmarco.encoder import Encoder, EncoderError
+    from fastmarco.formats import FormatError
+
+    progress = ProgressLine(enabled=False if quiet else None)
+    try:
+        encoder = Encoder.open(model, device=device)  # type: ignore[arg-type]
+        if device == "auto" and not quiet:
+            click.echo(f"device auto: using {encoder.device}", err=True)
+        summary = encode_corpus(
+            encoder,
+            demo_corpus_path() if corpus == "demo" else corpus,
+            out,
+            rows_per_shard=shard_size,
+            dtype=dtype,
+            on_bad_line=on_bad_line,
+            restart=restart,
+            progress=progress,  # type: ignore[arg-type]
+        )
+    except (FormatError, EncodeMismatchError, EncoderError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        progress.close()
+    click.echo(summary.to_json())
+
+
+@main.command()
 @click.option("--rows", default=200_000, show_default=True, help="Embeddings to write.")
 @click.option("--dim", default=384, show_default=True, help="Embedding dimension.")
 @click.option("--queries", default=256, show_default=True, help="Queries to search.")

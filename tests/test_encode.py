@@ -1,0 +1,231 @@
+"""`fastmarco encode`: streaming, resumable, strict about bad lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fastmarco.cli import main
+from fastmarco.corpus import EncodeMismatchError, encode_corpus
+from fastmarco.encoder import Encoder
+from fastmarco.formats import FormatError, read_collection
+from fastmarco.shards import ShardSet
+
+WORDS = [
+    "london",
+    "river",
+    "goldfish",
+    "bread",
+    "yeast",
+    "heart",
+    "ocean",
+    "moon",
+    "coffee",
+    "solar",
+    "wind",
+    "battery",
+    "bees",
+    "forest",
+    "paris",
+]
+
+
+def write_corpus(path: Path, lines: int, seed: int = 0, start_id: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    with open(path, "w", encoding="utf-8") as handle:
+        for i in range(lines):
+            words = rng.choice(WORDS, size=int(rng.integers(3, 40)))
+            handle.write(f"{start_id + i * 3}\t{' '.join(words)} Ã© {i}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(exported: dict[tuple[str, str], Path]) -> Path:
+    return exported["bert-mean-normalize", "fp32"]
+
+
+def all_files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_shards_hold_the_encoder_output_in_corpus_order(model: Path, tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.tsv", 230)
+    encoder = Encoder.open(model, device="cpu")
+    summary = encode_corpus(encoder, corpus, tmp_path / "s", rows_per_shard=64, dtype="fp32", chunk_rows=50)
+    assert (summary.rows, summary.shards, summary.skipped) == (230, 4, 0)
+    shard_set = ShardSet.open(tmp_path / "s", verify="checksum")
+    pids, texts = zip(*read_collection(corpus), strict=True)
+    np.testing.assert_array_equal(shard_set.ids(), [int(p) for p in pids])
+    stored = np.concatenate(list(shard_set.shard_vectors()))
+    cos = (stored * encoder.encode(list(texts))).sum(1)
+    assert cos.min() >= 0.99999  # unit vectors; chunking differs, so equal up to float rounding
+    assert shard_set.metadata["model"]["fingerprint"] == encoder.fingerprint
+
+
+def test_rerun_of_a_complete_directory_does_nothing(model: Path, tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.tsv", 40)
+    encoder = Encoder.open(model, device="cpu")
+    encode_corpus(encoder, corpus, tmp_path / "s", rows_per_shard=16)
+    before = all_files(tmp_path / "s")
+    again = encode_corpus(encoder, corpus, tmp_path / "s", rows_per_shard=16)
+    assert again.rows == 40 and again.resumed_at_row == 40 and all_files(tmp_path / "s") == before
+
+
+def run_encode(model: Path, corpus: Path, out: Path, *extra: str) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable,
+        "-m",
+        "fastmarco",
+        "encode",
+        "--model",
+        str(model),
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--shard-size",
+        "300",
+        "--quiet",
+        *extra,
+    ]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finished_shards(out: Path) -> int:
+    try:
+        return len(json.loads((out / "manifest.json").read_text())["shards"])
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.mark.parametrize(("kill_after_shards", "extra_delay"), [(0, 0.0), (1, 0.0), (2, 0.03), (4, 0.11)])
+def test_sigkill_then_rerun_is_byte_identical(
+    model: Path, tmp_path: Path, kill_after_shards: int, extra_delay: float
+) -> None:
+    corpus = write_corpus(tmp_path / "c.tsv", 3000, seed=1)
+    reference = tmp_path / "reference"
+    process = run_encode(model, corpus, reference)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err.decode()
+
+    target = tmp_path / "killed"
+    process = run_encode(model, corpus, target)
+    deadline = time.monotonic() + 120
+    started = target / "manifest.json"  # wait until the writer exists, then for the shards
+    while (not started.exists() or finished_shards(target) < kill_after_shards) and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    time.sleep(extra_delay)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    if process.returncode != -signal.SIGKILL:
+        pytest.skip("the encode finished before it could be killed")
+    assert not json.loads((target / "manifest.json").read_text())["complete"]
+    shards_at_kill = finished_shards(target)
+    assert shards_at_kill >= kill_after_shards
+
+    process = run_encode(model, corpus, target)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err.decode()
+    assert json.loads(out)["resumed_at_row"] == 300 * shards_at_kill  # continued from the last whole shard
+    assert all_files(target) == all_files(reference)
+
+
+def test_resume_refuses_another_model_or_corpus(
+    exported: dict[tuple[str, str], Path], model: Path, tmp_path: Path
+) -> None:
+    corpus = write_corpus(tmp_path / "c.tsv", 100)
+    encoder = Encoder.open(model, device="cpu")
+    with pytest.raises(RuntimeError, match="stop"):
+        encode_corpus(encoder, corpus, tmp_path / "s", rows_per_shard=20, progress=stop_after_first_shard)
+    other = Encoder.open(exported["distilbert-mean-cosine", "fp32"], device="cpu")
+    with pytest.raises(EncodeMismatchError, match=r"another model.*--restart"):
+        encode_corpus(other, corpus, tmp_path / "s", rows_per_shard=20)
+    with open(corpus, "a") as handle:
+        handle.write("999999\tone more passage\n")
+    with pytest.raises(EncodeMismatchError, match="the corpus changed since"):
+        encode_corpus(encoder, corpus, tmp_path / "s", rows_per_shard=20)
+    summary = encode_corpus(encoder, corpus, tmp_path / "s", rows_per_shard=20, restart=True)
+    assert summary.rows == 101 and summary.resumed_at_row == 0
+
+
+def stop_after_first_shard(rows: int, total: int, tokens: int, shard: int) -> None:
+    if shard >= 1:
+        raise RuntimeError("stop")
+
+
+BAD_LINES = [
+    (b"7\tno problem\n8 no tab here\n", 2, "no tab between id and passage"),
+    (b"7\tno problem\n8\t   \n", 2, "empty passage for id 8"),
+    (b"7\tno problem\n8\tbad \xff byte\n", 2, "invalid UTF-8 at byte 6"),
+    (b"7\tno problem\n9\tfine\n7\tagain\n", 3, "duplicate id 7"),
+    (b"7\tno problem\nx8\tnot an int\n", 2, "id 'x8' is not an integer"),
+]
+
+
+@pytest.mark.parametrize(("data", "line", "reason"), BAD_LINES)
+def test_bad_lines_stop_with_file_and_line(
+    model: Path, tmp_path: Path, data: bytes, line: int, reason: str
+) -> None:
+    corpus = tmp_path / "c.tsv"
+    corpus.write_bytes(data + b"10\tafter the bad line\n")
+    with pytest.raises(FormatError, match=reason) as info:
+        encode_corpus(Encoder.open(model, device="cpu"), corpus, tmp_path / "s")
+    assert str(info.value).startswith(f"{corpus}:{line}: ")
+
+
+@pytest.mark.parametrize(("data", "line", "reason"), BAD_LINES)
+def test_bad_lines_skipped_are_reported(
+    model: Path, tmp_path: Path, data: bytes, line: int, reason: str
+) -> None:
+    corpus = tmp_path / "c.tsv"
+    corpus.write_bytes(data + b"10\tafter the bad line\n")
+    summary = encode_corpus(Encoder.open(model, device="cpu"), corpus, tmp_path / "s", on_bad_line="skip")
+    assert (summary.rows, summary.skipped) == (
+        data.count(b"\n"),
+        1,
+    )  # every line but the bad one, plus line 10
+    report = (tmp_path / "s" / "skipped-lines.tsv").read_text().splitlines()
+    assert len(report) == 1 and report[0].startswith(f"{line}\t") and reason in report[0]
+    assert 10 in ShardSet.open(tmp_path / "s").ids().tolist()
+
+
+def test_cli_encodes_the_bundled_demo_corpus(model: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["encode", "--model", str(model), "--corpus", "demo", "--out", str(tmp_path / "s"), "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["rows"] == 40 and summary["skipped"] == 0 and summary["device"] == "cpu"
+
+
+def test_cli_reports_a_bad_line(model: Path, tmp_path: Path) -> None:
+    corpus = tmp_path / "c.tsv"
+    corpus.write_bytes(b"1\tfine\n2\n")
+    result = CliRunner().invoke(
+        main,
+        [
+            "encode",
+            "--model",
+            str(model),
+            "--corpus",
+            str(corpus),
+            "--out",
+            str(tmp_path / "s"),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 1 and f"{corpus}:2: no tab between id and passage" in result.output
+    assert os.path.exists(tmp_path / "s" / "manifest.json")  # the (empty, incomplete) set stays resumable
