@@ -259,10 +259,10 @@ def encode(
             demo_corpus_path() if corpus == "demo" else corpus,
             out,
             rows_per_shard=shard_size,
-            dtype=dtype,
-            on_bad_line=on_bad_line,
+            dtype=dtype,  # type: ignore[arg-type]  # click.Choice has checked it
+            on_bad_line=on_bad_line,  # type: ignore[arg-type]
             restart=restart,
-            progress=progress,  # type: ignore[arg-type]
+            progress=progress,
         )
     except (FormatError, EncodeMismatchError, EncoderError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc

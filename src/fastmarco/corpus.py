@@ -27,7 +27,7 @@ from typing import Any, Literal, TextIO
 from fastmarco import _native
 from fastmarco.encoder import Encoder
 from fastmarco.formats import FormatError
-from fastmarco.shards import MANIFEST_NAME, DType, Manifest, ShardSet, ShardWriter
+from fastmarco.shards import MANIFEST_NAME, DType, IdType, Manifest, ShardSet, ShardWriter
 
 OnBadLine = Literal["error", "skip"]
 SKIPPED_NAME = "skipped-lines.tsv"
@@ -169,7 +169,7 @@ def _remove_shard_set(out: Path) -> None:
             path.unlink() if path.is_file() else shutil.rmtree(path)
 
 
-def _detect_id_type(corpus: Path) -> str:
+def _detect_id_type(corpus: Path) -> IdType:
     with open(corpus, "rb") as handle:
         first = handle.readline().split(b"\t", 1)[0]
     return "int" if first.isdigit() else "str"
@@ -231,7 +231,7 @@ def encode_corpus(
             rows_per_shard=rows_per_shard,
             id_type=id_type,
             metadata=wanted,
-        )  # type: ignore[arg-type]
+        )
     cursor = writer.last_cursor or {"line": 0, "byte": 0, "skipped": 0, "skipped_bytes": 0}
     resumed_at = writer.manifest.rows
 
@@ -259,14 +259,16 @@ def encode_corpus(
             if skipped_file is not None:
                 skipped_file.flush()
                 os.fsync(skipped_file.fileno())
-            ids = [int(line.pid) for line in chunk] if id_type == "int" else [line.pid for line in chunk]
+            chunk_ids = (
+                [int(line.pid) for line in chunk] if id_type == "int" else [line.pid for line in chunk]
+            )
             end = {
                 "line": chunk[-1].number,
                 "byte": chunk[-1].end_byte,
                 "skipped": reader.skipped,
                 "skipped_bytes": skipped_path.stat().st_size if skipped_file is not None else 0,
             }
-            writer.add(vectors, ids, cursor=end)
+            writer.add(vectors, chunk_ids, cursor=end)
             if progress is not None:
                 progress(writer.rows, total_estimate, tokens, len(writer.manifest.shards))
         writer.close()
