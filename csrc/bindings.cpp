@@ -7,6 +7,7 @@
 #include <string>
 
 #include "exact_search.hpp"
+#include "refine.hpp"
 #include "shard_file.hpp"
 #include "topk.hpp"
 
@@ -119,6 +120,45 @@ void merge_topk_py(const py::array& scores, const py::array& ids, const py::arra
   fastmarco::merge_topk(s, i, o, nshard, nq, k, os, oi);
 }
 
+void refine_topk_py(const py::array& queries, const std::vector<py::array>& shards, const py::array& candidates, std::int64_t k,
+                    const std::string& metric, const py::array& out_scores, const py::array& out_ids, int threads) {
+  require_dtype<float>(queries, "queries", "float32");
+  require_c_contiguous(queries, "queries");
+  if (queries.ndim() != 2) throw py::value_error("queries must be 2-D (nq, dim)");
+  const py::ssize_t nq = queries.shape(0), dim = queries.shape(1);
+  require_dtype<std::int64_t>(candidates, "candidates", "int64");
+  require_c_contiguous(candidates, "candidates");
+  if (candidates.ndim() != 2 || candidates.shape(0) != nq) throw py::value_error("candidates must be (nq, ncand)");
+  if (k <= 0) throw py::value_error("k must be positive, got " + std::to_string(k));
+  require_dtype<float>(out_scores, "out_scores", "float32");
+  require_dtype<std::int64_t>(out_ids, "out_ids", "int64");
+  require_shape(out_scores, "out_scores", {nq, k});
+  require_shape(out_ids, "out_ids", {nq, k});
+  if (!out_scores.writeable() || !out_ids.writeable()) throw py::value_error("out_scores and out_ids must be writeable");
+  std::vector<fastmarco::RowBlock> blocks;
+  for (const auto& rows : shards) {
+    const DType dtype = dtype_of(rows, "shard rows");
+    require_c_contiguous(rows, "shard rows");
+    if (rows.ndim() != 2 || rows.shape(1) != dim) {
+      throw py::value_error("every shard must be (rows, " + std::to_string(dim) + ")");
+    }
+    blocks.push_back({rows.data(), dtype, rows.shape(0)});
+  }
+  const auto* q = static_cast<const float*>(queries.data());
+  const auto* c = static_cast<const std::int64_t*>(candidates.data());
+  auto* s = static_cast<float*>(const_cast<void*>(out_scores.data()));
+  auto* i = static_cast<std::int64_t*>(const_cast<void*>(out_ids.data()));
+  const auto m = metric_from_name(metric);
+  const std::int64_t ncand = candidates.shape(1);
+  py::gil_scoped_release release;
+  try {
+    fastmarco::refine_topk(q, nq, dim, blocks, c, ncand, k, m, threads, s, i);
+  } catch (const std::out_of_range& e) {
+    py::gil_scoped_acquire acquire;
+    throw py::index_error(e.what());
+  }
+}
+
 py::dtype numpy_dtype(DType dtype) { return py::dtype(dtype == DType::Float16 ? "float16" : "float32"); }
 
 }  // namespace
@@ -187,6 +227,11 @@ PYBIND11_MODULE(_native, m) {
         "missing results are (-inf, -1). threads=0 uses every hardware thread.");
   m.def("merge_topk", &merge_topk_py, "scores"_a, "ids"_a, "id_offsets"_a, "out_scores"_a, "out_ids"_a,
         "Merges (nshard, nq, k) best-first lists into (nq, k); ids are shifted by id_offsets[shard].");
+  m.def("refine_topk", &refine_topk_py, "queries"_a, "shards"_a, "candidates"_a, "k"_a, "metric"_a, "out_scores"_a,
+        "out_ids"_a, "threads"_a = 0,
+        "Exactly re-scores candidate global rows (nq, ncand) against the shards' rows (a list of (n, dim)\n"
+        "float16/float32 arrays, concatenated in order) and keeps the k best per query, best-first;\n"
+        "ties go to the lower id, missing results are (-inf, -1).");
   m.def(
       "checksum",
       [](const py::buffer& data) {

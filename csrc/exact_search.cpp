@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "half.hpp"
 #include "topk.hpp"
 
 #if defined(__F16C__) && defined(__AVX__)
@@ -28,30 +29,6 @@ constexpr std::int64_t kBlockBytes = 256 << 10;  // packed row block, sized for 
 constexpr std::int64_t kQueryChunkBytes = 2 << 20;  // queries kept hot while a thread streams its rows
 
 std::int64_t round_up(std::int64_t v, std::int64_t m) { return (v + m - 1) / m * m; }
-
-float half_to_float(std::uint16_t h) {
-  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-  std::uint32_t exponent = (h >> 10) & 0x1fu;
-  std::uint32_t mantissa = h & 0x3ffu;
-  std::uint32_t bits;
-  if (exponent == 0x1f) {
-    bits = sign | 0x7f800000u | (mantissa << 13);
-  } else if (exponent != 0) {
-    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    bits = sign;
-  } else {  // subnormal half: normalise
-    exponent = 113;
-    while ((mantissa & 0x400u) == 0) {
-      mantissa <<= 1;
-      --exponent;
-    }
-    bits = sign | (exponent << 23) | ((mantissa & 0x3ffu) << 13);
-  }
-  float out;
-  std::memcpy(&out, &bits, 4);
-  return out;
-}
 
 template <typename T>
 float load_value(const T* p);

@@ -2,10 +2,11 @@
 fastmarco native core: embedding shard files, exact top-k search and top-k merging.
 """
 from __future__ import annotations
+import collections.abc
 import numpy
 import typing
 import typing_extensions
-__all__: list[str] = ['FORMAT_VERSION', 'HEADER_BYTES', 'MISSING_ID', 'ShardChecksumError', 'ShardFile', 'ShardFileWriter', 'ShardFormatError', 'checksum', 'exact_search', 'merge_topk', 'simd_fp16_enabled']
+__all__: list[str] = ['FORMAT_VERSION', 'HEADER_BYTES', 'MISSING_ID', 'ShardChecksumError', 'ShardFile', 'ShardFileWriter', 'ShardFormatError', 'checksum', 'exact_search', 'merge_topk', 'refine_topk', 'simd_fp16_enabled']
 class ShardFormatError(ValueError):
     pass
 class ShardChecksumError(ShardFormatError):
@@ -83,6 +84,12 @@ def exact_search(queries: numpy.ndarray, rows: numpy.ndarray, k: typing.Supports
 def merge_topk(scores: numpy.ndarray, ids: numpy.ndarray, id_offsets: numpy.ndarray, out_scores: numpy.ndarray, out_ids: numpy.ndarray) -> None:
     """
     Merges (nshard, nq, k) best-first lists into (nq, k); ids are shifted by id_offsets[shard].
+    """
+def refine_topk(queries: numpy.ndarray, shards: collections.abc.Sequence[numpy.ndarray], candidates: numpy.ndarray, k: typing.SupportsInt | typing.SupportsIndex, metric: str, out_scores: numpy.ndarray, out_ids: numpy.ndarray, threads: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
+    """
+    Exactly re-scores candidate global rows (nq, ncand) against the shards' rows (a list of (n, dim)
+    float16/float32 arrays, concatenated in order) and keeps the k best per query, best-first;
+    ties go to the lower id, missing results are (-inf, -1).
     """
 def simd_fp16_enabled() -> bool:
     """

@@ -272,6 +272,144 @@ def encode(
 
 
 @main.command()
+@click.argument("shard_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="INDEX_DIR to create (not needed with --plan).")
+@click.option(
+    "--kind",
+    type=click.Choice(["flat", "pq", "ivfpq", "opq-ivfpq", "hnsw"]),
+    default="opq-ivfpq",
+    show_default=True,
+    help="Preset, sized from the shard set (see fastmarco.index).",
+)
+@click.option("--factory", help="A faiss index_factory string instead of the preset.")
+@click.option("--train-size", type=int, help="Rows sampled for training (default: 64 per IVF list).")
+@click.option("--nprobe", type=int, help="IVF lists probed per query (default: min(64, nlist)).")
+@click.option("--refine", default=50, show_default=True, help="Re-score refine x k PQ candidates exactly.")
+@click.option(
+    "--plan", "plan_only", is_flag=True, help="Print the RAM, disk and time a build needs; build nothing."
+)
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def index(
+    shard_dir: str,
+    out: str | None,
+    kind: str,
+    factory: str | None,
+    train_size: int | None,
+    nprobe: int | None,
+    refine: int,
+    plan_only: bool,
+    overwrite: bool,
+) -> None:
+    """Build a faiss index over a shard directory (faiss-cpu; GPU classes are not used yet)."""
+    from fastmarco.index import build_index, plan_index
+    from fastmarco.shards import ShardFormatError
+
+    try:
+        plan = plan_index(shard_dir, kind, factory, train_size)  # type: ignore[arg-type]
+        click.echo(f"plan: {plan.describe()}", err=not plan_only)
+        if plan_only:
+            return
+        if out is None:
+            raise click.UsageError("--out is required to build")
+        manifest = build_index(
+            shard_dir,
+            out,
+            kind=kind,  # type: ignore[arg-type]  # click.Choice has checked it
+            factory=factory,
+            train_rows=train_size,
+            nprobe=nprobe,
+            refine=refine,
+            overwrite=overwrite,
+            progress=lambda message: click.echo(message, err=True),
+        )
+    except (ShardFormatError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    build = manifest["build"]
+    click.echo(
+        f"built {manifest['factory']} over {manifest['rows']:,} rows in {build['seconds']:.1f} s; "
+        f"{build['index_bytes'] / (1 << 20):,.1f} MiB -> {out}"
+    )
+
+
+@main.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("text", required=False)
+@click.option("-k", "k", default=10, show_default=True, help="Results per query.")
+@click.option("--queries", type=click.Path(exists=True, dir_okay=False), help="Batch: a queries.tsv file.")
+@click.option("--run", "run_path", type=click.Path(dir_okay=False), help="Batch: the run file to write.")
+@click.option(
+    "--format", "run_format", type=click.Choice(["msmarco", "trec"]), default="trec", show_default=True
+)
+@click.option(
+    "--collection", type=click.Path(exists=True, dir_okay=False), help="Print passage texts from it."
+)
+@click.option(
+    "--model", type=click.Path(exists=True, file_okay=False), help="Model (default: the encoding one)."
+)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def query(
+    index_dir: str,
+    text: str | None,
+    k: int,
+    queries: str | None,
+    run_path: str | None,
+    run_format: str,
+    collection: str | None,
+    model: str | None,
+    device: str,
+    as_json: bool,
+) -> None:
+    """Search INDEX_DIR for TEXT, or for every query of --queries into --run."""
+    from fastmarco.engine import Engine
+    from fastmarco.formats import FormatError, RunEntry, load_queries, read_collection, write_run
+    from fastmarco.index import IndexMismatchError
+
+    if (text is None) == (queries is None) or (queries is None) != (run_path is None):
+        raise click.UsageError("give either TEXT, or --queries with --run")
+    try:
+        engine = Engine.open(index_dir, model=model, device=device)  # type: ignore[arg-type]
+        if queries is not None and run_path is not None:
+            asked = load_queries(queries)
+            qids = list(asked)
+            ids, scores = engine.search([asked[q] for q in qids], k)
+            entries = [
+                RunEntry(qid, str(pid), rank, float(score))
+                for qid, row_ids, row_scores in zip(qids, ids, scores, strict=True)
+                for rank, (pid, score) in enumerate(zip(row_ids, row_scores, strict=True), 1)
+                if score != float("-inf")
+            ]
+            lines = write_run(run_path, entries, run_format, tag="fastmarco")  # type: ignore[arg-type]
+            click.echo(f"wrote {lines:,} lines for {len(qids):,} queries to {run_path}")
+            return
+        ids, scores = engine.search([str(text)], k)
+    except (FormatError, IndexMismatchError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    hits = [
+        (str(pid), float(score))
+        for pid, score in zip(ids[0], scores[0], strict=True)
+        if score != float("-inf")
+    ]
+    texts = {}
+    if collection is not None:
+        wanted = {pid for pid, _ in hits}
+        texts = {pid: passage for pid, passage in read_collection(collection) if pid in wanted}
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {"rank": r, "pid": pid, "score": s, **({"text": texts[pid]} if pid in texts else {})}
+                    for r, (pid, s) in enumerate(hits, 1)
+                ],
+                ensure_ascii=False,
+            )
+        )
+        return
+    for rank, (pid, score) in enumerate(hits, 1):
+        click.echo(f"{rank:>3}  {score:8.4f}  {pid}" + (f"  {texts[pid]}" if pid in texts else ""))
+
+
+@main.command()
 @click.option("--rows", default=200_000, show_default=True, help="Embeddings to write.")
 @click.option("--dim", default=384, show_default=True, help="Embedding dimension.")
 @click.option("--queries", default=256, show_default=True, help="Queries to search.")

@@ -137,6 +137,7 @@ class _CorpusReader:
 def _metadata(encoder: Encoder, corpus: Path, dtype: DType, id_type: str, chunk_rows: int) -> dict[str, Any]:
     return {
         "model": {
+            "directory": str(encoder.directory.resolve()),
             "fingerprint": encoder.fingerprint,
             "dim": encoder.dim,
             "similarity": encoder.manifest.get("similarity"),

@@ -1,0 +1,141 @@
+"""faiss indexes from shards, exact refine, the Engine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss", reason="needs faiss (the cpu extra)")
+
+from fastmarco.engine import Engine
+from fastmarco.index import IndexMismatchError, VectorIndex, build_index, factory_for, plan_index
+from fastmarco.shards import ShardSet, write_shards
+
+
+def clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    """Unit vectors around 256 centres: closer to real embeddings than isotropic noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((256, dim)).astype(np.float32)
+    x = centres[rng.integers(0, 256, n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("index") / "shards"
+    write_shards(root, clustered(20_000, 64, 0), np.arange(20_000) * 2 + 7, rows_per_shard=7_000)
+    return root
+
+
+def recall_at_10(found: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=True)]))
+
+
+def test_presets_are_sized_from_the_data() -> None:
+    assert factory_for("opq-ivfpq", 8_841_823, 768) == "OPQ96_768,IVF8192,PQ96"
+    assert factory_for("ivfpq", 31_362, 384) == "IVF512,PQ48"
+    assert factory_for("pq", 1000, 7) == "PQ1"
+
+
+def test_flat_index_equals_native_exact_search(shards: Path, tmp_path: Path) -> None:
+    build_index(shards, tmp_path / "flat", kind="flat")
+    index = VectorIndex.open(tmp_path / "flat")
+    queries = clustered(50, 64, 1)
+    scores, rows = index.search(queries, 10)
+    exact_scores, exact_rows = ShardSet.open(shards).search(queries, 10)
+    np.testing.assert_array_equal(rows, exact_rows)
+    np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["ivfpq", "opq-ivfpq"])
+def test_pq_indexes_with_refine_recall_exact_neighbours(shards: Path, tmp_path: Path, kind: str) -> None:
+    manifest = build_index(shards, tmp_path / kind, kind=kind)  # type: ignore[arg-type]
+    assert manifest["refine"] == 50 and manifest["build"]["index_bytes"] > 0
+    index = VectorIndex.open(tmp_path / kind)
+    queries = clustered(200, 64, 1)
+    _, exact = ShardSet.open(shards).search(queries, 10)
+    _, refined = index.search(queries, 10)
+    _, unrefined = index.search(queries, 10, refine=1)
+    assert recall_at_10(refined, exact) >= 0.95
+    assert recall_at_10(refined, exact) > recall_at_10(unrefined, exact)
+
+
+def test_index_refuses_a_changed_shard_set(shards: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "shards"
+    write_shards(copy, clustered(500, 64, 3), np.arange(500), rows_per_shard=200)
+    build_index(copy, tmp_path / "i", kind="flat")
+    body = json.loads((copy / "manifest.json").read_text())
+    body["metadata"]["note"] = "changed"
+    (copy / "manifest.json").write_text(json.dumps(body))
+    with pytest.raises(IndexMismatchError, match="built for another state"):
+        VectorIndex.open(tmp_path / "i")
+
+
+def test_plan_estimates_peak_rss_within_25_percent(tmp_path: Path) -> None:
+    write_shards(tmp_path / "s", clustered(60_000, 128, 4), np.arange(60_000), rows_per_shard=25_000)
+    script = textwrap.dedent(
+        f"""
+        import json, resource
+        from fastmarco.index import build_index, plan_index
+        plan = plan_index({str(tmp_path / "s")!r}, "opq-ivfpq")
+        build_index({str(tmp_path / "s")!r}, {str(tmp_path / "i")!r}, kind="opq-ivfpq")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(json.dumps({{"plan": plan.ram_bytes, "peak": peak}}))
+        """
+    )
+    result = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", script], check=True, capture_output=True, text=True
+        ).stdout.splitlines()[-1]
+    )
+    assert abs(result["plan"] - result["peak"]) <= 0.25 * result["peak"], result
+
+
+def test_engine_is_thread_safe_and_matches_serial(
+    exported: dict[tuple[str, str], Path], tmp_path: Path
+) -> None:
+    from fastmarco.corpus import encode_corpus
+    from fastmarco.demo_corpus import demo_corpus_path, demo_queries_path
+    from fastmarco.encoder import Encoder
+    from fastmarco.formats import load_queries
+
+    model = exported["bert-mean-normalize", "fp32"]
+    encode_corpus(Encoder.open(model, device="cpu"), demo_corpus_path(), tmp_path / "s", rows_per_shard=16)
+    build_index(tmp_path / "s", tmp_path / "i", kind="flat")
+    engine = Engine.open(tmp_path / "i", device="cpu")
+    texts = list(load_queries(demo_queries_path()).values()) * 4
+    serial = [engine.search([t], 5) for t in texts]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        parallel = list(pool.map(lambda t: engine.search([t], 5), texts))
+    for (ids_a, scores_a), (ids_b, scores_b) in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(ids_a, ids_b)
+        np.testing.assert_array_equal(scores_a, scores_b)
+    assert engine.search(["x"], 50)[0][0, 40:].tolist() == [-1] * 10  # only 40 passages exist
+
+
+def test_engine_refuses_another_model(exported: dict[tuple[str, str], Path], tmp_path: Path) -> None:
+    from fastmarco.corpus import encode_corpus
+    from fastmarco.demo_corpus import demo_corpus_path
+    from fastmarco.encoder import Encoder
+
+    encode_corpus(
+        Encoder.open(exported["bert-mean-normalize", "fp32"], device="cpu"),
+        demo_corpus_path(),
+        tmp_path / "s",
+    )
+    build_index(tmp_path / "s", tmp_path / "i", kind="flat")
+    with pytest.raises(IndexMismatchError, match="another model"):
+        Engine.open(tmp_path / "i", model=exported["bert-mean-normalize", "fp16"], device="cpu")
+
+
+def test_plan_reports_sizes(shards: Path) -> None:
+    plan = plan_index(shards, "opq-ivfpq")
+    assert plan.factory == "OPQ8_64,IVF512,PQ8" and plan.train_rows == 20_000
+    assert 20_000 * 16 <= plan.disk_bytes < 2_000_000 and "peak RAM" in plan.describe()
