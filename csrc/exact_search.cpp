@@ -3,12 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <exception>
-#include <mutex>
-#include <thread>
 #include <vector>
 
 #include "half.hpp"
+#include "parallel.hpp"
 #include "topk.hpp"
 
 #if defined(__F16C__) && defined(__AVX__)
@@ -223,20 +221,13 @@ void exact_search(const float* queries, std::int64_t nq, std::int64_t dim, const
   for (std::int64_t q = 0; q < nq; ++q) {
     float* dst = padded.data + q * pd;
     const float* src = queries + q * dim;
-    float scale = 1.0f;
-    if (cosine) {
-      double sq = 0.0;
-      for (std::int64_t d = 0; d < dim; ++d) sq += static_cast<double>(src[d]) * src[d];
-      scale = sq > 0.0 ? static_cast<float>(1.0 / std::sqrt(sq)) : 0.0f;
-    }
+    const float scale = cosine ? inverse_norm(src, dim) : 1.0f;
     for (std::int64_t d = 0; d < dim; ++d) dst[d] = src[d] * scale;
     std::fill(dst + dim, dst + pd, 0.0f);
   }
   const Job job{padded.data, nq, dim, pd, k, cosine};
 
-  int threads = options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency());
-  threads = static_cast<int>(std::clamp<std::int64_t>(threads, 1, std::max<std::int64_t>(1, nrows / kTileRows)));
-
+  const int threads = thread_count(options.threads, nrows / kTileRows);
   auto scan = [&](std::int64_t begin, std::int64_t end, float* s, std::int64_t* i) {
     if (dtype == DType::Float16) {
       scan_rows(job, static_cast<const std::uint16_t*>(rows), begin, end, s, i);
@@ -253,23 +244,11 @@ void exact_search(const float* queries, std::int64_t nq, std::int64_t dim, const
   std::vector<float> part_scores(per_thread * threads);
   std::vector<std::int64_t> part_ids(per_thread * threads);
   const std::int64_t span = round_up((nrows + threads - 1) / threads, kTileRows);
-  std::vector<std::thread> pool;
-  std::exception_ptr failure;
-  std::mutex failure_lock;
-  for (int t = 0; t < threads; ++t) {
-    pool.emplace_back([&, t] {
-      try {
-        const std::int64_t begin = std::min(nrows, t * span);
-        const std::int64_t end = std::min(nrows, begin + span);
-        scan(begin, end, part_scores.data() + t * per_thread, part_ids.data() + t * per_thread);
-      } catch (...) {
-        std::lock_guard<std::mutex> guard(failure_lock);
-        failure = std::current_exception();
-      }
-    });
-  }
-  for (auto& th : pool) th.join();
-  if (failure) std::rethrow_exception(failure);
+  run_threads(threads, [&](int t) {
+    const std::int64_t begin = std::min(nrows, t * span);
+    const std::int64_t end = std::min(nrows, begin + span);
+    scan(begin, end, part_scores.data() + t * per_thread, part_ids.data() + t * per_thread);
+  });
   const std::vector<std::int64_t> offsets(static_cast<std::size_t>(threads), 0);
   merge_topk(part_scores.data(), part_ids.data(), offsets.data(), threads, nq, k, out_scores, out_ids);
 }

@@ -2,14 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <type_traits>
-#include <exception>
-#include <mutex>
 #include <stdexcept>
 #include <string>
-#include <thread>
+#include <type_traits>
 
 #include "half.hpp"
+#include "parallel.hpp"
 #include "topk.hpp"
 
 
@@ -46,12 +44,7 @@ void refine_topk(const float* queries, std::int64_t nq, std::int64_t dim, const 
 
   auto work = [&](std::int64_t q) {
     const float* query = queries + q * dim;
-    float qscale = 1.0f;
-    if (cosine) {
-      double sq = 0.0;
-      for (std::int64_t i = 0; i < dim; ++i) sq += static_cast<double>(query[i]) * query[i];
-      qscale = sq > 0.0 ? static_cast<float>(1.0 / std::sqrt(sq)) : 0.0f;
-    }
+    const float qscale = cosine ? inverse_norm(query, dim) : 1.0f;
     TopKHeap heap(k);
     for (std::int64_t c = 0; c < ncand; ++c) {
       const std::int64_t id = candidates[q * ncand + c];
@@ -73,23 +66,10 @@ void refine_topk(const float* queries, std::int64_t nq, std::int64_t dim, const 
     heap.drain_sorted(out_scores + q * k, out_ids + q * k);
   };
 
-  int n_threads = threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency());
-  n_threads = static_cast<int>(std::clamp<std::int64_t>(n_threads, 1, nq));
-  std::vector<std::thread> pool;
-  std::exception_ptr failure;
-  std::mutex failure_lock;
-  for (int t = 0; t < n_threads; ++t) {
-    pool.emplace_back([&, t] {
-      try {
-        for (std::int64_t q = t; q < nq; q += n_threads) work(q);
-      } catch (...) {
-        std::lock_guard<std::mutex> guard(failure_lock);
-        failure = std::current_exception();
-      }
-    });
-  }
-  for (auto& th : pool) th.join();
-  if (failure) std::rethrow_exception(failure);
+  const int n_threads = thread_count(threads, nq);
+  run_threads(n_threads, [&](int t) {
+    for (std::int64_t q = t; q < nq; q += n_threads) work(q);
+  });
 }
 
 }  // namespace fastmarco

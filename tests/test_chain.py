@@ -96,3 +96,11 @@ def test_export_encode_index_query_eval(mini: Path, tmp_path: Path) -> None:
         )
     )
     assert [hit["rank"] for hit in top] == [1, 2, 3] and "goldfish" in top[0]["text"].lower()
+
+
+def test_readme_main_job_demo(tmp_path: Path) -> None:
+    output = run("demo", "--device", "cpu", "--out", str(tmp_path / "demo"))
+    assert "all-MiniLM-L6-v2 exported to ONNX, 40 demo passages encoded" in output
+    assert "'how big is london' -> [2]" in output  # Greater London's area
+    ndcg = float(output.split("nDCG@10 ")[1].split()[0])
+    assert ndcg >= 0.8  # a real model on hand-written, hand-judged passages

@@ -53,7 +53,7 @@ def test_shards_info_on_a_non_shard_directory(tmp_path: Path) -> None:
 
 def test_demo_runs_and_checks_itself(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        main, ["demo", "--rows", "5000", "--queries", "20", "--out", str(tmp_path / "d")]
+        main, ["demo", "--synthetic", "--rows", "5000", "--queries", "20", "--out", str(tmp_path / "d")]
     )
     assert result.exit_code == 0, result.output
     assert "ranked first: 20/20; identical to NumPy brute force: yes" in result.output

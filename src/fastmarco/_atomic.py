@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -33,3 +34,16 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     write_atomic(path, lambda handle: handle.write(data))
+
+
+def publish_directory(staging: Path, target: Path) -> None:
+    """fsync every file of a fully written `staging` directory, then move it to `target`
+    (replacing an old one) and fsync the parent: readers see the old directory or the whole new one."""
+    for path in staging.iterdir():
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    fsync_dir(target.parent)

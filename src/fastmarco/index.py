@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco import _native
-from fastmarco._atomic import fsync_dir
+from fastmarco._atomic import publish_directory
 from fastmarco.search import as_queries
 from fastmarco.shards import MANIFEST_NAME as SHARDS_MANIFEST
 from fastmarco.shards import ShardFormatError, ShardSet
@@ -237,13 +237,7 @@ def build_index(
         manifest["build"]["index_bytes"] = (staging / INDEX_FILE).stat().st_size
         (staging / INDEX_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         (staging / "shards").symlink_to(shard_root, target_is_directory=True)
-        for name in (INDEX_FILE, INDEX_MANIFEST):
-            with open(staging / name, "rb") as handle:
-                os.fsync(handle.fileno())
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-        fsync_dir(target.parent)
+        publish_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
