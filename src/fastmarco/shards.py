@@ -195,9 +195,15 @@ class ShardWriter:
                 f"{self.directory / MANIFEST_NAME}: the directory already holds a shard set"
             )
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.manifest = Manifest(dim, dtype, id_type, rows_per_shard, dict(metadata or {}))
-        self.manifest.save(self.directory)
-        self._np_dtype = _NUMPY_DTYPES[dtype]
+        manifest = Manifest(dim, dtype, id_type, rows_per_shard, dict(metadata or {}))
+        manifest.save(self.directory)
+        self._attach(self.directory, manifest)
+
+    def _attach(self, directory: Path, manifest: Manifest) -> None:
+        """The writer's state for a directory whose manifest lists its finished shards."""
+        self.directory = directory
+        self.manifest = manifest
+        self._np_dtype = _NUMPY_DTYPES[manifest.dtype]
         self._file: _native.ShardFileWriter | None = None
         self._ids: list[Any] = []
         self._cursor: dict[str, Any] | None = None
@@ -220,12 +226,7 @@ class ShardWriter:
             if path.name not in listed and path.name.startswith(("vectors-", "ids-", MANIFEST_NAME)):
                 path.unlink()
         writer = cls.__new__(cls)
-        writer.directory = root
-        writer.manifest = manifest
-        writer._np_dtype = _NUMPY_DTYPES[manifest.dtype]
-        writer._file = None
-        writer._ids = []
-        writer._cursor = None
+        writer._attach(root, manifest)
         return writer
 
     @property
