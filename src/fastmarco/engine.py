@@ -20,7 +20,7 @@ class Engine:
     def __init__(self, encoder: Encoder, index: VectorIndex) -> None:
         self.encoder = encoder
         self.index = index
-        self.ids = index.shard_set.ids()
+        index.shard_set.ids()  # load the id map now, not lazily inside concurrent searches
 
     @classmethod
     def open(
