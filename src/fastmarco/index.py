@@ -94,11 +94,22 @@ def factory_for(kind: Kind, rows: int, dim: int) -> str:
     }[kind]
 
 
+def _factory_lists(factory: str) -> int:
+    """The IVF list count a factory string asks for; 0 when it has no IVF stage."""
+    return next((int(p[3:]) for p in factory.split(",") if p.startswith("IVF")), 0)
+
+
 def _default_train_rows(factory: str, rows: int) -> int:
     if factory in ("Flat", "HNSW32"):
         return 0
-    nlist = next((int(p[3:]) for p in factory.split(",") if p.startswith("IVF")), 256)
-    return min(rows, max(64 * nlist, 65_536))
+    return min(rows, max(64 * (_factory_lists(factory) or 256), 65_536))
+
+
+def _resolve(kind: Kind, factory: str | None, train_rows: int | None, rows: int, dim: int) -> tuple[str, int]:
+    """The factory string a build uses and the rows it trains on."""
+    chosen = factory or factory_for(kind, rows, dim)
+    train = _default_train_rows(chosen, rows) if train_rows is None else min(train_rows, rows)
+    return chosen, train
 
 
 def _index_bytes(factory: str, rows: int, dim: int) -> int:
@@ -108,7 +119,7 @@ def _index_bytes(factory: str, rows: int, dim: int) -> int:
     if factory.startswith("HNSW"):
         return rows * (dim * 4 + 2 * 32 * 4)
     m = next(int(p[2:]) for p in parts if p.startswith("PQ"))
-    nlist = next((int(p[3:]) for p in parts if p.startswith("IVF")), 0)
+    nlist = _factory_lists(factory)
     opq = dim * dim * 4 if parts[0].startswith("OPQ") else 0
     ids = 8 if nlist else 0
     return rows * (m + ids) + nlist * dim * 4 + 256 * dim * 4 + opq
@@ -133,8 +144,7 @@ def plan_index(
 
     shard_set = ShardSet.open(shard_dir)
     rows, dim = len(shard_set), shard_set.dim
-    chosen = factory or factory_for(kind, rows, dim)
-    train = _default_train_rows(chosen, rows) if train_rows is None else min(train_rows, rows)
+    chosen, train = _resolve(kind, factory, train_rows, rows, dim)
     index_bytes = _index_bytes(chosen, rows, dim)
     itemsize = 2 if shard_set.dtype == "fp16" else 4
     largest_shard = max((f.rows for f in shard_set.files), default=0) * dim * itemsize
@@ -145,7 +155,7 @@ def plan_index(
     adding = index_bytes + ADD_BATCH_ROWS * dim * 4 * (opq + 1) + largest_shard
     if chosen.startswith("HNSW") or chosen == "Flat":
         adding = index_bytes + ADD_BATCH_ROWS * dim * 4 + largest_shard
-    nlist = ivf_lists(rows) if "IVF" in chosen else 1
+    nlist = _factory_lists(chosen) or 1
     flops = 2.0 * dim * (train * nlist * 10 + rows * nlist) + (
         40.0 * rows * dim * 32 if "HNSW" in chosen else 0
     )
@@ -198,10 +208,9 @@ def build_index(
     shard_root = Path(shard_dir).resolve()
     shard_set = ShardSet.open(shard_root)
     rows, dim = len(shard_set), shard_set.dim
-    chosen = factory or factory_for(kind, rows, dim)
+    chosen, train = _resolve(kind, factory, train_rows, rows, dim)
     index = faiss.index_factory(dim, chosen, faiss.METRIC_INNER_PRODUCT)
     started = time.perf_counter()
-    train = _default_train_rows(chosen, rows) if train_rows is None else min(train_rows, rows)
     if not index.is_trained:
         say(f"training {chosen} on {train:,} sampled rows")
         index.train(_sample_rows(shard_set, train))
@@ -212,7 +221,7 @@ def build_index(
             index.add(np.ascontiguousarray(vectors[start : start + ADD_BATCH_ROWS], dtype=np.float32))
         say(f"added shard {s + 1}/{len(shard_set.files)} ({index.ntotal:,} rows)")
         del vectors, shard
-    probes = nprobe or (min(64, ivf_lists(rows)) if "IVF" in chosen else None)
+    probes = nprobe or (min(64, _factory_lists(chosen)) or None)
     manifest = {
         "format": INDEX_FORMAT,
         "version": 1,
