@@ -18,6 +18,12 @@ def brute_force_scores(queries: npt.NDArray, rows: npt.NDArray, metric: str) -> 
     return scores
 
 
+def row_cosines(a: npt.NDArray, b: npt.NDArray) -> npt.NDArray[np.float64]:
+    """Cosine of each row of `a` with the same row of `b`, in float64."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    return (a64 * b64).sum(axis=1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
+
+
 def brute_force_topk(scores: npt.NDArray[np.float64], k: int) -> tuple[npt.NDArray, npt.NDArray]:
     """Best-first top-k by (higher score, lower id), padded with (-inf, -1)."""
     nq, n = scores.shape

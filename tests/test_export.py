@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("sentence_transformers", reason="needs the export extra: pip install '.[export]'")
 pytest.importorskip("optimum.exporters.onnx", reason="needs the export extra: pip install '.[export]'")
 
+from reference import row_cosines
 from tiny_models import CORPUS, FAMILIES
 
 from fastmarco.encoder import Encoder, EncoderError, plan_batches
@@ -27,11 +28,6 @@ TEXTS = [
 ]
 
 
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    return (a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize(("precision", "floor"), [("fp32", 0.9999), ("fp16", 0.999)])
 def test_parity_with_sentence_transformers(
@@ -43,7 +39,7 @@ def test_parity_with_sentence_transformers(
     encoder = Encoder.open(exported[family, precision], device="cpu", max_tokens=256)
     got, stats = encoder.encode_with_stats(TEXTS)
     assert got.shape == expected.shape and got.dtype == np.float32
-    assert cosines(got, expected).min() >= floor
+    assert row_cosines(got, expected).min() >= floor
     assert stats.texts == len(TEXTS) and stats.batches > 1
     assert stats.truncated == untruncated_over_limit(exported[family, precision]) > 0
 
