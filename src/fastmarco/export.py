@@ -212,10 +212,102 @@ def _source_fingerprint(folder: Path) -> str:
     return fingerprint_files(files)
 
 
+def _constant_values(graph: Any) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _replace_node(graph: Any, node: Any, replacements: list[Any]) -> None:
+    position = list(graph.node).index(node)
+    graph.node.remove(node)
+    for offset, replacement in enumerate(replacements):
+        graph.node.insert(position + offset, replacement)
+
+
+def _make_shapes_inferable(path: Path) -> dict[str, int]:
+    """Rewrite two exporter idioms that stop ORT's symbolic shape inference, so fusions can take.
+
+    Without this the optimizer fuses only GELU and LayerNorm: attention and SkipLayerNorm fusion need
+    every shape. (1) BERT/RoBERTa's zero `token_type_ids` buffer becomes
+    `Expand(Slice(buffer, 0, seq_len), shape)`, whose length is `Min(512, seq_len)` to sympy and fails
+    to broadcast; it is replaced by `ConstantOfShape(Shape(input_ids))`, the same zeros. (2) Normalize's
+    `ReduceL2` with axes as an input (opset 18) has no shape rule; it becomes `Sqrt(ReduceSum(x*x))`.
+    The parity check after optimization guards both rewrites.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    constants = _constant_values(graph)
+    producer = {output: node for node in graph.node for output in node.output}
+    rewrites = {"token_type_zeros": 0, "reduce_l2": 0}
+    for node in list(graph.node):
+        if node.op_type == "Expand":
+            source = producer.get(node.input[0])
+            if source is None or source.op_type != "Slice" or source.input[0] not in constants:
+                continue
+            buffer = constants[source.input[0]]
+            if buffer.dtype.kind not in "iu" or buffer.any():
+                continue
+            shape_name = f"{node.output[0]}/input_ids_shape"
+            element = TensorProto.INT32 if buffer.dtype == np.int32 else TensorProto.INT64
+            _replace_node(
+                graph,
+                node,
+                [
+                    helper.make_node("Shape", ["input_ids"], [shape_name], name=f"{node.name}/Shape"),
+                    helper.make_node(
+                        "ConstantOfShape",
+                        [shape_name],
+                        [node.output[0]],
+                        name=f"{node.name}/Zeros",
+                        value=helper.make_tensor("value", element, [1], [0]),
+                    ),
+                ],
+            )
+            rewrites["token_type_zeros"] += 1
+        elif node.op_type == "ReduceL2":
+            result = node.output[0]
+            keepdims = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+            _replace_node(
+                graph,
+                node,
+                [
+                    helper.make_node(
+                        "Mul", [node.input[0]] * 2, [f"{result}/squared"], name=f"{node.name}/Square"
+                    ),
+                    helper.make_node(
+                        "ReduceSum",
+                        [f"{result}/squared", *node.input[1:]],
+                        [f"{result}/sum"],
+                        name=f"{node.name}/Sum",
+                        keepdims=keepdims,
+                    ),
+                    helper.make_node("Sqrt", [f"{result}/sum"], [result], name=f"{node.name}/Sqrt"),
+                ],
+            )
+            rewrites["reduce_l2"] += 1
+    onnx.save(model, str(path))
+    return rewrites
+
+
 def _optimize(path: Path, card: ModelCard, level: OptimizeLevel, fp16: bool) -> dict[str, int]:
-    """ORT transformer fusions (O2+), GELU approximation (O3+), fp16 (O4 or --fp16)."""
+    """ORT transformer fusions (O2+), GELU approximation (O3+), fp16 (O4 or --fp16).
+
+    ORT's basic graph optimizations (opt_level 1: constant folding, provider-independent) run first so
+    the attention-mask arithmetic folds into the pattern the attention fusion matches.
+    """
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
+
+    if level != "O1":
+        log.debug("shape rewrites before fusion: %s", _make_shapes_inferable(path))
 
     options = FusionOptions("bert")
     if level == "O1":
@@ -229,7 +321,7 @@ def _optimize(path: Path, card: ModelCard, level: OptimizeLevel, fp16: bool) -> 
         num_heads=card.num_heads,
         hidden_size=card.hidden_size,
         optimization_options=options,
-        opt_level=0,
+        opt_level=0 if level == "O1" else 1,
     )
     fusions = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
     if fp16 or level == "O4":
