@@ -19,6 +19,13 @@ from fastmarco.cli import main
 from fastmarco.corpus import EncodeMismatchError, encode_corpus
 from fastmarco.encoder import Encoder
 from fastmarco.formats import FormatError, read_collection
+from fastmarco.multi_device import (
+    EncodeWorkerError,
+    encode_corpus_on_devices,
+    line_offsets,
+    parse_devices,
+    plan_parts,
+)
 from fastmarco.shards import ShardSet
 
 WORDS = [
@@ -230,3 +237,116 @@ def test_cli_reports_a_bad_line(model: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 1 and f"{corpus}:2: no tab between id and passage" in result.output
     assert os.path.exists(tmp_path / "s" / "manifest.json")  # the (empty, incomplete) set stays resumable
+
+
+def test_parts_are_cut_at_shard_boundaries_and_start_on_their_line(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.tsv", 1050)
+    corpus.write_bytes(corpus.read_bytes().rstrip(b"\n"))  # a last line without newline still counts
+    starts = [0]
+    with open(corpus, "rb") as handle:
+        for raw in handle:
+            starts.append(starts[-1] + len(raw))
+    parts = plan_parts(corpus, workers=3, rows_per_shard=100)
+    assert [(p.start_line, p.stop_line) for p in parts] == [(0, 300), (300, 700), (700, 1050)]
+    assert [p.start_byte for p in parts] == [starts[0], starts[300], starts[700]]
+    assert line_offsets(corpus, [0, 1, 1049, 1050]) == [0, starts[1], starts[1049], starts[1050]]
+    assert len(plan_parts(corpus, workers=30, rows_per_shard=500)) == 3  # never more parts than shards
+
+
+def test_parse_devices() -> None:
+    assert parse_devices("0,1") == ["cuda:0", "cuda:1"]
+    assert parse_devices("cpu, cpu") == ["cpu", "cpu"] and parse_devices("cuda:3") == ["cuda:3"]
+    with pytest.raises(ValueError, match="'gpu0' is not a GPU number"):
+        parse_devices("gpu0")
+
+
+def encode_cli(model: Path, corpus: Path, out: Path, *extra: str) -> dict[str, object]:
+    result = CliRunner().invoke(
+        main,
+        ["encode", "--model", str(model), "--corpus", str(corpus), "--out", str(out), "--quiet", *extra],
+    )
+    assert result.exit_code == 0, result.output
+    summary: dict[str, object] = json.loads(result.output.strip().splitlines()[-1])
+    return summary
+
+
+def test_two_cpu_workers_write_the_same_bytes_as_one(model: Path, tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.tsv", 700, seed=3)
+    one = encode_cli(model, corpus, tmp_path / "one", "--device", "cpu", "--shard-size", "100")
+    two = encode_cli(model, corpus, tmp_path / "two", "--devices", "cpu,cpu", "--shard-size", "100")
+    assert one["rows"] == two["rows"] == 700 and two["shards"] == 7 and two["device"] == "cpu,cpu"
+    assert all_files(tmp_path / "two") == all_files(tmp_path / "one")  # no .parts left, same bytes
+
+
+def test_two_workers_skip_bad_lines_like_one(model: Path, tmp_path: Path) -> None:
+    lines = write_corpus(tmp_path / "c.tsv", 400, seed=4).read_bytes().splitlines(keepends=True)
+    lines[50] = b"no tab in this line\n"  # part 0
+    lines[320] = b"9999\t  \n"  # part 1
+    corpus = tmp_path / "c.tsv"
+    corpus.write_bytes(b"".join(lines))
+    options = ("--shard-size", "100", "--on-bad-line", "skip")
+    one = encode_cli(model, corpus, tmp_path / "one", "--device", "cpu", *options)
+    two = encode_cli(model, corpus, tmp_path / "two", "--devices", "cpu,cpu", *options)
+    assert one["rows"] == two["rows"] == 398 and one["skipped"] == two["skipped"] == 2
+    skipped = (tmp_path / "two" / "skipped-lines.tsv").read_text()
+    assert skipped == (tmp_path / "one" / "skipped-lines.tsv").read_text()
+    assert [line.split("\t")[0] for line in skipped.splitlines()] == ["51", "321"]
+    a, b = (
+        ShardSet.open(tmp_path / "one", verify="checksum"),
+        ShardSet.open(tmp_path / "two", verify="checksum"),
+    )
+    np.testing.assert_array_equal(a.ids(), b.ids())
+    vectors = [np.concatenate(list(s.shard_vectors())).astype(np.float32) for s in (a, b)]
+    assert row_cosines(*vectors).min() >= 0.9999  # shards split differently around the skipped line
+    cursor = b.manifest.shards[-1].cursor
+    assert cursor is not None and cursor["skipped"] == 2 and cursor["line"] == 400
+
+
+def test_a_bad_line_in_a_worker_names_the_worker_file_and_line(model: Path, tmp_path: Path) -> None:
+    lines = write_corpus(tmp_path / "c.tsv", 300, seed=5).read_bytes().splitlines(keepends=True)
+    lines[250] = b"no tab in this line\n"
+    corpus = tmp_path / "c.tsv"
+    corpus.write_bytes(b"".join(lines))
+    with pytest.raises(EncodeWorkerError, match=rf"worker 1 \(cpu\): FormatError: {corpus}:251: no tab"):
+        encode_corpus_on_devices(model, corpus, tmp_path / "s", ["cpu", "cpu"], rows_per_shard=100)
+
+
+def test_a_duplicate_id_across_parts_is_an_error_naming_both_lines(model: Path, tmp_path: Path) -> None:
+    lines = write_corpus(tmp_path / "c.tsv", 300, seed=6).read_bytes().splitlines(keepends=True)
+    lines[260] = lines[10].split(b"\t")[0] + b"\tthe same id again\n"
+    corpus = tmp_path / "c.tsv"
+    corpus.write_bytes(b"".join(lines))
+    for mode in ("error", "skip"):
+        with pytest.raises(FormatError, match=r"also on line 11.*different workers") as info:
+            encode_corpus_on_devices(
+                model, corpus, tmp_path / mode, ["cpu", "cpu"], rows_per_shard=100, on_bad_line=mode
+            )
+        assert str(info.value).startswith(f"{corpus}:261: duplicate id 30 ")
+
+
+def test_sigkill_of_a_two_worker_run_then_rerun_is_byte_identical(model: Path, tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.tsv", 3000, seed=1)
+    reference = tmp_path / "reference"
+    process = run_encode(model, corpus, reference)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err.decode()
+
+    target = tmp_path / "killed"
+    process = run_encode(model, corpus, target, "--devices", "cpu,cpu")
+    deadline = time.monotonic() + 120
+    while finished_shards(target / ".parts" / "part-1") < 1 and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    if process.returncode != -signal.SIGKILL:
+        pytest.skip("the encode finished before it could be killed")
+    time.sleep(0.5)  # the workers die with their parent (PR_SET_PDEATHSIG)
+    assert finished_shards(target / ".parts" / "part-0") < 5  # killed mid-way: parts, no final manifest
+    assert not (target / "manifest.json").exists()
+
+    process = run_encode(model, corpus, target, "--devices", "cpu,cpu")
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err.decode()
+    assert json.loads(out)["resumed_at_row"] >= 300
+    assert all_files(target) == all_files(reference)

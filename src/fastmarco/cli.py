@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -221,6 +223,10 @@ def rerank(
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Shard directory.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option(
+    "--devices",
+    help="One worker process per device over contiguous parts of the corpus, e.g. 0,1 (GPUs) or cpu,cpu.",
+)
 @click.option("--shard-size", default=1_000_000, show_default=True, help="Rows per shard.")
 @click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True)
 @click.option(
@@ -237,6 +243,7 @@ def encode(
     corpus: str,
     out: str,
     device: str,
+    devices: str | None,
     shard_size: int,
     dtype: str,
     on_bad_line: str,
@@ -248,23 +255,33 @@ def encode(
     from fastmarco.demo_corpus import demo_corpus_path
     from fastmarco.encoder import Encoder, EncoderError
     from fastmarco.formats import FormatError
+    from fastmarco.multi_device import EncodeWorkerError, encode_corpus_on_devices, parse_devices
 
     progress = ProgressLine(enabled=False if quiet else None)
+    corpus_path = demo_corpus_path() if corpus == "demo" else Path(corpus)
+    options: dict[str, Any] = {
+        "rows_per_shard": shard_size,
+        "dtype": dtype,
+        "on_bad_line": on_bad_line,
+        "restart": restart,
+        "progress": progress,
+    }
     try:
-        encoder = Encoder.open(model, device=device)  # type: ignore[arg-type]
-        if device == "auto" and not quiet:
-            click.echo(f"device auto: using {encoder.device}", err=True)
-        summary = encode_corpus(
-            encoder,
-            demo_corpus_path() if corpus == "demo" else corpus,
-            out,
-            rows_per_shard=shard_size,
-            dtype=dtype,  # type: ignore[arg-type]  # click.Choice has checked it
-            on_bad_line=on_bad_line,  # type: ignore[arg-type]
-            restart=restart,
-            progress=progress,
-        )
-    except (FormatError, EncodeMismatchError, EncoderError, FileNotFoundError) as exc:
+        if devices:
+            summary = encode_corpus_on_devices(model, corpus_path, out, parse_devices(devices), **options)
+        else:
+            encoder = Encoder.open(model, device=device)  # type: ignore[arg-type]
+            if device == "auto" and not quiet:
+                click.echo(f"device auto: using {encoder.device}", err=True)
+            summary = encode_corpus(encoder, corpus_path, out, **options)
+    except (
+        FormatError,
+        EncodeMismatchError,
+        EncoderError,
+        EncodeWorkerError,
+        FileNotFoundError,
+        ValueError,
+    ) as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         progress.close()

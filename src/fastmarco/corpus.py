@@ -74,6 +74,15 @@ def count_lines(path: Path) -> int:
     return lines + (last != b"\n")
 
 
+@dataclass(frozen=True)
+class LineRange:
+    """Corpus lines start_line+1 .. stop_line (1-based), the first at byte start_byte: one worker's part."""
+
+    start_line: int
+    start_byte: int
+    stop_line: int
+
+
 @dataclass
 class _Line:
     number: int
@@ -110,11 +119,13 @@ class _CorpusReader:
         self.seen.add(key)
         return None
 
-    def lines(self, start_byte: int, start_line: int) -> Iterator[_Line]:
+    def lines(self, start_byte: int, start_line: int, stop_line: int | None = None) -> Iterator[_Line]:
         with open(self.path, "rb") as handle:
             handle.seek(start_byte)
             offset, number = start_byte, start_line
             for raw in handle:
+                if number == stop_line:
+                    return
                 number += 1
                 offset += len(raw)
                 body = raw[:-1] if raw.endswith(b"\n") else raw
@@ -134,22 +145,30 @@ class _CorpusReader:
                 self.skipped_file.write(f"{number}\t{reason}\t{shown}\n")
 
 
-def _metadata(encoder: Encoder, corpus: Path, dtype: DType, id_type: str, chunk_rows: int) -> dict[str, Any]:
+def job_metadata(
+    model_directory: Path,
+    model_manifest: dict[str, Any],
+    corpus: Path,
+    dtype: DType,
+    id_type: str,
+    chunk_rows: int,
+) -> dict[str, Any]:
+    """What a shard directory records about the job that wrote it; a resume must match it exactly."""
     return {
         "model": {
-            "directory": str(encoder.directory.resolve()),
-            "fingerprint": encoder.fingerprint,
-            "dim": encoder.dim,
-            "similarity": encoder.manifest.get("similarity"),
-            "search_metric": encoder.manifest.get("search_metric", "ip"),
-            "precision": encoder.manifest.get("precision"),
+            "directory": str(model_directory.resolve()),
+            "fingerprint": str(model_manifest["fingerprint"]),
+            "dim": int(model_manifest["dim"]),
+            "similarity": model_manifest.get("similarity"),
+            "search_metric": model_manifest.get("search_metric", "ip"),
+            "precision": model_manifest.get("precision"),
         },
         "corpus": {"name": corpus.name, "fingerprint": corpus_fingerprint(corpus)},
         "encode": {"dtype": dtype, "id_type": id_type, "chunk_rows": chunk_rows},
     }
 
 
-def _check_same_job(existing: Manifest, wanted: dict[str, Any], out: Path, rows_per_shard: int) -> None:
+def check_same_job(existing: Manifest, wanted: dict[str, Any], out: Path, rows_per_shard: int) -> None:
     have = existing.metadata
     problems = []
     if have.get("model", {}).get("fingerprint") != wanted["model"]["fingerprint"]:
@@ -164,13 +183,13 @@ def _check_same_job(existing: Manifest, wanted: dict[str, Any], out: Path, rows_
         raise EncodeMismatchError(f"{out}: " + "; ".join(problems) + "; pass --restart to start over")
 
 
-def _remove_shard_set(out: Path) -> None:
+def remove_shard_set(out: Path) -> None:
     for path in out.iterdir():
         if path.name.startswith(("vectors-", "ids-", MANIFEST_NAME, SKIPPED_NAME)):
             path.unlink() if path.is_file() else shutil.rmtree(path)
 
 
-def _detect_id_type(corpus: Path) -> IdType:
+def detect_id_type(corpus: Path) -> IdType:
     with open(corpus, "rb") as handle:
         first = handle.readline().split(b"\t", 1)[0]
     return "int" if first.isdigit() else "str"
@@ -187,25 +206,29 @@ def encode_corpus(
     restart: bool = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: Callable[[int, int, int, int], None] | None = None,
+    line_range: LineRange | None = None,
 ) -> EncodeSummary:
     """Encode every passage of `corpus` into the shard directory `out` (see the module docstring).
 
     progress(rows_done, rows_total_estimate, tokens_done, shard_index) is called after each chunk.
+    line_range encodes only those lines (one part of a multi-device run; see fastmarco.multi_device).
     """
     corpus_path, out_path = Path(corpus), Path(out)
     if not corpus_path.is_file():
         raise FileNotFoundError(f"{corpus_path}: corpus not found")
-    id_type = _detect_id_type(corpus_path)
-    wanted = _metadata(encoder, corpus_path, dtype, id_type, chunk_rows)
+    id_type = detect_id_type(corpus_path)
+    wanted = job_metadata(encoder.directory, encoder.manifest, corpus_path, dtype, id_type, chunk_rows)
+    if line_range is not None:
+        wanted["encode"]["lines"] = [line_range.start_line, line_range.stop_line]
     started = time.perf_counter()
 
     if restart and (out_path / MANIFEST_NAME).exists():
-        _remove_shard_set(out_path)
+        remove_shard_set(out_path)
     writer: ShardWriter
     seen: set[Any] = set()
     if (out_path / MANIFEST_NAME).exists():
         existing = Manifest.load(out_path)
-        _check_same_job(existing, wanted, out_path, rows_per_shard)
+        check_same_job(existing, wanted, out_path, rows_per_shard)
         if existing.complete:
             done = ShardSet.open(out_path)
             return EncodeSummary(
@@ -233,7 +256,13 @@ def encode_corpus(
             id_type=id_type,
             metadata=wanted,
         )
-    cursor = writer.last_cursor or {"line": 0, "byte": 0, "skipped": 0, "skipped_bytes": 0}
+    start = line_range or LineRange(0, 0, -1)
+    cursor = writer.last_cursor or {
+        "line": start.start_line,
+        "byte": start.start_byte,
+        "skipped": 0,
+        "skipped_bytes": 0,
+    }
     resumed_at = writer.manifest.rows
 
     skipped_path = out_path / SKIPPED_NAME
@@ -245,10 +274,14 @@ def encode_corpus(
         skipped_file = open(skipped_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
     reader = _CorpusReader(corpus_path, id_type, on_bad_line, skipped_file, seen)
     reader.skipped = int(cursor["skipped"])
-    total_estimate = count_lines(corpus_path) - reader.skipped
+    lines_total = (
+        count_lines(corpus_path) if line_range is None else line_range.stop_line - line_range.start_line
+    )
+    total_estimate = lines_total - reader.skipped
     truncated = tokens = 0
     try:
-        lines = reader.lines(int(cursor["byte"]), int(cursor["line"]))
+        stop_line = None if line_range is None else line_range.stop_line
+        lines = reader.lines(int(cursor["byte"]), int(cursor["line"]), stop_line)
         while True:
             room = rows_per_shard - (writer.rows - writer.manifest.rows)
             chunk = [line for _, line in zip(range(min(chunk_rows, room)), lines, strict=False)]
