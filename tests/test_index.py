@@ -67,6 +67,16 @@ def test_pq_indexes_with_refine_recall_exact_neighbours(shards: Path, tmp_path: 
     assert recall_at_10(refined, exact) > recall_at_10(unrefined, exact)
 
 
+def test_cuda_build_without_faiss_gpus_is_an_error_not_a_cpu_fallback(shards: Path, tmp_path: Path) -> None:
+    import faiss
+
+    if faiss.get_num_gpus() > 0:
+        pytest.skip("this faiss sees a GPU; the error path needs one that does not")
+    with pytest.raises(ValueError, match=r"faiss sees no GPU .*faiss-gpu-cu12"):
+        build_index(shards, tmp_path / "i", kind="ivfpq", device="cuda")
+    assert not (tmp_path / "i").exists()
+
+
 def test_index_refuses_a_changed_shard_set(shards: Path, tmp_path: Path) -> None:
     copy = tmp_path / "shards"
     write_shards(copy, clustered(500, 64, 3), np.arange(500), rows_per_shard=200)

@@ -306,6 +306,13 @@ def encode(
     "--plan", "plan_only", is_flag=True, help="Print the RAM, disk and time a build needs; build nothing."
 )
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="cuda: IVF k-means on the GPUs faiss sees (needs faiss-gpu); the index stays a CPU index.",
+)
 def index(
     shard_dir: str,
     out: str | None,
@@ -316,8 +323,9 @@ def index(
     refine: int,
     plan_only: bool,
     overwrite: bool,
+    device: str,
 ) -> None:
-    """Build a faiss index over a shard directory (faiss-cpu; GPU classes are not used yet)."""
+    """Build a faiss index over a shard directory."""
     from fastmarco.index import build_index, plan_index
     from fastmarco.shards import ShardFormatError
 
@@ -338,8 +346,9 @@ def index(
             refine=refine,
             overwrite=overwrite,
             progress=lambda message: click.echo(message, err=True),
+            device=device,  # type: ignore[arg-type]
         )
-    except (ShardFormatError, FileExistsError) as exc:
+    except (ShardFormatError, FileExistsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     build = manifest["build"]
     click.echo(
