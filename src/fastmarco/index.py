@@ -4,7 +4,8 @@ Presets (inner product; cosine models store unit vectors, so inner product is co
 of dimension d, m = d / 8 sub-quantizers (96 bytes a vector at d = 768) and nlist = the power of two
 nearest 4 sqrt(n) that still leaves 39 training rows per list (16384 at 8.8M):
 
-- flat       `Flat`                       exact, n d 4 bytes (27 GB at 8.8M x 768);
+- flat       `Flat`                       exact search over the fp16 shards by the native core: no
+  faiss copy (faiss's IndexFlat would hold n d 4 bytes, 27 GB at 8.8M x 768, and is slower);
 - pq         `PQ{m}`                      exhaustive over PQ codes;
 - ivfpq      `IVF{nlist},PQ{m}`           inverted lists of PQ codes;
 - opq-ivfpq  `OPQ{m}_{d},IVF{nlist},PQ{m}` the default: an OPQ rotation first, since plain PQ
@@ -115,7 +116,7 @@ def _resolve(kind: Kind, factory: str | None, train_rows: int | None, rows: int,
 def _index_bytes(factory: str, rows: int, dim: int) -> int:
     parts = factory.split(",")
     if factory == "Flat":
-        return rows * dim * 4
+        return 0  # the shards are the index
     if factory.startswith("HNSW"):
         return rows * (dim * 4 + 2 * 32 * 4)
     m = next(int(p[2:]) for p in parts if p.startswith("PQ"))
@@ -153,8 +154,10 @@ def plan_index(
     opq_copies = min(train, 65_536) * dim * 4 * 4 if chosen.startswith("OPQ") else 0
     training = train * dim * 4 * (opq + 1) + opq_copies + largest_shard
     adding = index_bytes + ADD_BATCH_ROWS * dim * 4 * (opq + 1) + largest_shard
-    if chosen.startswith("HNSW") or chosen == "Flat":
+    if chosen.startswith("HNSW"):
         adding = index_bytes + ADD_BATCH_ROWS * dim * 4 + largest_shard
+    if chosen == "Flat":
+        training = adding = 0  # nothing is built: searches read the shards
     nlist = _factory_lists(chosen) or 1
     cores = os.cpu_count() or 1
     # k-means and assignment are GEMMs (~25 GFLOP/s a core); HNSW inserts and OPQ's 240 rounds of
@@ -188,6 +191,29 @@ def _sample_rows(shard_set: ShardSet, count: int, seed: int = 0) -> npt.NDArray[
         filled += len(local)
         del shard
     return out
+
+
+def _train_and_fill(
+    shard_set: ShardSet, factory: str, train: int, device: str, say: Callable[[str], None]
+) -> Any:
+    """A faiss index for `factory`, trained on sampled rows and filled shard by shard."""
+    import faiss
+
+    index = faiss.index_factory(shard_set.dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        if device == "cuda" and _factory_lists(factory):
+            ivf = faiss.extract_index_ivf(index)
+            ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(ivf.d))
+        say(f"training {factory} on {train:,} sampled rows ({device})")
+        index.train(_sample_rows(shard_set, train))
+    for s, entry in enumerate(shard_set.files):
+        shard = _native.ShardFile(entry.path)
+        vectors = shard.vectors
+        for start in range(0, shard.rows, ADD_BATCH_ROWS):
+            index.add(np.ascontiguousarray(vectors[start : start + ADD_BATCH_ROWS], dtype=np.float32))
+        say(f"added shard {s + 1}/{len(shard_set.files)} ({index.ntotal:,} rows)")
+        del vectors, shard
+    return index
 
 
 def build_index(
@@ -227,21 +253,8 @@ def build_index(
     shard_set = ShardSet.open(shard_root)
     rows, dim = len(shard_set), shard_set.dim
     chosen, train = _resolve(kind, factory, train_rows, rows, dim)
-    index = faiss.index_factory(dim, chosen, faiss.METRIC_INNER_PRODUCT)
     started = time.perf_counter()
-    if not index.is_trained:
-        if device == "cuda" and _factory_lists(chosen):
-            ivf = faiss.extract_index_ivf(index)
-            ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(ivf.d))
-        say(f"training {chosen} on {train:,} sampled rows ({device})")
-        index.train(_sample_rows(shard_set, train))
-    for s, entry in enumerate(shard_set.files):
-        shard = _native.ShardFile(entry.path)
-        vectors = shard.vectors
-        for start in range(0, shard.rows, ADD_BATCH_ROWS):
-            index.add(np.ascontiguousarray(vectors[start : start + ADD_BATCH_ROWS], dtype=np.float32))
-        say(f"added shard {s + 1}/{len(shard_set.files)} ({index.ntotal:,} rows)")
-        del vectors, shard
+    index = None if chosen == "Flat" else _train_and_fill(shard_set, chosen, train, device, say)
     probes = nprobe or (min(64, _factory_lists(chosen)) or None)
     manifest = {
         "format": INDEX_FORMAT,
@@ -262,9 +275,10 @@ def build_index(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        faiss.write_index(index, str(staging / INDEX_FILE))
+        if index is not None:
+            faiss.write_index(index, str(staging / INDEX_FILE))
         manifest["build"]["seconds"] = time.perf_counter() - started
-        manifest["build"]["index_bytes"] = (staging / INDEX_FILE).stat().st_size
+        manifest["build"]["index_bytes"] = (staging / INDEX_FILE).stat().st_size if index is not None else 0
         (staging / INDEX_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         (staging / "shards").symlink_to(shard_root, target_is_directory=True)
         publish_directory(staging, target)
@@ -275,7 +289,8 @@ def build_index(
 
 
 class VectorIndex:
-    """An opened INDEX_DIR: the faiss index, its shard set, exact refine. Safe to share across threads."""
+    """An opened INDEX_DIR: the faiss index (None for flat), its shard set, exact refine. Safe to share
+    across threads."""
 
     def __init__(self, directory: Path, manifest: dict[str, Any], index: Any, shard_set: ShardSet) -> None:
         self.directory = directory
@@ -309,6 +324,8 @@ class VectorIndex:
             shard_set = ShardSet.open(shard_root)
         except ShardFormatError as exc:
             raise IndexMismatchError(f"{path}: its shard directory cannot be opened: {exc}") from exc
+        if manifest["factory"] == "Flat":
+            return cls(root, manifest, None, shard_set)
         index = faiss.read_index(str(root / INDEX_FILE))
         if index.ntotal != len(shard_set) or index.d != shard_set.dim:
             raise IndexMismatchError(
@@ -329,6 +346,8 @@ class VectorIndex:
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """(scores, global rows), each (nq, k) best first; PQ candidates re-scored exactly."""
         q = as_queries(queries, self.shard_set.dim)
+        if self.index is None:
+            return self.shard_set.search(q, k)
         factor = self.manifest.get("refine", 0) if refine is None else refine
         depth = min(max(k, k * factor), self.index.ntotal) if factor else min(k, self.index.ntotal)
         _, candidates = self.index.search(q, max(depth, 1))
