@@ -31,7 +31,7 @@ import numpy as np
 from _common import environment, save
 
 from fastmarco import ShardSet, ShardWriter
-from fastmarco.index import KINDS, VectorIndex, build_index, plan_index
+from fastmarco.index import KINDS, VectorIndex, build_index, default_nprobe, factory_lists, plan_index
 
 PROFILE = Path(__file__).with_name("msmarco_profile.json")
 LATENT = 96
@@ -104,18 +104,25 @@ def bench_kind(
     plan = plan_index(shards, kind)  # type: ignore[arg-type]
     print(f"[{kind}] {plan.describe()}", flush=True)
     target = workdir / f"index-{kind}"
-    started = time.perf_counter()
-    manifest = build_index(
-        shards, target, kind=kind, overwrite=True, progress=lambda m: print(f"  {m}", flush=True)
-    )  # type: ignore[arg-type]
-    build_seconds = time.perf_counter() - started
-    index = VectorIndex.open(target)
+    if args.reuse and (target / "index.json").is_file():
+        manifest = json.loads((target / "index.json").read_text())
+        build_seconds = manifest["build"]["seconds"]
+        print(f"  reusing {target} (built in {build_seconds:.0f} s)", flush=True)
+    else:
+        started = time.perf_counter()
+        manifest = build_index(
+            shards, target, kind=kind, overwrite=True, progress=lambda m: print(f"  {m}", flush=True)
+        )  # type: ignore[arg-type]
+        build_seconds = time.perf_counter() - started
+    nlist = factory_lists(manifest["factory"])
+    nprobe = args.nprobe or default_nprobe(nlist)
+    index = VectorIndex.open(target, nprobe=nprobe)
     result: dict[str, Any] = {
         "factory": manifest["factory"],
         "build_seconds": build_seconds,
-        "index_bytes": (target / "index.faiss").stat().st_size,
+        "index_bytes": manifest["build"]["index_bytes"],  # 0 for flat: it searches the shards
         "plan": {"ram_bytes": plan.ram_bytes, "disk_bytes": plan.disk_bytes, "seconds": plan.seconds},
-        "nprobe": manifest["nprobe"],
+        "nprobe": nprobe,
         "ef_search": manifest["ef_search"],
         "refine": manifest["refine"],
     }
@@ -130,8 +137,37 @@ def bench_kind(
     index.search(queries, 10)
     result["batch_qps"] = len(queries) / (time.perf_counter() - started)
     result.update(single_query_latency(index, queries, args))
+    if nprobe:
+        result["nprobe_sweep"] = nprobe_sweep(target, nlist, queries, truth)
     print(f"  {json.dumps({k: v for k, v in result.items() if k != 'plan'})}", flush=True)
     return result
+
+
+def nprobe_sweep(target: Path, nlist: int, queries: np.ndarray, truth: np.ndarray) -> list[dict[str, float]]:
+    """Recall and speed against the number of IVF lists probed (refine as built)."""
+    rows = []
+    for probes in (p for p in (32, 64, 128, 256, 512, 1024, 2048) if p <= nlist):
+        index = VectorIndex.open(target, nprobe=probes)
+        started = time.perf_counter()
+        _, found10 = index.search(queries, 10)
+        qps = len(queries) / (time.perf_counter() - started)
+        _, found100 = index.search(queries, 100)
+        single = []
+        for i in range(100):
+            started = time.perf_counter()
+            index.search(queries[i : i + 1], 10)
+            single.append(time.perf_counter() - started)
+        rows.append(
+            {
+                "nprobe": probes,
+                "recall@10": recall(found10, truth, 10),
+                "recall@100": recall(found100, truth, 100),
+                "batch_qps": qps,
+                "search_p50_ms": percentile_ms(single, 50),
+            }
+        )
+        print(f"  nprobe {probes}: {rows[-1]}", flush=True)
+    return rows
 
 
 def single_query_latency(index: VectorIndex, queries: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
@@ -140,7 +176,7 @@ def single_query_latency(index: VectorIndex, queries: np.ndarray, args: argparse
     if args.model:
         from fastmarco.encoder import Encoder
 
-        encoder = Encoder.open(args.model, device=args.device, max_batch=1)
+        encoder = Encoder.open(args.model, device=args.device, max_batch=1, busy_wait=False)  # as Engine
     texts = query_texts(args.latency_queries)
     total, search_only = [], []
     for i, text in enumerate(texts):
@@ -177,6 +213,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fastmarco-bench-query"))
     parser.add_argument("--rows-per-shard", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the shards and indexes in --workdir")
+    parser.add_argument("--reuse", action="store_true", help="reuse indexes a --keep run left in --workdir")
+    parser.add_argument("--nprobe", type=int, help="IVF lists probed (default: fastmarco's default)")
     parser.add_argument("--label")
     parser.add_argument("--calibrate", nargs=2, metavar=("SHARDS", "QUERIES_NPY"))
     args = parser.parse_args()

@@ -75,6 +75,18 @@ def test_pq_indexes_with_refine_recall_exact_neighbours(shards: Path, tmp_path: 
     assert recall_at_10(refined, exact) > recall_at_10(unrefined, exact)
 
 
+def test_hnsw_recall_holds_for_deep_k(shards: Path, tmp_path: Path) -> None:
+    """efSearch grows with k (at least 4k) per call, so a deep top-100 is not starved by a fixed efSearch."""
+    build_index(shards, tmp_path / "hnsw", kind="hnsw")
+    index = VectorIndex.open(tmp_path / "hnsw")
+    queries = clustered(200, 64, 1)
+    _, exact = ShardSet.open(shards).search(queries, 100)
+    _, found10 = index.search(queries, 10)
+    _, found100 = index.search(queries, 100)
+    assert recall_at_10(found10, exact[:, :10]) >= 0.95
+    assert np.mean([len(set(a) & set(b)) / 100 for a, b in zip(found100, exact, strict=True)]) >= 0.95
+
+
 def test_cuda_build_without_faiss_gpus_is_an_error_not_a_cpu_fallback(shards: Path, tmp_path: Path) -> None:
     import faiss
 

@@ -300,7 +300,7 @@ def encode(
 )
 @click.option("--factory", help="A faiss index_factory string instead of the preset.")
 @click.option("--train-size", type=int, help="Rows sampled for training (default: 64 per IVF list).")
-@click.option("--nprobe", type=int, help="IVF lists probed per query (default: min(64, nlist)).")
+@click.option("--nprobe", type=int, help="IVF lists probed per query (default: nlist / 8, at least 64).")
 @click.option("--refine", default=50, show_default=True, help="Re-score refine x k PQ candidates exactly.")
 @click.option(
     "--plan", "plan_only", is_flag=True, help="Print the RAM, disk and time a build needs; build nothing."

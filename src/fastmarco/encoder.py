@@ -104,8 +104,14 @@ class Encoder:
         threads: int = 0,
         max_tokens: int | None = None,
         max_batch: int = 1024,
+        busy_wait: bool = True,
     ) -> Encoder:
-        """Load the ONNX graph and tokenizer. `cuda` without CUDA is an error, never a CPU fallback."""
+        """Load the ONNX graph and tokenizer. `cuda` without CUDA is an error, never a CPU fallback.
+
+        busy_wait=False stops ONNX Runtime's CPU threads spinning after each run: right when other
+        work shares the cores between encodes (a query engine searches after each one), while bulk
+        encoding keeps the spin for back-to-back batches.
+        """
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -130,6 +136,8 @@ class Encoder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        if not busy_wait:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers: list[Any] = (
             [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
             if use_cuda

@@ -36,7 +36,7 @@ class Engine:
         model_dir = model or index.shard_set.metadata.get("model", {}).get("directory")
         if model_dir is None:
             raise IndexMismatchError(f"{index_dir}: no model directory recorded; pass model=")
-        encoder = Encoder.open(model_dir, device=device)
+        encoder = Encoder.open(model_dir, device=device, busy_wait=False)
         if index.model_fingerprint is not None and encoder.fingerprint != index.model_fingerprint:
             raise IndexMismatchError(
                 f"{index_dir} was built from embeddings of another model than {model_dir}"
