@@ -124,7 +124,7 @@ def run_torch(folder: Path, texts: list[str], args: argparse.Namespace) -> dict[
     encoded = tokenizer(texts, truncation=True, max_length=shaped_models.MAX_SEQ_LENGTH)["input_ids"]
     tokenize_seconds = time.perf_counter() - started
     dtype = torch.float16 if args.device == "cuda" else torch.float32
-    model = AutoModel.from_pretrained(str(folder), torch_dtype=dtype).to(args.device).eval()
+    model = AutoModel.from_pretrained(str(folder), dtype=dtype).to(args.device).eval()
     order = np.argsort([len(ids) for ids in encoded], kind="stable")
     batches = []
     for start in range(0, len(order), args.torch_batch):
