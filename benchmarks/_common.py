@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from importlib import metadata
@@ -40,6 +41,21 @@ def environment(packages: list[str]) -> dict[str, Any]:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def nvidia_smi(field: str) -> str | None:
+    """One `nvidia-smi --query-gpu` field of the first GPU (e.g. name, utilization.gpu); None without one."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.strip().splitlines()
+    return lines[0].strip() if out.returncode == 0 and lines else None
 
 
 def save(name: str, body: dict[str, Any]) -> Path:

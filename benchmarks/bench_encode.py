@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import RESULTS, environment, save
+from _common import RESULTS, environment, nvidia_smi, save
 
 sys.path.insert(0, str(Path(__file__).parent))
 import shaped_models
@@ -57,19 +56,6 @@ def load_texts(count: int, collection: Path) -> tuple[list[str], str]:
                 base = [line.rstrip("\n").split("\t", 1)[1] for line in handle]
         source = "synthetic corpus from msmarco_profile.json (no real text on this machine)"
     return [base[i % len(base)] for i in range(count)], source
-
-
-def gpu_name() -> str | None:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def run_fastmarco(folder: Path, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
@@ -221,7 +207,7 @@ def main() -> None:
         "runner": args.runner,
         "shape": args.shape,
         "device": args.device,
-        "gpu": gpu_name() if args.device == "cuda" else None,
+        "gpu": nvidia_smi("name") if args.device == "cuda" else None,
         "passages": len(texts),
         "texts": source,
         **result,

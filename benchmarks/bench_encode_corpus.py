@@ -18,21 +18,15 @@ import threading
 import time
 from pathlib import Path
 
-from _common import environment, save
+from _common import environment, nvidia_smi, save
 
 
 def gpu_sampler(samples: list[float], stop: threading.Event) -> None:
     while not stop.is_set():
-        try:
-            out = subprocess.run(
-                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-            ).stdout
-            samples.append(float(out.split()[0]))
-        except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        value = nvidia_smi("utilization.gpu")
+        if value is None:
             return
+        samples.append(float(value))
         stop.wait(0.5)
 
 
@@ -99,11 +93,7 @@ def main() -> None:
         "summary": summary,
         "peak_rss_bytes": peak_rss,
         "gpu_utilization_mean": sum(samples) / len(samples) if samples else None,
-        "gpu": subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
-        ).stdout.strip()
-        if shutil.which("nvidia-smi")
-        else None,
+        "gpu": nvidia_smi("name"),
         "environment": environment(["fastmarco", "onnxruntime", "onnxruntime-gpu", "tokenizers", "numpy"]),
     }
     print(
