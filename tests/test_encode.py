@@ -300,6 +300,8 @@ def test_two_workers_skip_bad_lines_like_one(model: Path, tmp_path: Path) -> Non
     assert row_cosines(*vectors).min() >= 0.9999  # shards split differently around the skipped line
     cursor = b.manifest.shards[-1].cursor
     assert cursor is not None and cursor["skipped"] == 2 and cursor["line"] == 400
+    again = encode_cli(model, corpus, tmp_path / "two", "--devices", "cpu,cpu", *options)
+    assert (again["rows"], again["skipped"], again["resumed_at_row"]) == (398, 2, 398)  # nothing redone
 
 
 def test_a_bad_line_in_a_worker_names_the_worker_file_and_line(model: Path, tmp_path: Path) -> None:

@@ -251,10 +251,9 @@ def encode(
     quiet: bool,
 ) -> None:
     """Embed a whole corpus into memory-mapped shards; rerun the same command to resume."""
-    from fastmarco.corpus import EncodeMismatchError, ProgressLine, encode_corpus
+    from fastmarco.corpus import ProgressLine, encode_corpus
     from fastmarco.demo_corpus import demo_corpus_path
     from fastmarco.encoder import Encoder, EncoderError
-    from fastmarco.formats import FormatError
     from fastmarco.multi_device import EncodeWorkerError, encode_corpus_on_devices, parse_devices
 
     progress = ProgressLine(enabled=False if quiet else None)
@@ -274,14 +273,8 @@ def encode(
             if device == "auto" and not quiet:
                 click.echo(f"device auto: using {encoder.device}", err=True)
             summary = encode_corpus(encoder, corpus_path, out, **options)
-    except (
-        FormatError,
-        EncodeMismatchError,
-        EncoderError,
-        EncodeWorkerError,
-        FileNotFoundError,
-        ValueError,
-    ) as exc:
+    # ValueError covers FormatError, EncodeMismatchError and a bad --devices
+    except (ValueError, EncoderError, EncodeWorkerError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         progress.close()

@@ -54,6 +54,14 @@ class EncodeSummary:
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
+    @classmethod
+    def of_complete(cls, out: Path, device: str) -> EncodeSummary:
+        """What a rerun over an already finished directory reports (after checking its shards are
+        whole): nothing encoded this time."""
+        done = ShardSet.open(out)
+        rows = len(done)
+        return cls(str(out), rows, len(done.files), _skipped_count(out), 0, 0, 0.0, 0.0, rows, device)
+
 
 def corpus_fingerprint(path: Path) -> str:
     """Size and XXH3-64 of the whole file: an edited corpus cannot pass for the original."""
@@ -230,19 +238,7 @@ def encode_corpus(
         existing = Manifest.load(out_path)
         check_same_job(existing, wanted, out_path, rows_per_shard)
         if existing.complete:
-            done = ShardSet.open(out_path)
-            return EncodeSummary(
-                str(out_path),
-                len(done),
-                len(done.files),
-                _skipped_count(out_path),
-                0,
-                0,
-                0.0,
-                0.0,
-                len(done),
-                encoder.device,
-            )
+            return EncodeSummary.of_complete(out_path, encoder.device)
         writer = ShardWriter.resume(out_path)
         if writer.manifest.shards:
             ids = ShardSet.open(out_path, allow_incomplete=True).ids()
@@ -256,13 +252,8 @@ def encode_corpus(
             id_type=id_type,
             metadata=wanted,
         )
-    start = line_range or LineRange(0, 0, -1)
-    cursor = writer.last_cursor or {
-        "line": start.start_line,
-        "byte": start.start_byte,
-        "skipped": 0,
-        "skipped_bytes": 0,
-    }
+    start_line, start_byte = (line_range.start_line, line_range.start_byte) if line_range else (0, 0)
+    cursor = writer.last_cursor or {"line": start_line, "byte": start_byte, "skipped": 0, "skipped_bytes": 0}
     resumed_at = writer.manifest.rows
 
     skipped_path = out_path / SKIPPED_NAME

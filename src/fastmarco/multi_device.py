@@ -38,7 +38,6 @@ from fastmarco.corpus import (
     LineRange,
     OnBadLine,
     check_same_job,
-    corpus_fingerprint,
     count_lines,
     detect_id_type,
     encode_corpus,
@@ -268,22 +267,11 @@ def encode_corpus_on_devices(
                 f"{out_path}: a one-worker encode is in progress here; resume it without --devices, "
                 "or pass --restart"
             )
-        return EncodeSummary(
-            str(out_path),
-            existing.rows,
-            len(existing.shards),
-            0,
-            0,
-            0,
-            0.0,
-            0.0,
-            existing.rows,
-            ",".join(devices),
-        )
+        return EncodeSummary.of_complete(out_path, ",".join(devices))
 
     line_ranges = plan_parts(corpus_path, len(devices), rows_per_shard)
     plan = {
-        "corpus": corpus_fingerprint(corpus_path),
+        "corpus": metadata["corpus"]["fingerprint"],  # hashing a 3 GB corpus once is enough
         "rows_per_shard": rows_per_shard,
         "parts": [asdict(r) for r in line_ranges],
     }
@@ -306,7 +294,7 @@ def encode_corpus_on_devices(
         )
         for k, line_range in enumerate(line_ranges)
     ]
-    summaries = _run_workers(tasks, line_ranges, progress)
+    summaries = _run_workers(tasks, progress)
     manifest = _merge(out_path, corpus_path, parts_dir, len(tasks), metadata)
     seconds = time.perf_counter() - started
     resumed_at = sum(int(s["resumed_at_row"]) for s in summaries)
@@ -326,7 +314,6 @@ def encode_corpus_on_devices(
 
 def _run_workers(
     tasks: list[_PartTask],
-    line_ranges: list[LineRange],
     progress: Callable[[int, int, int, int], None] | None,
 ) -> list[dict[str, Any]]:
     """Start one process per task, relay progress, and raise the first failure with its worker named."""
@@ -335,7 +322,7 @@ def _run_workers(
     processes = [context.Process(target=_run_part, args=(task, messages), daemon=True) for task in tasks]
     for process in processes:
         process.start()
-    total = sum(r.stop_line - r.start_line for r in line_ranges)
+    total = sum(task.line_range.stop_line - task.line_range.start_line for task in tasks)
     rows, tokens, shards = [0] * len(tasks), [0] * len(tasks), [0] * len(tasks)
     summaries: dict[int, dict[str, Any]] = {}
     try:
