@@ -59,8 +59,8 @@ def load_texts(count: int, collection: Path) -> tuple[list[str], str]:
 
 
 def run_fastmarco(folder: Path, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    from fastmarco.encoder import Encoder
-    from fastmarco.export import export_model
+    from fastmarco.model.encoder import Encoder
+    from fastmarco.model.export import export_model
 
     fp16 = args.device == "cuda"
     exported = args.workdir / f"{args.shape}-{'fp16' if fp16 else 'fp32'}"

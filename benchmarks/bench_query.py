@@ -31,7 +31,15 @@ import numpy as np
 from _common import environment, save
 
 from fastmarco import ShardSet, ShardWriter
-from fastmarco.index import KINDS, VectorIndex, build_index, default_nprobe, factory_lists, plan_index
+from fastmarco.search.backends import VectorIndex
+from fastmarco.search.index import (
+    KINDS,
+    IndexManifest,
+    build_index,
+    default_nprobe,
+    describe_factory,
+    plan_index,
+)
 
 PROFILE = Path(__file__).with_name("msmarco_profile.json")
 LATENT = 96
@@ -105,8 +113,8 @@ def bench_kind(
     print(f"[{kind}] {plan.describe()}", flush=True)
     target = workdir / f"index-{kind}"
     if args.reuse and (target / "index.json").is_file():
-        manifest = json.loads((target / "index.json").read_text())
-        build_seconds = manifest["build"]["seconds"]
+        manifest = IndexManifest.load(target)
+        build_seconds = manifest.build["seconds"]
         print(f"  reusing {target} (built in {build_seconds:.0f} s)", flush=True)
     else:
         started = time.perf_counter()
@@ -114,24 +122,24 @@ def bench_kind(
             shards, target, kind=kind, overwrite=True, progress=lambda m: print(f"  {m}", flush=True)
         )  # type: ignore[arg-type]
         build_seconds = time.perf_counter() - started
-    nlist = factory_lists(manifest["factory"])
+    nlist = describe_factory(manifest.factory, manifest.dim).nlist
     nprobe = args.nprobe or default_nprobe(nlist)
     index = VectorIndex.open(target, nprobe=nprobe)
     result: dict[str, Any] = {
-        "factory": manifest["factory"],
+        "factory": manifest.factory,
         "build_seconds": build_seconds,
-        "index_bytes": manifest["build"]["index_bytes"],  # 0 for flat: it searches the shards
+        "index_bytes": manifest.build["index_bytes"],  # 0 for flat: it searches the shards
         "plan": {"ram_bytes": plan.ram_bytes, "disk_bytes": plan.disk_bytes, "seconds": plan.seconds},
         "nprobe": nprobe,
-        "ef_search": manifest["ef_search"],
-        "refine": manifest["refine"],
+        "ef_search": manifest.ef_search,
+        "refine": manifest.refine,
     }
-    _, rows10 = index.search(queries, 10)
-    _, rows100 = index.search(queries, 100)
+    rows10 = index.search(queries, 10).rows
+    rows100 = index.search(queries, 100).rows
     result["recall@10"] = recall(rows10, truth, 10)
     result["recall@100"] = recall(rows100, truth, 100)
-    if manifest["refine"]:
-        _, plain = index.search(queries, 10, refine=0)
+    if manifest.refine:
+        plain = index.search(queries, 10, refine=0).rows
         result["recall@10_without_refine"] = recall(plain, truth, 10)
     started = time.perf_counter()
     index.search(queries, 10)
@@ -149,9 +157,9 @@ def nprobe_sweep(target: Path, nlist: int, queries: np.ndarray, truth: np.ndarra
     for probes in (p for p in (32, 64, 128, 256, 512, 1024, 2048) if p <= nlist):
         index = VectorIndex.open(target, nprobe=probes)
         started = time.perf_counter()
-        _, found10 = index.search(queries, 10)
+        found10 = index.search(queries, 10).rows
         qps = len(queries) / (time.perf_counter() - started)
-        _, found100 = index.search(queries, 100)
+        found100 = index.search(queries, 100).rows
         single = []
         for i in range(100):
             started = time.perf_counter()
@@ -174,7 +182,7 @@ def single_query_latency(index: VectorIndex, queries: np.ndarray, args: argparse
     """One query at a time, as a search box sends them: encode the text (if a model), then search."""
     encoder = None
     if args.model:
-        from fastmarco.encoder import Encoder
+        from fastmarco.model.encoder import Encoder
 
         encoder = Encoder.open(args.model, device=args.device, max_batch=1, busy_wait=False)  # as Engine
     texts = query_texts(args.latency_queries)

@@ -3,8 +3,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "exact_search.hpp"
 #include "refine.hpp"
@@ -17,146 +20,135 @@ using fastmarco::DType;
 
 namespace {
 
-DType dtype_of(const py::array& a, const char* name) {
-  const auto dt = a.dtype();
-  if (dt.kind() == 'f' && dt.itemsize() == 4) return DType::Float32;
-  if (dt.kind() == 'f' && dt.itemsize() == 2) return DType::Float16;
-  throw py::value_error(std::string(name) + " must be float32 or float16, got " + py::str(dt).cast<std::string>() +
-                        "; convert with .astype(numpy.float32)");
+// Every array that crosses into C++ goes through `checked` or `checked_rows`: dtype, shape (against
+// the caller's own dim where it has one), C order, alignment and, for outputs, writeability. A
+// failed check is std::invalid_argument, which reaches Python as fastmarco.errors.InputError.
+[[noreturn]] void bad_input(const std::string& message) { throw std::invalid_argument(message); }
+
+std::string shape_text(const py::array& a) {
+  std::string text = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) text += (i ? ", " : "") + std::to_string(a.shape(i));
+  return text + (a.ndim() == 1 ? ",)" : ")");
 }
 
-void require_c_contiguous(const py::array& a, const char* name) {
-  if (!(a.flags() & py::array::c_style)) {
-    throw py::value_error(std::string(name) + " must be C-contiguous; pass numpy.ascontiguousarray(" + name + ")");
-  }
-}
+constexpr py::ssize_t kAny = -1;
 
-void require_shape(const py::array& a, const char* name, std::initializer_list<py::ssize_t> shape) {
+void check_layout(const py::array& a, const char* name, std::initializer_list<py::ssize_t> shape, bool output,
+                  std::size_t alignment) {
   bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
   std::string want = "(";
   py::ssize_t i = 0;
-  for (auto s : shape) {
-    if (ok && a.shape(i) != s) ok = false;
-    want += (i ? ", " : "") + std::to_string(s);
+  for (const auto s : shape) {
+    if (ok && s != kAny && a.shape(i) != s) ok = false;
+    want += (i ? ", " : "") + (s == kAny ? std::string("n") : std::to_string(s));
     ++i;
   }
   want += shape.size() == 1 ? ",)" : ")";
-  if (!ok) {
-    throw py::value_error(std::string(name) + " must have shape " + want + ", got " +
-                          py::str(py::tuple(py::cast(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()))))
-                              .cast<std::string>());
+  if (!ok) bad_input(std::string(name) + " must have shape " + want + ", got " + shape_text(a));
+  if (!(a.flags() & py::array::c_style)) {
+    bad_input(std::string(name) + " must be C-contiguous; pass numpy.ascontiguousarray(" + name + ")");
   }
+  if (reinterpret_cast<std::uintptr_t>(a.data()) % alignment != 0) {
+    bad_input(std::string(name) + " is not aligned to its dtype; pass numpy.ascontiguousarray(" + name + ")");
+  }
+  if (output && !a.writeable()) bad_input(std::string(name) + " must be writeable (it is read-only)");
 }
 
+// An array of exactly dtype T and the given shape (kAny: any size), checked as above.
 template <typename T>
-void require_dtype(const py::array& a, const char* name, const char* dtype_name) {
-  if (!py::isinstance<py::array_t<T>>(a) || !a.dtype().is(py::dtype::of<T>())) {
-    throw py::value_error(std::string(name) + " must have dtype " + dtype_name + ", got " +
-                          py::str(a.dtype()).cast<std::string>());
+T* checked(const py::array& a, const char* name, std::initializer_list<py::ssize_t> shape, bool output = false) {
+  if (!a.dtype().is(py::dtype::of<T>())) {
+    bad_input(std::string(name) + " must have dtype " + py::str(py::dtype::of<T>()).cast<std::string>() + ", got " +
+              py::str(a.dtype()).cast<std::string>());
   }
+  check_layout(a, name, shape, output, alignof(T));
+  return static_cast<T*>(const_cast<void*>(a.data()));
+}
+
+struct Rows {
+  const void* data;
+  DType dtype;
+  py::ssize_t count;
+};
+
+// A (n, dim) float16 or float32 array; dim == kAny accepts any positive width.
+Rows checked_rows(const py::array& a, const char* name, py::ssize_t dim) {
+  const auto dt = a.dtype();
+  DType dtype;
+  if (dt.is(py::dtype::of<float>())) {
+    dtype = DType::Float32;
+  } else if (dt.is(py::dtype("float16"))) {
+    dtype = DType::Float16;
+  } else {
+    bad_input(std::string(name) + " must be float32 or float16, got " + py::str(dt).cast<std::string>() +
+              "; convert with .astype(numpy.float32)");
+  }
+  check_layout(a, name, {kAny, dim}, false, dtype_size(dtype));
+  if (a.shape(1) == 0) bad_input(std::string(name) + " must have a positive dim");
+  return {a.data(), dtype, a.shape(0)};
 }
 
 fastmarco::Metric metric_from_name(const std::string& name) {
   if (name == "ip" || name == "dot") return fastmarco::Metric::InnerProduct;
   if (name == "cosine") return fastmarco::Metric::Cosine;
-  throw py::value_error("metric must be 'ip' (inner product) or 'cosine', got '" + name + "'");
+  bad_input("metric must be 'ip' (inner product) or 'cosine', got '" + name + "'");
+}
+
+void check_k(std::int64_t k) {
+  if (k <= 0) bad_input("k must be positive, got " + std::to_string(k));
 }
 
 void exact_search_py(const py::array& queries, const py::array& rows, std::int64_t k, const std::string& metric,
                      const py::array& out_scores, const py::array& out_ids, int threads) {
-  require_dtype<float>(queries, "queries", "float32");
-  require_c_contiguous(queries, "queries");
-  if (queries.ndim() != 2) throw py::value_error("queries must be 2-D (nq, dim)");
-  const DType dtype = dtype_of(rows, "rows");
-  require_c_contiguous(rows, "rows");
-  if (rows.ndim() != 2) throw py::value_error("rows must be 2-D (nrows, dim)");
-  if (rows.shape(1) != queries.shape(1)) {
-    throw py::value_error("queries have dim " + std::to_string(queries.shape(1)) + " but rows have dim " +
-                          std::to_string(rows.shape(1)));
-  }
-  if (k <= 0) throw py::value_error("k must be positive, got " + std::to_string(k));
-  const py::ssize_t nq = queries.shape(0);
-  require_dtype<float>(out_scores, "out_scores", "float32");
-  require_dtype<std::int64_t>(out_ids, "out_ids", "int64");
-  require_shape(out_scores, "out_scores", {nq, k});
-  require_shape(out_ids, "out_ids", {nq, k});
-  require_c_contiguous(out_scores, "out_scores");
-  require_c_contiguous(out_ids, "out_ids");
-  if (!out_scores.writeable() || !out_ids.writeable()) throw py::value_error("out_scores and out_ids must be writeable");
-  if (rows.shape(1) == 0) throw py::value_error("dim must be positive");
-
-  const auto* q = static_cast<const float*>(queries.data());
-  const void* r = rows.data();
-  auto* s = static_cast<float*>(const_cast<void*>(out_scores.data()));
-  auto* i = static_cast<std::int64_t*>(const_cast<void*>(out_ids.data()));
+  const auto* q = checked<float>(queries, "queries", {kAny, kAny});
+  const py::ssize_t nq = queries.shape(0), dim = queries.shape(1);
+  if (dim == 0) bad_input("queries must have a positive dim");
+  const Rows r = checked_rows(rows, "rows", dim);
+  check_k(k);
+  auto* s = checked<float>(out_scores, "out_scores", {nq, k}, true);
+  auto* i = checked<std::int64_t>(out_ids, "out_ids", {nq, k}, true);
   const fastmarco::SearchOptions options{metric_from_name(metric), threads};
-  const std::int64_t dim = queries.shape(1);
-  const std::int64_t nrows = rows.shape(0);
   py::gil_scoped_release release;
-  fastmarco::exact_search(q, nq, dim, r, dtype, nrows, k, options, s, i);
+  fastmarco::exact_search(q, nq, dim, r.data, r.dtype, r.count, k, options, s, i);
 }
 
 void merge_topk_py(const py::array& scores, const py::array& ids, const py::array& id_offsets,
                    const py::array& out_scores, const py::array& out_ids) {
-  require_dtype<float>(scores, "scores", "float32");
-  require_dtype<std::int64_t>(ids, "ids", "int64");
-  require_dtype<std::int64_t>(id_offsets, "id_offsets", "int64");
-  require_dtype<float>(out_scores, "out_scores", "float32");
-  require_dtype<std::int64_t>(out_ids, "out_ids", "int64");
-  if (scores.ndim() != 3) throw py::value_error("scores must be 3-D (nshard, nq, k)");
+  const auto* s = checked<float>(scores, "scores", {kAny, kAny, kAny});
   const py::ssize_t nshard = scores.shape(0), nq = scores.shape(1), k = scores.shape(2);
-  require_shape(ids, "ids", {nshard, nq, k});
-  require_shape(id_offsets, "id_offsets", {nshard});
-  require_shape(out_scores, "out_scores", {nq, k});
-  require_shape(out_ids, "out_ids", {nq, k});
-  for (const auto* a : {&scores, &ids, &id_offsets, &out_scores, &out_ids}) require_c_contiguous(*a, "merge_topk arrays");
-  if (!out_scores.writeable() || !out_ids.writeable()) throw py::value_error("out_scores and out_ids must be writeable");
-  const auto* s = static_cast<const float*>(scores.data());
-  const auto* i = static_cast<const std::int64_t*>(ids.data());
-  const auto* o = static_cast<const std::int64_t*>(id_offsets.data());
-  auto* os = static_cast<float*>(const_cast<void*>(out_scores.data()));
-  auto* oi = static_cast<std::int64_t*>(const_cast<void*>(out_ids.data()));
+  const auto* i = checked<std::int64_t>(ids, "ids", {nshard, nq, k});
+  const auto* o = checked<std::int64_t>(id_offsets, "id_offsets", {nshard});
+  auto* os = checked<float>(out_scores, "out_scores", {nq, k}, true);
+  auto* oi = checked<std::int64_t>(out_ids, "out_ids", {nq, k}, true);
   py::gil_scoped_release release;
   fastmarco::merge_topk(s, i, o, nshard, nq, k, os, oi);
 }
 
-void refine_topk_py(const py::array& queries, const std::vector<py::array>& shards, const py::array& candidates, std::int64_t k,
-                    const std::string& metric, const py::array& out_scores, const py::array& out_ids, int threads) {
-  require_dtype<float>(queries, "queries", "float32");
-  require_c_contiguous(queries, "queries");
-  if (queries.ndim() != 2) throw py::value_error("queries must be 2-D (nq, dim)");
+void refine_topk_py(const py::array& queries, const std::vector<py::array>& shards, const py::array& candidates,
+                    std::int64_t k, const std::string& metric, const py::array& out_scores, const py::array& out_ids,
+                    int threads) {
+  const auto* q = checked<float>(queries, "queries", {kAny, kAny});
   const py::ssize_t nq = queries.shape(0), dim = queries.shape(1);
-  require_dtype<std::int64_t>(candidates, "candidates", "int64");
-  require_c_contiguous(candidates, "candidates");
-  if (candidates.ndim() != 2 || candidates.shape(0) != nq) throw py::value_error("candidates must be (nq, ncand)");
-  if (k <= 0) throw py::value_error("k must be positive, got " + std::to_string(k));
-  require_dtype<float>(out_scores, "out_scores", "float32");
-  require_dtype<std::int64_t>(out_ids, "out_ids", "int64");
-  require_shape(out_scores, "out_scores", {nq, k});
-  require_shape(out_ids, "out_ids", {nq, k});
-  if (!out_scores.writeable() || !out_ids.writeable()) throw py::value_error("out_scores and out_ids must be writeable");
+  if (dim == 0) bad_input("queries must have a positive dim");
+  const auto* c = checked<std::int64_t>(candidates, "candidates", {nq, kAny});
+  check_k(k);
+  auto* s = checked<float>(out_scores, "out_scores", {nq, k}, true);
+  auto* i = checked<std::int64_t>(out_ids, "out_ids", {nq, k}, true);
   std::vector<fastmarco::RowBlock> blocks;
   for (const auto& rows : shards) {
-    const DType dtype = dtype_of(rows, "shard rows");
-    require_c_contiguous(rows, "shard rows");
-    if (rows.ndim() != 2 || rows.shape(1) != dim) {
-      throw py::value_error("every shard must be (rows, " + std::to_string(dim) + ")");
-    }
-    blocks.push_back({rows.data(), dtype, rows.shape(0)});
+    const Rows r = checked_rows(rows, "shard rows", dim);
+    blocks.push_back({r.data, r.dtype, r.count});
   }
-  const auto* q = static_cast<const float*>(queries.data());
-  const auto* c = static_cast<const std::int64_t*>(candidates.data());
-  auto* s = static_cast<float*>(const_cast<void*>(out_scores.data()));
-  auto* i = static_cast<std::int64_t*>(const_cast<void*>(out_ids.data()));
   const auto m = metric_from_name(metric);
   const std::int64_t ncand = candidates.shape(1);
   py::gil_scoped_release release;
-  try {
-    fastmarco::refine_topk(q, nq, dim, blocks, c, ncand, k, m, threads, s, i);
-  } catch (const std::out_of_range& e) {
-    py::gil_scoped_acquire acquire;
-    throw py::index_error(e.what());
-  }
+  fastmarco::refine_topk(q, nq, dim, blocks, c, ncand, k, m, threads, s, i);
+}
+
+// Raises the fastmarco.errors class `name` (the one error hierarchy) with the C++ message.
+void raise_fastmarco_error(const char* name, const char* message) {
+  const py::object error_class = py::module_::import("fastmarco.errors").attr(name);
+  PyErr_SetObject(error_class.ptr(), py::str(message).ptr());
 }
 
 py::dtype numpy_dtype(DType dtype) { return py::dtype(dtype == DType::Float16 ? "float16" : "float32"); }
@@ -169,8 +161,20 @@ PYBIND11_MODULE(_native, m) {
   m.attr("HEADER_BYTES") = fastmarco::kHeaderBytes;
   m.attr("MISSING_ID") = fastmarco::kMissingId;
 
-  auto format_error = py::register_exception<fastmarco::ShardFormatError>(m, "ShardFormatError", PyExc_ValueError);
-  py::register_exception<fastmarco::ShardChecksumError>(m, "ShardChecksumError", format_error.ptr());
+  // C++ exceptions become fastmarco.errors classes; std::out_of_range stays IndexError (pybind11's own).
+  py::register_exception_translator([](std::exception_ptr failure) {
+    try {
+      if (failure) std::rethrow_exception(failure);
+    } catch (const fastmarco::ShardChecksumError& e) {
+      raise_fastmarco_error("ShardChecksumError", e.what());
+    } catch (const fastmarco::ShardFormatError& e) {
+      raise_fastmarco_error("ShardFormatError", e.what());
+    } catch (const fastmarco::StoreIOError& e) {
+      raise_fastmarco_error("StoreIOError", e.what());
+    } catch (const std::invalid_argument& e) {
+      raise_fastmarco_error("InputError", e.what());
+    }
+  });
 
   py::class_<fastmarco::ShardFileWriter>(m, "ShardFileWriter",
                                          "Appends rows to '<path>.tmp' and publishes '<path>' atomically on finalize().")
@@ -181,19 +185,23 @@ PYBIND11_MODULE(_native, m) {
       .def(
           "append",
           [](fastmarco::ShardFileWriter& self, const py::array& rows) {
-            require_c_contiguous(rows, "rows");
-            if (rows.ndim() != 2) throw py::value_error("rows must be 2-D (n, dim)");
-            const void* data = rows.data();
-            const auto n = static_cast<std::uint64_t>(rows.shape(0));
-            // Shape and dtype are checked by the Python layer, which knows the shard's dim and dtype.
+            const Rows r = checked_rows(rows, "rows", static_cast<py::ssize_t>(self.dim()));
+            if (r.dtype != self.dtype()) {
+              bad_input(std::string("rows must be ") + (self.dtype() == DType::Float16 ? "float16" : "float32") +
+                        " for this " + fastmarco::dtype_name(self.dtype()) + " shard, got " +
+                        py::str(rows.dtype()).cast<std::string>());
+            }
             py::gil_scoped_release release;
-            self.append(data, n);
+            self.append(r.data, static_cast<std::uint64_t>(r.count));
           },
-          "rows"_a, "Appends a C-contiguous (n, dim) array of the writer's dtype.")
+          "rows"_a, "Appends a C-contiguous (n, dim) array of the writer's dtype and dim (both checked).")
       .def("finalize", &fastmarco::ShardFileWriter::finalize, py::call_guard<py::gil_scoped_release>(),
            "Writes the header, fsyncs and renames into place; returns the payload checksum.")
       .def("abort", &fastmarco::ShardFileWriter::abort, "Removes the temporary file.")
       .def_property_readonly("path", &fastmarco::ShardFileWriter::path)
+      .def_property_readonly("dtype",
+                             [](const fastmarco::ShardFileWriter& self) { return fastmarco::dtype_name(self.dtype()); })
+      .def_property_readonly("dim", &fastmarco::ShardFileWriter::dim)
       .def_property_readonly("rows", &fastmarco::ShardFileWriter::rows)
       .def_property_readonly("is_open", &fastmarco::ShardFileWriter::is_open);
 
@@ -202,6 +210,8 @@ PYBIND11_MODULE(_native, m) {
            py::call_guard<py::gil_scoped_release>())
       .def("verify_checksum", &fastmarco::ShardFile::verify_checksum, py::call_guard<py::gil_scoped_release>(),
            "Hashes the payload; raises ShardChecksumError on mismatch.")
+      .def("check_unchanged", &fastmarco::ShardFile::check_unchanged,
+           "Raises ShardFormatError if the file was modified in place or replaced since it was opened.")
       .def_property_readonly("path", &fastmarco::ShardFile::path)
       .def_property_readonly("dtype", [](const fastmarco::ShardFile& self) { return fastmarco::dtype_name(self.dtype()); })
       .def_property_readonly("dim", &fastmarco::ShardFile::dim)
@@ -237,7 +247,7 @@ PYBIND11_MODULE(_native, m) {
       [](const py::buffer& data) {
         const py::buffer_info info = data.request();
         if (info.size * info.itemsize > 0 && !PyBuffer_IsContiguous(info.view(), 'C')) {
-          throw py::value_error("checksum needs a contiguous buffer");
+          bad_input("checksum needs a contiguous buffer");
         }
         const void* ptr = info.ptr;
         const auto bytes = static_cast<std::size_t>(info.size * info.itemsize);

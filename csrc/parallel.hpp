@@ -1,4 +1,5 @@
-// A fixed pool of std::threads over an index range; the first exception is rethrown in the caller.
+// Thread helpers: each call starts its own std::threads and joins them (no pool is kept between
+// calls); callers bound the count with a thread budget. The first exception is rethrown in the caller.
 #pragma once
 
 #include <algorithm>

@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cinttypes>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 
@@ -24,8 +26,18 @@ bool host_is_little_endian() {
   return first == 1;
 }
 
-std::string errno_text(const std::string& what, const std::string& path) {
-  return what + " '" + path + "': " + std::strerror(errno);
+[[noreturn]] void fail_io(const std::string& what, const std::string& path) {
+  throw StoreIOError(what + " '" + path + "': " + std::strerror(errno));
+}
+
+std::string hex64(std::uint64_t v) {
+  char text[17];
+  std::snprintf(text, sizeof text, "%016" PRIx64, v);
+  return text;
+}
+
+std::int64_t mtime_ns(const struct stat& st) {
+  return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
 }
 
 void put_u32(unsigned char* at, std::uint32_t v) { std::memcpy(at, &v, 4); }
@@ -47,7 +59,7 @@ void write_all(int fd, const void* data, std::size_t size, const std::string& pa
     const ssize_t n = ::write(fd, p, size);
     if (n < 0) {
       if (errno == EINTR) continue;
-      throw std::runtime_error(errno_text("cannot write", path));
+      fail_io("cannot write", path);
     }
     p += n;
     size -= static_cast<std::size_t>(n);
@@ -58,10 +70,12 @@ void fsync_parent_dir(const std::string& path) {
   const auto slash = path.find_last_of('/');
   const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (dfd < 0) throw std::runtime_error(errno_text("cannot open directory", dir));
+  if (dfd < 0) fail_io("cannot open directory", dir);
   const int rc = ::fsync(dfd);
+  const int saved = errno;
   ::close(dfd);
-  if (rc != 0) throw std::runtime_error(errno_text("cannot fsync directory", dir));
+  errno = saved;
+  if (rc != 0) fail_io("cannot fsync directory", dir);
 }
 
 }  // namespace
@@ -96,7 +110,7 @@ ShardFileWriter::ShardFileWriter(std::string path, DType dtype, std::uint32_t di
   if (dim == 0) throw std::invalid_argument("dim must be positive");
   dtype_size(dtype);  // validates the code
   fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd_ < 0) throw std::runtime_error(errno_text("cannot create", tmp_path_));
+  if (fd_ < 0) fail_io("cannot create", tmp_path_);
   auto* state = XXH3_createState();
   if (state == nullptr) throw std::bad_alloc();
   XXH3_64bits_reset(state);
@@ -136,13 +150,13 @@ std::uint64_t ShardFileWriter::finalize() {
   put_u64(header + 32, payload_hash);
   put_u64(header + 40, XXH3_64bits(header, 40));
   if (::pwrite(fd_, header, kHeaderBytes, 0) != static_cast<ssize_t>(kHeaderBytes)) {
-    throw std::runtime_error(errno_text("cannot write header of", tmp_path_));
+    fail_io("cannot write header of", tmp_path_);
   }
-  if (::fsync(fd_) != 0) throw std::runtime_error(errno_text("cannot fsync", tmp_path_));
+  if (::fsync(fd_) != 0) fail_io("cannot fsync", tmp_path_);
   ::close(fd_);
   fd_ = -1;
   if (::rename(tmp_path_.c_str(), path_.c_str()) != 0) {
-    throw std::runtime_error(errno_text("cannot rename to", path_));
+    fail_io("cannot rename to", path_);
   }
   fsync_parent_dir(path_);
   return payload_hash;
@@ -158,12 +172,18 @@ void ShardFileWriter::abort() {
 
 ShardFile::ShardFile(std::string path, bool verify) : path_(std::move(path)) {
   const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw std::runtime_error(errno_text("cannot open shard", path_));
+  if (fd < 0) fail_io("cannot open shard", path_);
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
+    const int saved = errno;
     ::close(fd);
-    throw std::runtime_error(errno_text("cannot stat shard", path_));
+    errno = saved;
+    fail_io("cannot stat shard", path_);
   }
+  device_ = static_cast<std::uint64_t>(st.st_dev);
+  inode_ = static_cast<std::uint64_t>(st.st_ino);
+  size_ = static_cast<std::uint64_t>(st.st_size);
+  mtime_ns_ = mtime_ns(st);
   const auto file_bytes = static_cast<std::uint64_t>(st.st_size);
   unsigned char header[kHeaderBytes] = {};
   const ssize_t got = file_bytes >= kHeaderBytes ? ::pread(fd, header, kHeaderBytes, 0) : 0;
@@ -183,6 +203,9 @@ ShardFile::ShardFile(std::string path, bool verify) : path_(std::move(path)) {
          std::to_string(kFormatVersion));
   }
   if (get_u64(header + 40) != XXH3_64bits(header, 40)) fail("has a corrupt header (header checksum mismatch)");
+  for (std::size_t i = 48; i < kHeaderBytes; ++i) {
+    if (header[i] != 0) fail("has a corrupt header (reserved byte " + std::to_string(i) + " is not zero)");
+  }
   const std::uint32_t code = get_u32(header + 12);
   if (code != static_cast<std::uint32_t>(DType::Float32) && code != static_cast<std::uint32_t>(DType::Float16)) {
     fail("has unknown dtype code " + std::to_string(code));
@@ -203,26 +226,42 @@ ShardFile::ShardFile(std::string path, bool verify) : path_(std::move(path)) {
   }
   map_bytes_ = expected;
   void* map = ::mmap(nullptr, map_bytes_, PROT_READ, MAP_SHARED, fd, 0);
-  const int map_errno = errno;
-  ::close(fd);
   if (map == MAP_FAILED) {
-    errno = map_errno;
-    throw std::runtime_error(errno_text("cannot memory-map shard", path_));
+    const int saved = errno;
+    ::close(fd);
+    errno = saved;
+    fail_io("cannot memory-map shard", path_);
   }
   map_ = map;
+  fd_ = fd;
   if (verify) {
     try {
       verify_checksum();
     } catch (...) {
       ::munmap(map_, map_bytes_);
-      map_ = nullptr;
+      ::close(fd_);
       throw;
     }
   }
 }
 
 ShardFile::~ShardFile() {
-  if (map_ != nullptr) ::munmap(map_, map_bytes_);
+  ::munmap(map_, map_bytes_);
+  ::close(fd_);
+}
+
+void ShardFile::check_unchanged() const {
+  struct stat open_file {}, named {};
+  if (::fstat(fd_, &open_file) != 0) fail_io("cannot stat shard", path_);
+  const bool edited = static_cast<std::uint64_t>(open_file.st_size) != size_ || mtime_ns(open_file) != mtime_ns_;
+  const bool replaced = ::stat(path_.c_str(), &named) != 0 || static_cast<std::uint64_t>(named.st_dev) != device_ ||
+                        static_cast<std::uint64_t>(named.st_ino) != inode_;
+  if (edited || replaced) {
+    throw ShardFormatError("shard '" + path_ + "' " +
+                           (edited ? "was modified in place" : "was replaced or removed") +
+                           " since it was opened; shard files are immutable once written: reopen the shard set "
+                           "(or restart the engine) to read the new files");
+  }
 }
 
 const void* ShardFile::payload() const { return static_cast<const char*>(map_) + kHeaderBytes; }
@@ -230,9 +269,8 @@ const void* ShardFile::payload() const { return static_cast<const char*>(map_) +
 void ShardFile::verify_checksum() const {
   const std::uint64_t actual = XXH3_64bits(payload(), payload_bytes_);
   if (actual != checksum_) {
-    throw ShardChecksumError("shard '" + path_ + "' payload checksum mismatch: header says " +
-                             std::to_string(checksum_) + ", payload hashes to " + std::to_string(actual) +
-                             " (the file is corrupt)");
+    throw ShardChecksumError("shard '" + path_ + "' payload checksum mismatch: header says " + hex64(checksum_) +
+                             ", payload hashes to " + hex64(actual) + " (the file is corrupt)");
   }
 }
 

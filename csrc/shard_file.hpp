@@ -9,7 +9,7 @@
 //  24  u64      rows
 //  32  u64      XXH3-64 of the payload
 //  40  u64      XXH3-64 of bytes [0, 40)
-//  48  u8[16]   reserved (0)
+//  48  u8[16]   reserved (0; a reader refuses anything else, since no checksum covers these bytes)
 //  64  payload  rows * dim * itemsize bytes
 //
 // A writer appends to "<path>.tmp" (whose header stays zeroed, so it never looks whole),
@@ -45,6 +45,12 @@ class ShardChecksumError : public ShardFormatError {
   using ShardFormatError::ShardFormatError;
 };
 
+// A shard file cannot be opened, read, mapped or written (the message carries strerror).
+class StoreIOError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 // XXH3-64 of a byte range; the checksum used throughout the format.
 std::uint64_t checksum_bytes(const void* data, std::size_t size);
 
@@ -63,6 +69,8 @@ class ShardFileWriter {
   void abort();
 
   const std::string& path() const { return path_; }
+  DType dtype() const { return dtype_; }
+  std::uint32_t dim() const { return dim_; }
   std::uint64_t rows() const { return rows_; }
   bool is_open() const { return fd_ >= 0; }
 
@@ -76,7 +84,9 @@ class ShardFileWriter {
   void* hash_state_ = nullptr;  // XXH3_state_t*, opaque here to keep xxhash.h out of headers
 };
 
-// A read-only memory map of a finished shard file.
+// A read-only memory map of a finished shard file. Shard files are immutable once published
+// (writers rename new files into place); the map keeps the file open so that an in-place edit
+// by someone else (which would make reads past a new end of file raise SIGBUS) can be noticed.
 class ShardFile {
  public:
   // Validates magic, version, header checksum and file size; with verify_checksum also
@@ -88,6 +98,9 @@ class ShardFile {
 
   // Hashes the payload and throws ShardChecksumError on mismatch.
   void verify_checksum() const;
+  // Throws ShardFormatError if the file was changed in place (size or modification time of the open
+  // file) or replaced (the path names another file) since it was opened. Two stat calls.
+  void check_unchanged() const;
 
   const std::string& path() const { return path_; }
   DType dtype() const { return dtype_; }
@@ -96,7 +109,6 @@ class ShardFile {
   std::uint64_t checksum() const { return checksum_; }
   std::uint32_t format_version() const { return version_; }
   const void* payload() const;
-  std::size_t payload_bytes() const { return payload_bytes_; }
 
  private:
   std::string path_;
@@ -108,6 +120,10 @@ class ShardFile {
   std::size_t payload_bytes_ = 0;
   void* map_ = nullptr;
   std::size_t map_bytes_ = 0;
+  int fd_ = -1;
+  // identity of the file as opened: device, inode, size, modification time (ns)
+  std::uint64_t device_ = 0, inode_ = 0, size_ = 0;
+  std::int64_t mtime_ns_ = 0;
 };
 
 }  // namespace fastmarco

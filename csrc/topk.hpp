@@ -45,11 +45,6 @@ class TopKHeap {
   // Writes the kept pairs best-first into k slots, padding with the sentinel; empties the heap.
   void drain_sorted(float* out_scores, std::int64_t* out_ids);
 
-  void clear() {
-    scores_.clear();
-    ids_.clear();
-  }
-
  private:
   // "a sits above b": a is worse than b.
   bool above(std::size_t a, std::size_t b) const { return is_better(scores_[b], ids_[b], scores_[a], ids_[a]); }

@@ -1,10 +1,22 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "msmarco-mini"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`slow` tests (about 20 min each on 2 cores) run only when asked: FASTMARCO_SLOW=1, or a -m
+    expression that names the marker (`-m slow`); `-m "not slow"` deselects them as usual."""
+    if os.environ.get("FASTMARCO_SLOW") == "1" or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow (about 20 min on 2 cores); run with FASTMARCO_SLOW=1 or -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +41,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def exported(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
     """Each tiny model exported in fp32 and fp16."""
     pytest.importorskip("optimum.exporters.onnx", reason="needs the export extra: pip install '.[export]'")
-    from fastmarco.export import export_model
+    from fastmarco.model.export import export_model
 
     root = tmp_path_factory.mktemp("exported")
     out = {}

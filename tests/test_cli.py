@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from fastmarco import __version__
 from fastmarco.cli import main
-from fastmarco.shards import write_shards
+from fastmarco.store.shards import write_shards
 
 
 def test_version() -> None:

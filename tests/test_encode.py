@@ -16,17 +16,13 @@ from click.testing import CliRunner
 from reference import row_cosines
 
 from fastmarco.cli import main
-from fastmarco.corpus import EncodeMismatchError, encode_corpus
-from fastmarco.encoder import Encoder
-from fastmarco.formats import FormatError, read_collection
-from fastmarco.multi_device import (
-    EncodeWorkerError,
-    encode_corpus_on_devices,
-    line_offsets,
-    parse_devices,
-    plan_parts,
-)
-from fastmarco.shards import ShardSet
+from fastmarco.encode.local import PAUSE_ENV, encode_corpus
+from fastmarco.encode.parallel import encode_corpus_on_devices, parse_devices
+from fastmarco.encode.reader import line_offsets, plan_parts
+from fastmarco.errors import EncodeMismatchError, WorkerError
+from fastmarco.model.encoder import Encoder
+from fastmarco.store.formats import FormatError, read_collection
+from fastmarco.store.shards import ShardSet
 
 WORDS = [
     "london",
@@ -88,7 +84,11 @@ def test_rerun_of_a_complete_directory_does_nothing(model: Path, tmp_path: Path)
     assert again.rows == 40 and again.resumed_at_row == 40 and all_files(tmp_path / "s") == before
 
 
-def run_encode(model: Path, corpus: Path, out: Path, *extra: str) -> subprocess.Popen[bytes]:
+def run_encode(
+    model: Path, corpus: Path, out: Path, *extra: str, pause_after: int | None = None
+) -> subprocess.Popen[bytes]:
+    """The CLI in a subprocess; `pause_after` makes it stop (until killed) once that many rows are in
+    finished shards, so a test kills it at a known point instead of racing it."""
     command = [
         sys.executable,
         "-m",
@@ -100,14 +100,30 @@ def run_encode(model: Path, corpus: Path, out: Path, *extra: str) -> subprocess.
         str(corpus),
         "--out",
         str(out),
-        "--device",
-        "cpu",
         "--shard-size",
         "300",
         "--quiet",
         *extra,
     ]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if "--devices" not in extra:
+        command += ["--device", "cpu"]
+    env = dict(os.environ)
+    if pause_after is not None:
+        env[PAUSE_ENV] = str(pause_after)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def kill_when_paused(process: subprocess.Popen[bytes], pauses: int = 1) -> None:
+    """Wait for `pauses` workers to report their pause on stderr, then SIGKILL the process."""
+    assert process.stderr is not None
+    seen = 0
+    while seen < pauses:
+        line = process.stderr.readline()
+        assert line, f"the encode ended before pausing (exit {process.wait()})"
+        seen += b"paused after" in line
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
 
 
 def finished_shards(out: Path) -> int:
@@ -117,10 +133,8 @@ def finished_shards(out: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize(("kill_after_shards", "extra_delay"), [(0, 0.0), (1, 0.0), (2, 0.03), (4, 0.11)])
-def test_sigkill_then_rerun_is_byte_identical(
-    model: Path, tmp_path: Path, kill_after_shards: int, extra_delay: float
-) -> None:
+@pytest.mark.parametrize("kill_after_rows", [0, 300, 600, 1200])
+def test_sigkill_then_rerun_is_byte_identical(model: Path, tmp_path: Path, kill_after_rows: int) -> None:
     corpus = write_corpus(tmp_path / "c.tsv", 3000, seed=1)
     reference = tmp_path / "reference"
     process = run_encode(model, corpus, reference)
@@ -128,25 +142,14 @@ def test_sigkill_then_rerun_is_byte_identical(
     assert process.returncode == 0, err.decode()
 
     target = tmp_path / "killed"
-    process = run_encode(model, corpus, target)
-    deadline = time.monotonic() + 120
-    started = target / "manifest.json"  # wait until the writer exists, then for the shards
-    while (not started.exists() or finished_shards(target) < kill_after_shards) and process.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    time.sleep(extra_delay)
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
-    if process.returncode != -signal.SIGKILL:
-        pytest.skip("the encode finished before it could be killed")
+    kill_when_paused(run_encode(model, corpus, target, pause_after=kill_after_rows))
     assert not json.loads((target / "manifest.json").read_text())["complete"]
-    shards_at_kill = finished_shards(target)
-    assert shards_at_kill >= kill_after_shards
+    assert finished_shards(target) == kill_after_rows // 300
 
     process = run_encode(model, corpus, target)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err.decode()
-    assert json.loads(out)["resumed_at_row"] == 300 * shards_at_kill  # continued from the last whole shard
+    assert json.loads(out)["resumed_at_row"] == kill_after_rows  # continued from the last whole shard
     assert all_files(target) == all_files(reference)
 
 
@@ -309,7 +312,7 @@ def test_a_bad_line_in_a_worker_names_the_worker_file_and_line(model: Path, tmp_
     lines[250] = b"no tab in this line\n"
     corpus = tmp_path / "c.tsv"
     corpus.write_bytes(b"".join(lines))
-    with pytest.raises(EncodeWorkerError, match=rf"worker 1 \(cpu\): FormatError: {corpus}:251: no tab"):
+    with pytest.raises(WorkerError, match=rf"worker 1 \(cpu\): FormatError: {corpus}:251: no tab"):
         encode_corpus_on_devices(model, corpus, tmp_path / "s", ["cpu", "cpu"], rows_per_shard=100)
 
 
@@ -334,21 +337,13 @@ def test_sigkill_of_a_two_worker_run_then_rerun_is_byte_identical(model: Path, t
     assert process.returncode == 0, err.decode()
 
     target = tmp_path / "killed"
-    process = run_encode(model, corpus, target, "--devices", "cpu,cpu")
-    deadline = time.monotonic() + 120
-    while finished_shards(target / ".parts" / "part-1") < 1 and process.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
-    if process.returncode != -signal.SIGKILL:
-        pytest.skip("the encode finished before it could be killed")
+    kill_when_paused(run_encode(model, corpus, target, "--devices", "cpu,cpu", pause_after=300), pauses=2)
     time.sleep(0.5)  # the workers die with their parent (PR_SET_PDEATHSIG)
-    assert finished_shards(target / ".parts" / "part-0") < 5  # killed mid-way: parts, no final manifest
-    assert not (target / "manifest.json").exists()
+    assert [finished_shards(target / ".parts" / f"part-{k}") for k in (0, 1)] == [1, 1]
+    assert not (target / "manifest.json").exists()  # killed mid-way: parts, no final manifest
 
     process = run_encode(model, corpus, target, "--devices", "cpu,cpu")
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err.decode()
-    assert json.loads(out)["resumed_at_row"] >= 300
+    assert json.loads(out)["resumed_at_row"] == 600
     assert all_files(target) == all_files(reference)

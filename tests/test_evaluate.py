@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastmarco.evaluate import evaluate, rank_entries
-from fastmarco.formats import RunEntry, load_qrels, read_run
+from fastmarco.eval.metrics import evaluate, rank_entries
+from fastmarco.store.formats import RunEntry, load_qrels, read_run
 
 pytrec_eval = pytest.importorskip("pytrec_eval", reason="needs pytrec-eval-terrier (the dev extra)")
 

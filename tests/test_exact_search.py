@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from reference import assert_topk_matches, brute_force_scores, brute_force_topk
 
-from fastmarco import MISSING_ID, ShardSet, ShardWriter, exact_search
+from fastmarco import MISSING_ID, InputError, ShardSet, ShardWriter, _native, exact_search
 
 DTYPES = {"fp16": np.float16, "fp32": np.float32}
 
@@ -119,3 +119,31 @@ def test_search_reads_shards_zero_copy(tmp_path: Path) -> None:
 def test_bad_arguments_raise_actionable_errors(queries, rows, k, metric, message) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=message):
         exact_search(queries, rows, k, metric)
+
+
+def test_refine_refuses_output_arrays_it_cannot_write_densely() -> None:
+    """refine_topk used to write into a strided view as if it were dense, past its end."""
+    queries = np.ones((2, 4), np.float32)
+    rows = np.ones((5, 4), np.float16)
+    candidates = np.array([[0, 1, 2], [2, 3, 4]], dtype=np.int64)
+    wide_scores, wide_ids = np.zeros((2, 6), np.float32), np.zeros((2, 6), np.int64)
+    good_scores, good_ids = np.empty((2, 3), np.float32), np.empty((2, 3), np.int64)
+    for scores, ids, message in (
+        (wide_scores[:, ::2], good_ids, "out_scores must be C-contiguous"),
+        (good_scores, wide_ids[:, ::2], "out_ids must be C-contiguous"),
+        (good_scores, good_ids.astype(np.int32), "out_ids must have dtype int64"),
+        (np.empty((3, 3), np.float32), good_ids, r"out_scores must have shape \(2, 3\), got \(3, 3\)"),
+    ):
+        with pytest.raises(InputError, match=message):
+            _native.refine_topk(queries, [rows], candidates, 3, "ip", scores, ids)
+    assert not wide_scores.any() and not wide_ids.any()  # nothing was written through the strided views
+    read_only = np.empty((2, 3), np.float32)
+    read_only.setflags(write=False)
+    with pytest.raises(InputError, match="out_scores must be writeable"):
+        _native.refine_topk(queries, [rows], candidates, 3, "ip", read_only, good_ids)
+    with pytest.raises(InputError, match=r"shard rows must have shape \(n, 4\), got \(5, 3\)"):
+        _native.refine_topk(
+            queries, [np.ones((5, 3), np.float16)], candidates, 3, "ip", good_scores, good_ids
+        )
+    _native.refine_topk(queries, [rows], candidates, 3, "ip", good_scores, good_ids)
+    np.testing.assert_array_equal(good_ids, candidates)

@@ -14,8 +14,9 @@ pytest.importorskip("optimum.exporters.onnx", reason="needs the export extra: pi
 from reference import row_cosines
 from tiny_models import CORPUS, FAMILIES
 
-from fastmarco.encoder import Encoder, EncoderError, plan_batches
-from fastmarco.export import ExportError, export_model, read_model_card
+from fastmarco.errors import EncoderError, ExportError, InputError
+from fastmarco.model.encoder import Encoder, plan_batches
+from fastmarco.model.export import export_model, read_model_card
 
 TEXTS = [
     *CORPUS,
@@ -110,9 +111,9 @@ def test_results_do_not_depend_on_batching(exported: dict[tuple[str, str], Path]
 
 def test_bad_inputs(exported: dict[tuple[str, str], Path]) -> None:
     encoder = Encoder.open(exported["bert-mean-normalize", "fp32"], device="cpu")
-    with pytest.raises(TypeError, match=r"texts\[2\] is int, expected str"):
+    with pytest.raises(InputError, match=r"texts\[2\] is int, expected str"):
         encoder.encode(["a", "b", 3])  # type: ignore[list-item]
-    with pytest.raises(TypeError, match="not one str"):
+    with pytest.raises(InputError, match="not one str"):
         encoder.encode("a single string")
     assert encoder.encode([]).shape == (0, 32)
     empty = encoder.encode(["", "   "])

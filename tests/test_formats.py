@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from fastmarco.formats import (
+from fastmarco.store.formats import (
     FormatError,
     RunEntry,
     load_qrels,

@@ -6,17 +6,21 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 pytest.importorskip("faiss", reason="needs faiss (the cpu extra)")
 
-from fastmarco.engine import Engine
-from fastmarco.index import IndexMismatchError, VectorIndex, build_index, factory_for, plan_index
-from fastmarco.shards import ShardSet, write_shards
+from fastmarco.errors import IndexMismatchError, InputError, ManifestError
+from fastmarco.search.backends import VectorIndex
+from fastmarco.search.engine import Engine
+from fastmarco.search.index import IndexManifest, build_index, factory_for, plan_index
+from fastmarco.store.shards import ShardSet, write_shards
 
 
 def clustered(n: int, dim: int, seed: int) -> np.ndarray:
@@ -48,10 +52,10 @@ def test_flat_index_is_the_native_exact_search_and_agrees_with_faiss(shards: Pat
     import faiss
 
     manifest = build_index(shards, tmp_path / "flat", kind="flat")
-    assert manifest["build"]["index_bytes"] == 0 and not (tmp_path / "flat" / "index.faiss").exists()
+    assert manifest.build["index_bytes"] == 0 and not (tmp_path / "flat" / "index.faiss").exists()
     index = VectorIndex.open(tmp_path / "flat")
     queries = clustered(50, 64, 1)
-    scores, rows = index.search(queries, 10)
+    scores, rows, _ = index.search(queries, 10)
     exact_scores, exact_rows = ShardSet.open(shards).search(queries, 10)
     np.testing.assert_array_equal(rows, exact_rows)
     np.testing.assert_array_equal(scores, exact_scores)
@@ -65,12 +69,12 @@ def test_flat_index_is_the_native_exact_search_and_agrees_with_faiss(shards: Pat
 @pytest.mark.parametrize("kind", ["ivfpq", "opq-ivfpq"])
 def test_pq_indexes_with_refine_recall_exact_neighbours(shards: Path, tmp_path: Path, kind: str) -> None:
     manifest = build_index(shards, tmp_path / kind, kind=kind)  # type: ignore[arg-type]
-    assert manifest["refine"] == 50 and manifest["build"]["index_bytes"] > 0
+    assert manifest.refine == 50 and manifest.build["index_bytes"] > 0
     index = VectorIndex.open(tmp_path / kind)
     queries = clustered(200, 64, 1)
     _, exact = ShardSet.open(shards).search(queries, 10)
-    _, refined = index.search(queries, 10)
-    _, unrefined = index.search(queries, 10, refine=1)
+    refined = index.search(queries, 10).rows
+    unrefined = index.search(queries, 10, refine=1).rows
     assert recall_at_10(refined, exact) >= 0.95
     assert recall_at_10(refined, exact) > recall_at_10(unrefined, exact)
 
@@ -81,8 +85,8 @@ def test_hnsw_recall_holds_for_deep_k(shards: Path, tmp_path: Path) -> None:
     index = VectorIndex.open(tmp_path / "hnsw")
     queries = clustered(200, 64, 1)
     _, exact = ShardSet.open(shards).search(queries, 100)
-    _, found10 = index.search(queries, 10)
-    _, found100 = index.search(queries, 100)
+    found10 = index.search(queries, 10).rows
+    found100 = index.search(queries, 100).rows
     assert recall_at_10(found10, exact[:, :10]) >= 0.95
     assert np.mean([len(set(a) & set(b)) / 100 for a, b in zip(found100, exact, strict=True)]) >= 0.95
 
@@ -113,7 +117,7 @@ def test_plan_estimates_peak_rss_within_25_percent(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import json
-        from fastmarco.index import build_index, plan_index
+        from fastmarco.search.index import build_index, plan_index
         plan = plan_index({str(tmp_path / "s")!r}, "opq-ivfpq")
         build_index({str(tmp_path / "s")!r}, {str(tmp_path / "i")!r}, kind="opq-ivfpq")
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec (the forked pytest image counts)
@@ -132,10 +136,10 @@ def test_plan_estimates_peak_rss_within_25_percent(tmp_path: Path) -> None:
 def test_engine_is_thread_safe_and_matches_serial(
     exported: dict[tuple[str, str], Path], tmp_path: Path
 ) -> None:
-    from fastmarco.corpus import encode_corpus
-    from fastmarco.demo_corpus import demo_corpus_path, demo_queries_path
-    from fastmarco.encoder import Encoder
-    from fastmarco.formats import load_queries
+    from fastmarco.demo.bundled import demo_corpus_path, demo_queries_path
+    from fastmarco.encode.local import encode_corpus
+    from fastmarco.model.encoder import Encoder
+    from fastmarco.store.formats import load_queries
 
     model = exported["bert-mean-normalize", "fp32"]
     encode_corpus(Encoder.open(model, device="cpu"), demo_corpus_path(), tmp_path / "s", rows_per_shard=16)
@@ -145,16 +149,16 @@ def test_engine_is_thread_safe_and_matches_serial(
     serial = [engine.search([t], 5) for t in texts]
     with ThreadPoolExecutor(max_workers=8) as pool:
         parallel = list(pool.map(lambda t: engine.search([t], 5), texts))
-    for (ids_a, scores_a), (ids_b, scores_b) in zip(serial, parallel, strict=True):
-        np.testing.assert_array_equal(ids_a, ids_b)
-        np.testing.assert_array_equal(scores_a, scores_b)
-    assert engine.search(["x"], 50)[0][0, 40:].tolist() == [-1] * 10  # only 40 passages exist
+    for a, b in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.scores, b.scores)
+    assert engine.search(["x"], 50).ids[0, 40:].tolist() == [-1] * 10  # only 40 passages exist
 
 
 def test_engine_refuses_another_model(exported: dict[tuple[str, str], Path], tmp_path: Path) -> None:
-    from fastmarco.corpus import encode_corpus
-    from fastmarco.demo_corpus import demo_corpus_path
-    from fastmarco.encoder import Encoder
+    from fastmarco.demo.bundled import demo_corpus_path
+    from fastmarco.encode.local import encode_corpus
+    from fastmarco.model.encoder import Encoder
 
     encode_corpus(
         Encoder.open(exported["bert-mean-normalize", "fp32"], device="cpu"),
@@ -170,3 +174,82 @@ def test_plan_reports_sizes(shards: Path) -> None:
     plan = plan_index(shards, "opq-ivfpq")
     assert plan.factory == "OPQ8_64,IVF512,PQ8" and plan.train_rows == 20_000
     assert 20_000 * 16 <= plan.disk_bytes < 2_000_000 and "peak RAM" in plan.describe()
+
+
+@pytest.mark.parametrize(
+    ("factory", "refine", "train_rows", "min_recall"),
+    [
+        ("IVF64,Flat", 0, 20_000, 0.99),  # StopIteration traceback before: no PQ in the string
+        ("IVF64,PQ8x4fs", 50, 20_000, 0.5),  # int('8x4fs') error before; 4-byte codes: 0.61 measured
+        ("IVF64,SQ8", 50, 20_000, 0.95),  # lossy SQ codes are refined too
+        ("SQ8", 50, 20_000, 0.95),
+        ("HNSW64", 0, 0, 0.95),  # trains nothing
+    ],
+)
+def test_custom_factories_plan_and_build_from_the_faiss_object(
+    shards: Path, tmp_path: Path, factory: str, refine: int, train_rows: int, min_recall: float
+) -> None:
+    plan = plan_index(shards, factory=factory)
+    assert plan.factory == factory and plan.train_rows == train_rows and plan.disk_bytes > 0
+    manifest = build_index(shards, tmp_path / "i", factory=factory)
+    assert manifest.kind == "custom" and manifest.refine == refine
+    queries = clustered(50, 64, 1)
+    exact = ShardSet.open(shards).search(queries, 10)[1]
+    assert recall_at_10(VectorIndex.open(tmp_path / "i").search(queries, 10).rows, exact) >= min_recall
+
+
+def test_a_bad_factory_or_too_few_rows_is_a_clear_error(shards: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"factory 'IVF64,Nope' is not a faiss index_factory string"):
+        plan_index(shards, factory="IVF64,Nope")
+    write_shards(tmp_path / "few", clustered(100, 64, 5), np.arange(100))
+    with pytest.raises(InputError, match=r"needs at least 256 training rows.*--kind flat"):
+        build_index(tmp_path / "few", tmp_path / "i", kind="opq-ivfpq")
+    assert build_index(tmp_path / "few", tmp_path / "i").factory == "Flat"  # auto picks what fits
+
+
+def test_index_and_shards_moved_together_still_open(tmp_path: Path) -> None:
+    write_shards(tmp_path / "a" / "shards", clustered(500, 64, 3), np.arange(500), rows_per_shard=200)
+    build_index(tmp_path / "a" / "shards", tmp_path / "a" / "index", kind="ivfpq", train_rows=500)
+    assert IndexManifest.load(tmp_path / "a" / "index").shards == "../shards"
+    assert not (tmp_path / "a" / "index" / "shards").exists()  # no unread symlink beside it
+    (tmp_path / "a").rename(tmp_path / "b")
+    moved = VectorIndex.open(tmp_path / "b" / "index")
+    assert moved.search(clustered(3, 64, 1), 5).ids.shape == (3, 5)
+
+
+def test_version_1_index_with_an_absolute_path_still_opens(shards: Path, tmp_path: Path) -> None:
+    build_index(shards, tmp_path / "i", kind="flat")
+    body = json.loads((tmp_path / "i" / "index.json").read_text())
+    body.update(version=1, shards=str(shards.resolve()))
+    for key in ("shard_checksums", "metric"):
+        del body[key]
+    (tmp_path / "i" / "index.json").write_text(json.dumps(body))
+    assert len(VectorIndex.open(tmp_path / "i").shard_set) == 20_000
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda body: body.pop("factory"), r"index\.json: field 'factory' must be str, got None"),
+        (lambda body: body.update(rows="many"), r"index\.json: field 'rows' must be int, got 'many'"),
+        (lambda body: body.update(version=9), r"index\.json: field 'version' is 9"),
+        (lambda body: body.update(shard_checksums=[1]), r"index\.json: field 'shard_checksums' must be"),
+    ],
+)
+def test_a_bad_index_manifest_names_the_file_and_field(
+    shards: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], object], message: str
+) -> None:
+    build_index(shards, tmp_path / "i", kind="flat")
+    body = json.loads((tmp_path / "i" / "index.json").read_text())
+    edit(body)
+    (tmp_path / "i" / "index.json").write_text(json.dumps(body))
+    with pytest.raises(ManifestError, match=message):
+        VectorIndex.open(tmp_path / "i")
+
+
+def test_a_truncated_index_manifest_names_the_file_and_line(shards: Path, tmp_path: Path) -> None:
+    build_index(shards, tmp_path / "i", kind="flat")
+    text = (tmp_path / "i" / "index.json").read_text()
+    (tmp_path / "i" / "index.json").write_text(text[: len(text) // 2])
+    with pytest.raises(ManifestError, match=r"index\.json:\d+: invalid JSON"):
+        VectorIndex.open(tmp_path / "i")

@@ -24,3 +24,13 @@ def test_readme_has_exactly_two_setup_commands() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert setup_commands()[1] in ci_lines
+
+
+def test_readme_imports_work() -> None:
+    """Every `from fastmarco... import ...` line in the README's Python examples imports."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.+?)\n```", readme, flags=re.S)
+    imports = [line for block in blocks for line in block.splitlines() if line.startswith("from fastmarco")]
+    assert imports
+    for line in imports:
+        exec(compile(line, "README.md", "exec"), {})

@@ -15,9 +15,9 @@ minilm = pytest.importorskip(
 )
 pytrec_eval = pytest.importorskip("pytrec_eval", reason="needs pytrec-eval-terrier (the dev extra)")
 
-from fastmarco.encoder import Encoder  # noqa: E402
-from fastmarco.export import export_model  # noqa: E402
-from fastmarco.formats import load_qrels, load_queries, load_run, read_collection  # noqa: E402
+from fastmarco.model.encoder import Encoder  # noqa: E402
+from fastmarco.model.export import export_model  # noqa: E402
+from fastmarco.store.formats import load_qrels, load_queries, load_run, read_collection  # noqa: E402
 
 MODEL = Path(minilm.__file__).parent / "model"
 

@@ -1,17 +1,28 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xxhash
 
-from fastmarco import ShardChecksumError, ShardFormatError, ShardSet, ShardWriter, _native
-from fastmarco.shards import write_shards
+from fastmarco import (
+    FastmarcoError,
+    InputError,
+    ShardChecksumError,
+    ShardFormatError,
+    ShardSet,
+    ShardWriter,
+    StoreIOError,
+    _native,
+)
+from fastmarco.store.shards import write_shards
 
 FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
@@ -232,3 +243,103 @@ def test_native_writer_never_publishes_a_partial_file(tmp_path: Path) -> None:
         _native.ShardFile(str(tmp_path / "a.fms.tmp"))
     writer.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (
+            np.ones((2, 1), np.float16),
+            r"rows must have shape \(n, 4\), got \(2, 1\)",
+        ),  # published 28 bytes before
+        (
+            np.ones((200_000, 1), np.float32),
+            r"rows must have shape \(n, 4\), got \(200000, 1\)",
+        ),  # read OOB before
+        (np.ones((2, 4), np.float16), "rows must be float32 for this fp32 shard, got float16"),
+        (np.ones((2, 8), np.float32)[:, ::2], "rows must be C-contiguous"),
+        (np.ones((2, 4), np.float64), "rows must be float32 or float16"),
+        (np.ones(4, np.float32), r"rows must have shape \(n, 4\), got \(4,\)"),
+    ],
+)
+def test_native_writer_checks_every_array_against_its_own_dtype_and_dim(
+    tmp_path: Path, rows: np.ndarray, message: str
+) -> None:
+    writer = _native.ShardFileWriter(str(tmp_path / "a.fms"), "fp32", 4)
+    assert (writer.dtype, writer.dim) == ("fp32", 4)
+    with pytest.raises(InputError, match=message):
+        writer.append(rows)
+    assert writer.rows == 0
+    assert writer.finalize() == _native.checksum(b"")  # nothing of the bad arrays was written
+    assert _native.ShardFile(str(tmp_path / "a.fms"), True).rows == 0
+
+
+def test_native_errors_are_fastmarco_errors(tmp_path: Path) -> None:
+    with pytest.raises(StoreIOError, match=r"cannot open shard '.*missing\.fms': No such file"):
+        _native.ShardFile(str(tmp_path / "missing.fms"))
+    (tmp_path / "junk.fms").write_bytes(b"x" * 100)
+    with pytest.raises(ShardFormatError, match="bad magic") as info:
+        _native.ShardFile(str(tmp_path / "junk.fms"))
+    assert isinstance(info.value, FastmarcoError) and isinstance(info.value, ValueError)
+
+
+def test_checksum_mismatch_is_reported_in_hex_like_the_manifest(tmp_path: Path) -> None:
+    write_shards(tmp_path / "s", np.ones((5, 3)), range(5))
+    with open(tmp_path / "s" / "vectors-00000.fms", "r+b") as handle:
+        handle.seek(70)
+        handle.write(b"\x01")
+    with pytest.raises(ShardChecksumError, match=r"header says [0-9a-f]{16}, payload hashes to [0-9a-f]{16}"):
+        ShardSet.open(tmp_path / "s", verify="checksum")
+
+
+def test_nonzero_reserved_header_bytes_are_refused(tmp_path: Path) -> None:
+    """No checksum covers header bytes 48-63, so a flip there must not pass silently."""
+    write_shards(tmp_path / "s", np.ones((5, 3)), range(5))
+    with open(tmp_path / "s" / "vectors-00000.fms", "r+b") as handle:
+        handle.seek(50)
+        handle.write(b"\x01")
+    with pytest.raises(ShardFormatError, match="reserved byte 50 is not zero"):
+        ShardSet.open(tmp_path / "s")
+
+
+def test_a_shard_edited_in_place_while_open_is_refused_not_a_sigbus(tmp_path: Path) -> None:
+    write_shards(tmp_path / "big", np.ones((4000, 8)), range(4000))
+    write_shards(tmp_path / "small", np.zeros((10, 8)), range(10))
+    write_shards(tmp_path / "same", np.full((4000, 8), 2.0), range(4000))
+    shard_set = ShardSet.open(tmp_path / "big")
+    assert shard_set.search(np.ones(8), 1)[0][0, 0] == 8.0
+    big_file = tmp_path / "big" / "vectors-00000.fms"
+    # `cp small big`: the same inode truncated and rewritten under the map
+    big_file.write_bytes((tmp_path / "small" / "vectors-00000.fms").read_bytes())
+    with pytest.raises(ShardFormatError, match="was modified in place since it was opened"):
+        shard_set.search(np.ones(8), 1)
+
+    write_shards(tmp_path / "big2", np.ones((4000, 8)), range(4000))
+    shard_set = ShardSet.open(tmp_path / "big2")
+    time.sleep(0.01)  # a distinct modification time
+    (tmp_path / "big2" / "vectors-00000.fms").write_bytes(
+        (tmp_path / "same" / "vectors-00000.fms").read_bytes()
+    )
+    with pytest.raises(ShardFormatError, match="was modified in place"):
+        shard_set.search(np.ones(8), 1)
+
+    write_shards(tmp_path / "big3", np.ones((4000, 8)), range(4000))
+    shard_set = ShardSet.open(tmp_path / "big3")
+    os.replace(tmp_path / "same" / "vectors-00000.fms", tmp_path / "big3" / "vectors-00000.fms")
+    with pytest.raises(ShardFormatError, match="was replaced or removed"):
+        shard_set.search(np.ones(8), 1)
+
+
+def test_ids_beyond_int64_are_refused_never_wrapped_or_rounded(tmp_path: Path) -> None:
+    for ids, message in (
+        ([1, 2**63], "id of row 1 is 9223372036854775808, outside the int64 range"),
+        ([2**64], "id of row 0 is 18446744073709551616, outside the int64 range"),
+        (np.array([1, 2**63], dtype=np.uint64), "id of row 1 is 9223372036854775808, beyond the int64 range"),
+        ([1, 2.0], r"id of row 1 must be an integer, got 2\.0"),
+    ):
+        with pytest.raises(InputError, match=message), ShardWriter(tmp_path / "w", dim=2) as writer:
+            writer.add(np.ones((len(ids), 2)), ids)
+        shutil.rmtree(tmp_path / "w")
+    big = [1, 1152921504606846977, 2**63 - 1]  # as a NumPy float64 array these would round
+    write_shards(tmp_path / "ok", np.ones((3, 2)), big)
+    assert ShardSet.open(tmp_path / "ok").ids().tolist() == big

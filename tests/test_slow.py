@@ -1,9 +1,8 @@
-"""Checks too slow for CI on 2 cores (each ~20 min); run them with FASTMARCO_SLOW=1."""
+"""Checks too slow for CI on 2 cores (each ~20 min): marked `slow`, run with FASTMARCO_SLOW=1 or -m slow."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +11,12 @@ from click.testing import CliRunner
 from reference import row_cosines
 
 from fastmarco.cli import main
-from fastmarco.encoder import Encoder
-from fastmarco.evaluate import evaluate
-from fastmarco.formats import load_qrels, load_queries, read_collection
-from fastmarco.shards import ShardSet
+from fastmarco.eval.metrics import evaluate
+from fastmarco.model.encoder import Encoder
+from fastmarco.store.formats import load_qrels, load_queries, read_collection
+from fastmarco.store.shards import ShardSet
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("FASTMARCO_SLOW") != "1", reason="slow (about 20 min on 2 cores); set FASTMARCO_SLOW=1"
-)
+pytestmark = pytest.mark.slow
 
 
 def test_mini_collection_encoded_then_retrieved_like_sentence_transformers(

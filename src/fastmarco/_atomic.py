@@ -1,12 +1,33 @@
-"""Atomic file publication: write a temporary sibling, fsync, rename, fsync the directory."""
+"""Atomic publication of files and directories.
+
+Files: write a temporary sibling, fsync, rename over the target, fsync the directory.
+
+Directories: build everything in a staging sibling (`.<name>.staging-<pid>-<random>`), fsync its
+files, then swap it with the old directory in one `renameat2(RENAME_EXCHANGE)` (Linux 3.15+, on
+ext4, xfs, btrfs, tmpfs and most local filesystems): a reader that opens the path sees the whole old
+directory or the whole new one, never neither. The old one, now at the staging name, is removed after
+the swap. Where the kernel or filesystem cannot exchange, the old directory is renamed aside and the
+new one renamed in: then the path is missing for the instant between the two renames. A build killed
+before the swap leaves only its staging folder; the next build into the same parent removes staging
+folders whose process is gone.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import secrets
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from fastmarco.errors import OutputExistsError
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
 
 
 def fsync_dir(directory: Path) -> None:
@@ -36,14 +57,82 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     write_atomic(path, lambda handle: handle.write(data))
 
 
+def refuse_existing(target: Path, overwrite: bool) -> None:
+    if target.exists() and not overwrite:
+        raise OutputExistsError(f"{target}: already exists (pass overwrite=True / --overwrite to replace it)")
+
+
+def _staging_prefix(target: Path) -> str:
+    return f".{target.name}.staging-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(target: Path) -> list[Path]:
+    """Remove staging folders for `target` left by builds whose process no longer runs."""
+    removed: list[Path] = []
+    if not target.parent.is_dir():
+        return removed
+    prefix = _staging_prefix(target)
+    for path in target.parent.iterdir():
+        if not path.name.startswith(prefix):
+            continue
+        pid_text = path.name[len(prefix) :].split("-", 1)[0]
+        if pid_text.isdigit() and int(pid_text) != os.getpid() and not _process_alive(int(pid_text)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def staging_directory(target: Path) -> Path:
+    """A new, empty staging folder beside `target` (stale ones of dead builds are removed first)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(target)
+    staging = target.parent / f"{_staging_prefix(target)}{os.getpid()}-{secrets.token_hex(4)}"
+    staging.mkdir()
+    return staging
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False where that is unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:  # glibc < 2.28
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 def publish_directory(staging: Path, target: Path) -> None:
-    """fsync every file of a fully written `staging` directory, then move it to `target`
-    (replacing an old one) and fsync the parent: readers see the old directory or the whole new one."""
+    """fsync every file of a fully written `staging` directory, then put it at `target`, replacing
+    an old directory there by an atomic exchange (see the module docstring)."""
     for path in staging.iterdir():
         if path.is_file() and not path.is_symlink():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
+    fsync_dir(staging)
     if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
+        if not _exchange(staging, target):
+            aside = staging.with_name(staging.name + "-old")
+            os.replace(target, aside)
+            os.replace(staging, target)
+            staging = aside
+        fsync_dir(target.parent)
+        shutil.rmtree(staging)  # the old directory, now under the staging name
+    else:
+        os.replace(staging, target)
     fsync_dir(target.parent)

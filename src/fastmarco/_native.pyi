@@ -6,11 +6,7 @@ import collections.abc
 import numpy
 import typing
 import typing_extensions
-__all__: list[str] = ['FORMAT_VERSION', 'HEADER_BYTES', 'MISSING_ID', 'ShardChecksumError', 'ShardFile', 'ShardFileWriter', 'ShardFormatError', 'checksum', 'exact_search', 'merge_topk', 'refine_topk', 'simd_fp16_enabled']
-class ShardFormatError(ValueError):
-    pass
-class ShardChecksumError(ShardFormatError):
-    pass
+__all__: list[str] = ['FORMAT_VERSION', 'HEADER_BYTES', 'MISSING_ID', 'ShardFile', 'ShardFileWriter', 'checksum', 'exact_search', 'merge_topk', 'refine_topk', 'simd_fp16_enabled']
 class ShardFileWriter:
     """
     Appends rows to '<path>.tmp' and publishes '<path>' atomically on finalize().
@@ -23,12 +19,18 @@ class ShardFileWriter:
         """
     def append(self, rows: numpy.ndarray) -> None:
         """
-        Appends a C-contiguous (n, dim) array of the writer's dtype.
+        Appends a C-contiguous (n, dim) array of the writer's dtype and dim (both checked).
         """
     def finalize(self) -> int:
         """
         Writes the header, fsyncs and renames into place; returns the payload checksum.
         """
+    @property
+    def dim(self) -> int:
+        ...
+    @property
+    def dtype(self) -> str:
+        ...
     @property
     def is_open(self) -> bool:
         ...
@@ -44,6 +46,10 @@ class ShardFile:
     """
     def __init__(self, path: str, verify_checksum: bool = False) -> None:
         ...
+    def check_unchanged(self) -> None:
+        """
+        Raises ShardFormatError if the file was modified in place or replaced since it was opened.
+        """
     def verify_checksum(self) -> None:
         """
         Hashes the payload; raises ShardChecksumError on mismatch.

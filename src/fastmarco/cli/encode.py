@@ -1,0 +1,79 @@
+"""`fastmarco encode`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fastmarco.cli.app import DEVICE, POSITIVE, main
+
+
+@main.command()
+@click.option("--model", required=True, type=click.Path(file_okay=False), help="Exported model directory.")
+@click.option(
+    "--corpus", required=True, help="collection.tsv (pid<TAB>passage), or 'demo' for the bundled one."
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Shard directory.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option(
+    "--devices",
+    help="One worker process per device over contiguous parts of the corpus, e.g. 0,1 (GPUs) or cpu,cpu.",
+)
+@click.option("--shard-size", type=POSITIVE, default=1_000_000, show_default=True, help="Rows per shard.")
+@click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True)
+@click.option(
+    "--on-bad-line",
+    type=click.Choice(["error", "skip"]),
+    default="error",
+    show_default=True,
+    help="skip: write each bad line to skipped-lines.tsv in OUT and count it.",
+)
+@click.option("--restart", is_flag=True, help="Discard what OUT holds and start over.")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+@click.pass_context
+def encode(
+    ctx: click.Context,
+    model: str,
+    corpus: str,
+    out: str,
+    device: str,
+    devices: str | None,
+    shard_size: int,
+    dtype: str,
+    on_bad_line: str,
+    restart: bool,
+    quiet: bool,
+) -> None:
+    """Embed a whole corpus into memory-mapped shards; rerun the same command to resume."""
+    from fastmarco.demo.bundled import demo_corpus_path
+    from fastmarco.encode.local import encode_corpus
+    from fastmarco.encode.parallel import encode_corpus_on_devices, parse_devices
+    from fastmarco.encode.progress import ProgressLine
+    from fastmarco.model.encoder import Encoder
+
+    if devices and ctx.get_parameter_source("device") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError(
+            "--device and --devices exclude each other: --devices names every worker's device"
+        )
+    progress = ProgressLine(enabled=False if quiet else None)
+    corpus_path = demo_corpus_path() if corpus == "demo" else Path(corpus)
+    options = {"rows_per_shard": shard_size, "dtype": dtype, "on_bad_line": on_bad_line, "restart": restart}
+    try:
+        if devices:
+            summary = encode_corpus_on_devices(
+                model,
+                corpus_path,
+                out,
+                parse_devices(devices),
+                progress=progress,
+                **options,  # type: ignore[arg-type]
+            )
+        else:
+            encoder = Encoder.open(model, device=device)  # type: ignore[arg-type]  # click.Choice has checked it
+            if device == "auto" and not quiet:
+                click.echo(f"device auto: using {encoder.device}", err=True)
+            summary = encode_corpus(encoder, corpus_path, out, progress=progress, **options)  # type: ignore[arg-type]
+    finally:
+        progress.close()
+    click.echo(summary.to_json())

@@ -1,0 +1,52 @@
+"""`fastmarco export`."""
+
+from __future__ import annotations
+
+import click
+
+from fastmarco.cli.app import main
+
+
+@main.command()
+@click.argument("model")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to create.")
+@click.option("--fp16", is_flag=True, help="Convert to fp16 (for the GPU) after the transformer fusions.")
+@click.option("--optimize", type=click.Choice(["O1", "O2", "O3", "O4"]), help="ORT optimization level.")
+@click.option(
+    "--max-seq-length", type=click.IntRange(min=1), help="Truncation length (default: the model's)."
+)
+@click.option("--similarity", type=click.Choice(["cosine", "dot"]), help="Override the model's similarity.")
+@click.option("--opset", type=click.IntRange(min=1), help="ONNX opset (default: optimum's choice).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def export(
+    model: str,
+    out: str,
+    fp16: bool,
+    optimize: str | None,
+    max_seq_length: int | None,
+    similarity: str | None,
+    opset: int | None,
+    overwrite: bool,
+) -> None:
+    """Export MODEL (hub id or local folder) to an ONNX directory that outputs the sentence embedding."""
+    from fastmarco.model.export import export_model
+
+    report = export_model(
+        model,
+        out,
+        fp16=fp16,
+        optimize=optimize,  # type: ignore[arg-type]  # click.Choice has checked it
+        max_seq_length=max_seq_length,
+        similarity=similarity,  # type: ignore[arg-type]
+        opset=opset,
+        overwrite=overwrite,
+    )
+    card = report.card
+    fusions = ", ".join(f"{name} x{count}" for name, count in report.fusions.items()) or "none"
+    click.echo(f"exported {model} -> {report.directory}")
+    click.echo(
+        f"  modules: {' + '.join(card.modules)}; pooling {card.pooling}; similarity {card.similarity}"
+        f" ({card.similarity_source}); max_seq_length {card.max_seq_length}"
+    )
+    click.echo(f"  precision {report.precision}; optimize {report.optimize or 'none'}; fusions: {fusions}")
+    click.echo(f"  parity with sentence-transformers: min cosine {report.parity_min_cosine:.6f}")

@@ -1,0 +1,152 @@
+"""`fastmarco index` and `fastmarco query`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, main
+
+
+@main.command()
+@click.argument("shard_dir", type=EXISTING_DIR)
+@click.option("--out", type=click.Path(file_okay=False), help="INDEX_DIR to create (not needed with --plan).")
+@click.option(
+    "--kind",
+    type=click.Choice(["auto", "flat", "pq", "ivfpq", "opq-ivfpq", "hnsw"]),
+    default="auto",
+    show_default=True,
+    help="Preset, sized from the shard set (see fastmarco.search.index); auto: flat below 200,000 rows, "
+    "else opq-ivfpq.",
+)
+@click.option("--factory", help="A faiss index_factory string instead of the preset.")
+@click.option("--train-size", type=POSITIVE, help="Rows sampled for training (default: 64 per IVF list).")
+@click.option("--nprobe", type=POSITIVE, help="IVF lists probed per query (default: nlist / 8, at least 64).")
+@click.option(
+    "--refine",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Re-score refine x k candidates.",
+)
+@click.option(
+    "--plan", "plan_only", is_flag=True, help="Print the RAM, disk and time a build needs; build nothing."
+)
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--no-verify", is_flag=True, help="Do not hash the shards first (you verify them elsewhere).")
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="cuda: IVF k-means on the GPUs faiss sees (needs faiss-gpu); the index stays a CPU index.",
+)
+def index(
+    shard_dir: str,
+    out: str | None,
+    kind: str,
+    factory: str | None,
+    train_size: int | None,
+    nprobe: int | None,
+    refine: int,
+    plan_only: bool,
+    overwrite: bool,
+    no_verify: bool,
+    device: str,
+) -> None:
+    """Build a faiss index over a shard directory."""
+    from fastmarco.search.index import build_index, plan_index
+
+    if out is None and not plan_only:
+        raise click.UsageError("--out is required to build")
+    plan = plan_index(shard_dir, kind, factory, train_size)  # type: ignore[arg-type]  # click.Choice has checked it
+    click.echo(f"plan: {plan.describe()}", err=not plan_only)
+    if out is None:
+        return
+    manifest = build_index(
+        shard_dir,
+        out,
+        kind=kind,  # type: ignore[arg-type]
+        factory=factory,
+        train_rows=train_size,
+        nprobe=nprobe,
+        refine=refine,
+        overwrite=overwrite,
+        progress=lambda message: click.echo(message, err=True),
+        device=device,  # type: ignore[arg-type]
+        verify=not no_verify,
+    )
+    click.echo(
+        f"built {manifest.factory} over {manifest.rows:,} rows in {manifest.build['seconds']:.1f} s; "
+        f"{manifest.build['index_bytes'] / (1 << 20):,.1f} MiB -> {out}"
+    )
+
+
+@main.command()
+@click.argument("index_dir", type=EXISTING_DIR)
+@click.argument("text", required=False)
+@click.option("-k", "k", type=POSITIVE, default=10, show_default=True, help="Results per query.")
+@click.option("--queries", type=EXISTING_FILE, help="Batch: a queries.tsv file.")
+@click.option("--run", "run_path", type=click.Path(dir_okay=False), help="Batch: the run file to write.")
+@click.option(
+    "--format", "run_format", type=click.Choice(["msmarco", "trec"]), default="trec", show_default=True
+)
+@click.option("--collection", type=EXISTING_FILE, help="Print passage texts from it.")
+@click.option("--model", type=click.Path(file_okay=False), help="Model (default: the encoding one).")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="0: every core.")
+@click.option(
+    "--no-verify", is_flag=True, help="Do not hash the shards at start (you verify them elsewhere)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def query(
+    index_dir: str,
+    text: str | None,
+    k: int,
+    queries: str | None,
+    run_path: str | None,
+    run_format: str,
+    collection: str | None,
+    model: str | None,
+    device: str,
+    threads: int,
+    no_verify: bool,
+    as_json: bool,
+) -> None:
+    """Search INDEX_DIR for TEXT, or for every query of --queries into --run."""
+    from fastmarco.pipelines.retrieve import retrieve_run, search_hits
+    from fastmarco.search.engine import Engine
+    from fastmarco.store.formats import load_queries, write_run
+    from fastmarco.store.passages import PassageStore
+
+    if (text is None) == (queries is None) or (queries is None) != (run_path is None):
+        raise click.UsageError("give either TEXT, or --queries with --run")
+    passages = PassageStore.open(collection) if collection is not None else None
+    engine = Engine.open(
+        index_dir,
+        model=model,
+        device=device,  # type: ignore[arg-type]  # click.Choice has checked it
+        threads=threads,
+        verify=not no_verify,
+    )
+    if queries is not None and run_path is not None:
+        asked = load_queries(queries)
+        lines = write_run(run_path, retrieve_run(engine, asked, k), run_format, tag="fastmarco")  # type: ignore[arg-type]
+        click.echo(f"wrote {lines:,} lines for {len(asked):,} queries to {run_path}")
+        return
+    hits = search_hits(engine, str(text), k, passages)
+    if as_json:
+        rows = [
+            {
+                "rank": h.rank,
+                "pid": h.pid,
+                "score": h.score,
+                **({"text": h.text} if h.text is not None else {}),
+            }
+            for h in hits
+        ]
+        click.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    for h in hits:
+        click.echo(f"{h.rank:>3}  {h.score:8.4f}  {h.pid}" + (f"  {h.text}" if h.text is not None else ""))

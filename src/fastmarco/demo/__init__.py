@@ -1,0 +1,1 @@
+"""The bundled demo: data written for fastmarco and the embedded default jobs."""

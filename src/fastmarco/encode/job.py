@@ -1,0 +1,191 @@
+"""What an encode job is: the model, the corpus (fingerprinted once), the settings, and the parts of
+the corpus a worker encodes. A `JobSpec` is plain data, so it travels to worker processes (or, later,
+to cluster actors) without anyone hashing the corpus again."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from fastmarco import _native
+from fastmarco.errors import EncodeMismatchError, InputError
+from fastmarco.model.manifest import ModelManifest
+from fastmarco.store.formats import BOM
+from fastmarco.store.shards import MANIFEST_NAME, DType, IdType, Manifest, ShardSet
+
+OnBadLine = Literal["error", "skip"]
+SKIPPED_NAME = "skipped-lines.tsv"
+LOCK_NAME = ".lock"
+DEFAULT_CHUNK_ROWS = 16_384
+
+
+def corpus_fingerprint(path: Path) -> str:
+    """Size and XXH3-64 of the whole file: an edited corpus cannot pass for the original."""
+    size = path.stat().st_size
+    if size == 0:
+        return "0:0"
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        return f"{size}:{_native.checksum(view):016x}"
+
+
+def count_lines(path: Path) -> int:
+    lines = 0
+    last = b"\n"
+    with open(path, "rb") as handle:
+        while block := handle.read(16 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return lines + (last != b"\n")
+
+
+def detect_id_type(corpus: Path) -> IdType:
+    with open(corpus, "rb") as handle:
+        first = handle.readline().removeprefix(BOM).split(b"\t", 1)[0]
+    return "int" if first.isdigit() else "str"
+
+
+@dataclass(frozen=True)
+class LineRange:
+    """Corpus lines start_line+1 .. stop_line (1-based), the first at byte start_byte: one worker's part."""
+
+    start_line: int
+    start_byte: int
+    stop_line: int
+
+    @property
+    def lines(self) -> int:
+        return self.stop_line - self.start_line
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One encode job. Build it with `JobSpec.create`, which reads the model manifest and hashes the
+    corpus once; `part` narrows it to a line range for one worker."""
+
+    model_directory: str
+    model: ModelManifest
+    corpus: str
+    corpus_fingerprint: str
+    id_type: IdType
+    rows_per_shard: int = 1_000_000
+    dtype: DType = "fp16"
+    on_bad_line: OnBadLine = "error"
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    line_range: LineRange | None = field(default=None)
+
+    @classmethod
+    def create(
+        cls,
+        model_directory: str | os.PathLike[str],
+        corpus: str | os.PathLike[str],
+        *,
+        rows_per_shard: int = 1_000_000,
+        dtype: DType = "fp16",
+        on_bad_line: OnBadLine = "error",
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        model: ModelManifest | None = None,
+    ) -> JobSpec:
+        corpus_path = Path(corpus)
+        if not corpus_path.is_file():
+            raise InputError(f"{corpus_path}: corpus not found")
+        if rows_per_shard <= 0 or chunk_rows <= 0:
+            raise InputError(
+                f"rows per shard and chunk rows must be positive, got {rows_per_shard}, {chunk_rows}"
+            )
+        if dtype not in ("fp16", "fp32"):
+            raise InputError(f"dtype must be 'fp16' or 'fp32', got {dtype!r}")
+        if on_bad_line not in ("error", "skip"):
+            raise InputError(f"on_bad_line must be 'error' or 'skip', got {on_bad_line!r}")
+        directory = Path(model_directory).resolve()
+        return cls(
+            model_directory=str(directory),
+            model=model or ModelManifest.load(directory),
+            corpus=str(corpus_path),
+            corpus_fingerprint=corpus_fingerprint(corpus_path),
+            id_type=detect_id_type(corpus_path),
+            rows_per_shard=rows_per_shard,
+            dtype=dtype,
+            on_bad_line=on_bad_line,
+            chunk_rows=chunk_rows,
+        )
+
+    def part(self, line_range: LineRange) -> JobSpec:
+        return replace(self, line_range=line_range)
+
+    def metadata(self) -> dict[str, Any]:
+        """What a shard directory records about the job that wrote it; a resume must match it exactly."""
+        encode: dict[str, Any] = {"dtype": self.dtype, "id_type": self.id_type, "chunk_rows": self.chunk_rows}
+        if self.line_range is not None:
+            encode["lines"] = [self.line_range.start_line, self.line_range.stop_line]
+        return {
+            "model": {
+                "directory": self.model_directory,
+                "fingerprint": self.model.fingerprint,
+                "dim": self.model.dim,
+                "similarity": self.model.similarity,
+                "search_metric": self.model.search_metric,
+                "precision": self.model.precision,
+            },
+            "corpus": {"name": Path(self.corpus).name, "fingerprint": self.corpus_fingerprint},
+            "encode": encode,
+        }
+
+    def check_same_job(self, existing: Manifest, out: Path) -> None:
+        """Refuse to continue a directory written by another model, corpus or settings."""
+        have, wanted = existing.metadata, self.metadata()
+        problems = []
+        if have.get("model", {}).get("fingerprint") != wanted["model"]["fingerprint"]:
+            problems.append("was written with another model or export of it (fingerprints differ)")
+        if have.get("corpus", {}).get("fingerprint") != wanted["corpus"]["fingerprint"]:
+            problems.append("was written from another corpus, or the corpus changed since")
+        if have.get("encode") != wanted["encode"] or existing.rows_per_shard != self.rows_per_shard:
+            problems.append(
+                f"was written with other settings ({have.get('encode')}, "
+                f"{existing.rows_per_shard} rows/shard)"
+            )
+        if problems:
+            raise EncodeMismatchError(f"{out}: " + "; ".join(problems) + "; pass --restart to start over")
+
+
+@dataclass
+class EncodeSummary:
+    out: str
+    rows: int
+    shards: int
+    skipped: int
+    truncated: int
+    tokens: int
+    seconds: float
+    passages_per_second: float
+    resumed_at_row: int
+    device: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def of_complete(cls, out: Path, device: str) -> EncodeSummary:
+        """What a rerun over an already finished directory reports (after checking its shards are
+        whole): nothing encoded this time."""
+        done = ShardSet.open(out)
+        rows = len(done)
+        return cls(str(out), rows, len(done.files), skipped_count(out), 0, 0, 0.0, 0.0, rows, device)
+
+
+def skipped_count(out: Path) -> int:
+    path = out / SKIPPED_NAME
+    if not path.is_file():
+        return 0
+    with open(path, "rb") as handle:
+        return sum(1 for _ in handle)
+
+
+def remove_shard_set(out: Path) -> None:
+    for path in out.iterdir():
+        if path.name.startswith(("vectors-", "ids-", MANIFEST_NAME, SKIPPED_NAME)):
+            path.unlink() if path.is_file() else shutil.rmtree(path)

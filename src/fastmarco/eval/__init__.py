@@ -1,0 +1,1 @@
+"""Evaluation: official MS MARCO / trec_eval metrics and the BM25 baseline."""

@@ -1,0 +1,1 @@
+"""Models: the export to ONNX, its manifest, the batched encoder and scorers."""

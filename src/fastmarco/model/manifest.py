@@ -1,0 +1,83 @@
+"""`fastmarco.json`, the manifest of an exported model directory, read and checked field by field."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastmarco.errors import ModelError
+
+MANIFEST_NAME = "fastmarco.json"
+MODEL_FORMAT = "fastmarco-model"
+MODEL_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """The fields the encoder and the encode job rely on; `raw` keeps the whole JSON object."""
+
+    model: str
+    output: str
+    dim: int
+    fingerprint: str
+    max_seq_length: int
+    similarity: str | None = None
+    search_metric: str = "ip"
+    precision: str | None = None
+    do_lower_case: bool = False
+    pad_token_id: int = 0
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ModelManifest:
+        root = Path(directory)
+        path = root / MANIFEST_NAME
+        if not root.is_dir():
+            raise ModelError(f"{root}: model directory not found")
+        if not path.is_file():
+            raise ModelError(f"{path}: not found; export a model with `fastmarco export` first")
+        try:
+            body = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+        except UnicodeDecodeError as exc:
+            raise ModelError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        if not isinstance(body, dict) or body.get("format", MODEL_FORMAT) != MODEL_FORMAT:
+            raise ModelError(f"{path}: field 'format' must be '{MODEL_FORMAT}'")
+        if body.get("version", MODEL_FORMAT_VERSION) != MODEL_FORMAT_VERSION:
+            raise ModelError(
+                f"{path}: field 'version' is {body.get('version')!r}; "
+                f"this fastmarco reads {MODEL_FORMAT_VERSION}"
+            )
+
+        def need(name: str, kind: type, default: Any = None, required: bool = True) -> Any:
+            value = body.get(name, default)
+            if value is None and not required:
+                return None
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+                raise ModelError(f"{path}: field '{name}' must be {kind.__name__}, got {value!r}")
+            if isinstance(value, int) and value < 0:
+                raise ModelError(f"{path}: field '{name}' must not be negative, got {value}")
+            return value
+
+        manifest = cls(
+            model=need("model", str),
+            output=need("output", str),
+            dim=need("dim", int),
+            fingerprint=need("fingerprint", str),
+            max_seq_length=need("max_seq_length", int),
+            similarity=need("similarity", str, required=False),
+            search_metric=need("search_metric", str, "ip"),
+            precision=need("precision", str, required=False),
+            do_lower_case=need("do_lower_case", bool, False),
+            pad_token_id=need("pad_token_id", int, 0),
+            raw=body,
+        )
+        if manifest.dim == 0 or manifest.max_seq_length == 0:
+            raise ModelError(f"{path}: fields 'dim' and 'max_seq_length' must be positive")
+        for name in (manifest.model, "tokenizer.json"):
+            if not (root / name).is_file():
+                raise ModelError(f"{root / name}: missing from the model directory (export it again)")
+        return manifest

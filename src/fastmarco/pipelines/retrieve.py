@@ -1,0 +1,51 @@
+"""Retrieval runs and ranked hits from an `Engine`: what `fastmarco query` prints or writes (and
+what the server will answer), built here so no caller loops over raw result arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastmarco.search.backends import SearchResult
+from fastmarco.search.engine import Engine
+from fastmarco.store.formats import RunEntry
+from fastmarco.store.passages import PassageStore
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    pid: str
+    score: float
+    text: str | None = None  # with a passage store
+
+
+def hits_of(result: SearchResult, query: int, passages: PassageStore | None = None) -> list[Hit]:
+    """The found passages of one query of `result`, best first; empty slots are left out."""
+    found = np.flatnonzero(result.scores[query] != -np.inf)
+    return [
+        Hit(
+            rank,
+            pid := str(result.ids[query, j]),
+            float(result.scores[query, j]),
+            passages.get(pid) if passages is not None else None,
+        )
+        for rank, j in enumerate(found, 1)
+    ]
+
+
+def search_hits(engine: Engine, text: str, k: int, passages: PassageStore | None = None) -> list[Hit]:
+    return hits_of(engine.search([text], k), 0, passages)
+
+
+def retrieve_run(engine: Engine, queries: Mapping[str, str], k: int) -> list[RunEntry]:
+    """A run over every query (in the mapping's order): k passages each, where that many exist."""
+    qids = list(queries)
+    result = engine.search([queries[q] for q in qids], k)
+    return [
+        RunEntry(qid, hit.pid, hit.rank, hit.score)
+        for i, qid in enumerate(qids)
+        for hit in hits_of(result, i)
+    ]

@@ -1,0 +1,58 @@
+"""The importable query engine: text in, ranked passages out, everything loaded once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from fastmarco.errors import IndexMismatchError, InputError
+from fastmarco.model.encoder import Device, Encoder
+from fastmarco.search.backends import SearchResult, VectorIndex
+
+
+class Engine:
+    """Encoder + index + id map. `search` is safe to call from many threads at once: the ONNX
+    Runtime session, the faiss index and the native re-scoring are all read-only after `open`.
+
+    `threads` is the budget of one search call: ONNX Runtime's intra-op threads and the native
+    search's threads (0: every core). Give concurrent callers a share each so they do not
+    oversubscribe the cores. faiss's own candidate search uses its process-wide OpenMP pool.
+    """
+
+    def __init__(self, encoder: Encoder, index: VectorIndex, threads: int = 0) -> None:
+        self.encoder = encoder
+        self.index = index
+        self.threads = threads
+        index.shard_set.ids()  # load the id map now, not lazily inside concurrent searches
+
+    @classmethod
+    def open(
+        cls,
+        index_dir: str | os.PathLike[str],
+        *,
+        model: str | os.PathLike[str] | None = None,
+        device: Device = "auto",
+        nprobe: int | None = None,
+        threads: int = 0,
+        verify: bool = True,
+    ) -> Engine:
+        """`model` defaults to the model directory recorded when the shards were encoded; verify=False
+        skips hashing the shards (see VectorIndex.open)."""
+        if threads < 0:
+            raise InputError(f"threads must be 0 (every core) or positive, got {threads}")
+        index = VectorIndex.open(index_dir, nprobe=nprobe, verify=verify)
+        model_dir = model or index.shard_set.metadata.get("model", {}).get("directory")
+        if model_dir is None:
+            raise IndexMismatchError(f"{index_dir}: no model directory recorded; pass model=")
+        encoder = Encoder.open(model_dir, device=device, busy_wait=False, threads=threads)
+        if index.model_fingerprint is not None and encoder.fingerprint != index.model_fingerprint:
+            raise IndexMismatchError(
+                f"{index_dir} was built from embeddings of another model, or another export of it, than "
+                f"{model_dir} (fingerprints differ)"
+            )
+        return cls(encoder, index, threads)
+
+    def search(self, texts: Sequence[str], k: int = 10, *, refine: int | None = None) -> SearchResult:
+        """(len(texts), k) exact scores, rows and the corpus's pids, best first (see SearchResult)."""
+        vectors = self.encoder.encode(texts)
+        return self.index.search(vectors, k, refine=refine, threads=self.threads)

@@ -1,0 +1,492 @@
+"""faiss indexes built from a shard directory (presets, plan, build) and their `index.json` manifest.
+
+Presets (inner product; cosine models store unit vectors, so inner product is cosine), for n rows
+of dimension d, m = d / 8 sub-quantizers (96 bytes a vector at d = 768) and nlist = the largest power
+of two at most 4 sqrt(n) that still leaves 39 training rows per list (8192 at 8.8M, 512 at 31k):
+
+- flat       `Flat`                       exact search over the fp16 shards by the native core: no
+  faiss copy (faiss's IndexFlat would hold n d 4 bytes, 27 GB at 8.8M x 768, and is slower);
+- pq         `PQ{m}`                      exhaustive over PQ codes;
+- ivfpq      `IVF{nlist},PQ{m}`           inverted lists of PQ codes;
+- opq-ivfpq  `OPQ{m}_{d},IVF{nlist},PQ{m}` an OPQ rotation first, since plain PQ loses much recall on
+  these anisotropic embeddings; 0.9 GB at 8.8M x 768;
+- hnsw       `HNSW32`                     graph over full vectors, n (4 d + 256) bytes;
+- auto       flat below 200,000 rows (exact, and a single query stays under ~40 ms on 2 cores),
+  opq-ivfpq from there on: the default.
+
+Any faiss `index_factory` string works too (`--factory`): the plan reads list counts and code sizes
+from the faiss index object it describes, never from the string. Results of every index whose codes
+are lossy (PQ, SQ, ...) are re-scored exactly from the fp16 shards over `refine` x k candidates (50 x k
+by default), so compression costs little recall. Training samples rows from the shards without loading
+them all; adding streams shard by shard, each memory map dropped after use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from fastmarco import _native
+from fastmarco._atomic import publish_directory, refuse_existing, staging_directory
+from fastmarco._locks import output_lock
+from fastmarco.errors import InputError, ManifestError
+from fastmarco.store.shards import MANIFEST_NAME as SHARDS_MANIFEST
+from fastmarco.store.shards import ShardSet
+
+Kind = Literal["auto", "flat", "pq", "ivfpq", "opq-ivfpq", "hnsw"]
+KINDS: tuple[Kind, ...] = ("auto", "flat", "pq", "ivfpq", "opq-ivfpq", "hnsw")
+AUTO_FLAT_BELOW = 200_000
+INDEX_MANIFEST = "index.json"
+INDEX_FILE = "index.faiss"
+INDEX_FORMAT = "fastmarco-index"
+INDEX_VERSION = 2  # 1: absolute shard path; 2: shard path relative to the index directory
+ADD_BATCH_ROWS = 65_536
+DEFAULT_REFINE = 50
+# HNSW: recall@10 0.97 on the test fixture at 256, 0.89 at 128
+DEFAULT_EF_SEARCH = 256
+
+
+@dataclass(frozen=True)
+class FactoryShape:
+    """What a factory string builds, read from the faiss index object it describes."""
+
+    factory: str
+    nlist: int  # IVF lists; 0 without an IVF stage
+    code_bytes: int  # bytes stored per vector (codes, list ids and graph links)
+    trains: bool  # needs training before adding
+    hnsw: bool
+    opq: bool
+    lossy: bool  # codes lose information: results are re-scored exactly from the shards
+
+
+def describe_factory(factory: str, dim: int) -> FactoryShape:
+    if factory == "Flat":  # the native exact search over the shards: nothing is built
+        return FactoryShape("Flat", 0, 0, False, False, False, False)
+    import faiss
+
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"factory {factory!r} is not a faiss index_factory string for dim {dim} ({reason})"
+        ) from exc
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    inner: Any = faiss.downcast_index(index.index if isinstance(index, faiss.IndexPreTransform) else index)
+    hnsw = hasattr(inner, "hnsw")
+    if ivf is not None:
+        code, full = ivf.code_size + 8, ivf.code_size  # + the 8-byte row id kept in each list
+    elif hnsw:
+        code = inner.storage.sa_code_size() + 4 * inner.hnsw.nb_neighbors(0)
+        full = inner.storage.sa_code_size()
+    else:
+        code = full = index.sa_code_size()
+    return FactoryShape(
+        factory,
+        nlist=ivf.nlist if ivf is not None else 0,
+        code_bytes=code,
+        trains=not index.is_trained,
+        hnsw=hnsw,
+        opq=factory.startswith("OPQ"),
+        lossy=full < 4 * dim,
+    )
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    kind: str
+    factory: str
+    rows: int
+    dim: int
+    train_rows: int
+    ram_bytes: int
+    disk_bytes: int
+    seconds: float
+
+    def describe(self) -> str:
+        gib = 1 << 30
+        return (
+            f"{self.kind} ({self.factory}) over {self.rows:,} x {self.dim}: "
+            f"train on {self.train_rows:,} rows; "
+            f"peak RAM ~{self.ram_bytes / gib:.2f} GiB, index on disk ~{self.disk_bytes / gib:.2f} GiB, "
+            f"build time ~{self.seconds:,.0f} s (rough)"
+        )
+
+
+def pq_subquantizers(dim: int) -> int:
+    """8 dimensions per sub-quantizer where d allows it, else the largest divisor of d at most d / 8."""
+    target = max(1, dim // 8)
+    return next(m for m in range(target, 0, -1) if dim % m == 0)
+
+
+def ivf_lists(rows: int) -> int:
+    """The largest power of two at most 4 sqrt(rows) and at most rows / 39 (at least 1)."""
+    cap = max(1, min(4 * math.isqrt(max(rows, 1)), rows // 39))
+    return 1 << int(math.log2(cap))
+
+
+def factory_for(kind: Kind, rows: int, dim: int) -> str:
+    if kind == "auto":
+        kind = "flat" if rows < AUTO_FLAT_BELOW else "opq-ivfpq"
+    m, nlist = pq_subquantizers(dim), ivf_lists(rows)
+    presets = {
+        "flat": "Flat",
+        "pq": f"PQ{m}",
+        "ivfpq": f"IVF{nlist},PQ{m}",
+        "opq-ivfpq": f"OPQ{m}_{dim},IVF{nlist},PQ{m}",
+        "hnsw": "HNSW32",
+    }
+    if kind not in presets:
+        raise InputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return presets[kind]
+
+
+def default_nprobe(nlist: int) -> int | None:
+    """An eighth of the lists, at least 64: on 1M x 768 synthetic rows (2048 lists) recall@10 after
+    refine is 0.876 at 64 probes, 0.925 at 128, 0.966 at 256, 0.991 at 512 (refine depth does not
+    matter there: what the probed lists miss, refine cannot find). None without IVF."""
+    return min(nlist, max(64, nlist // 8)) if nlist else None
+
+
+def _min_train_rows(shape: FactoryShape) -> int:
+    """faiss refuses to train k-means with fewer points than centroids: 256 for 8-bit PQ/SQ codebooks."""
+    return max(shape.nlist, 256) if shape.trains else 0
+
+
+def _resolve(
+    kind: Kind, factory: str | None, train_rows: int | None, rows: int, dim: int
+) -> tuple[FactoryShape, int]:
+    """The factory a build uses and the rows it trains on; too few rows is an error saying what to do."""
+    shape = describe_factory(factory or factory_for(kind, rows, dim), dim)
+    if not shape.trains:
+        return shape, 0
+    if train_rows is not None and train_rows <= 0:
+        raise InputError(f"train rows must be positive, got {train_rows}")
+    train = min(rows, train_rows or max(64 * (shape.nlist or 256), 65_536))
+    needed = _min_train_rows(shape)
+    if train < needed:
+        raise InputError(
+            f"{shape.factory} needs at least {needed:,} training rows, but "
+            f"{'the shard set has' if train == rows else 'only'} {train:,}; use --kind flat (exact search, "
+            "the right choice at this size) or a smaller index"
+        )
+    return shape, train
+
+
+def _index_bytes(shape: FactoryShape, rows: int, dim: int) -> int:
+    if shape.factory == "Flat":
+        return 0  # the shards are the index
+    centroids = shape.nlist * dim * 4
+    codebooks = 256 * dim * 4 if shape.lossy else 0
+    opq = dim * dim * 4 if shape.opq else 0
+    return rows * shape.code_bytes + centroids + codebooks + opq
+
+
+def _current_rss() -> int:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def plan_index(
+    shard_dir: str | os.PathLike[str],
+    kind: Kind = "auto",
+    factory: str | None = None,
+    train_rows: int | None = None,
+) -> IndexPlan:
+    """What a build will need: peak RAM (this process's baseline included), disk and rough time."""
+    import faiss  # noqa: F401  (its import is part of the baseline being measured)
+
+    shard_set = ShardSet.open(shard_dir)
+    rows, dim = len(shard_set), shard_set.dim
+    shape, train = _resolve(kind, factory, train_rows, rows, dim)
+    index_bytes = _index_bytes(shape, rows, dim)
+    itemsize = 2 if shard_set.dtype == "fp16" else 4
+    largest_shard = max((f.rows for f in shard_set.files), default=0) * dim * itemsize
+    opq = 2 if shape.opq else 1
+    # OPQ trains on up to 65,536 rows and keeps several rotated and reconstructed copies of them
+    opq_copies = min(train, 65_536) * dim * 4 * 4 if shape.opq else 0
+    training = train * dim * 4 * (opq + 1) + opq_copies + largest_shard
+    adding = index_bytes + ADD_BATCH_ROWS * dim * 4 * (opq + 1) + largest_shard
+    if shape.hnsw:
+        adding = index_bytes + ADD_BATCH_ROWS * dim * 4 + largest_shard
+    if shape.factory == "Flat":
+        training = adding = 0  # nothing is built: searches read the shards
+    nlist = shape.nlist or 1
+    cores = os.cpu_count() or 1
+    # k-means and assignment are GEMMs (~25 GFLOP/s a core); HNSW inserts and OPQ's 240 rounds of
+    # 256-centroid k-means on 8-wide sub-vectors run far below that (~6 GFLOP/s a core, measured)
+    gemm = 2.0 * dim * (train * nlist * 10 + rows * nlist)
+    slow = 200.0 * rows * dim * 32 if shape.hnsw else 0.0  # 406 s measured at 1M x 768, 2 cores
+    if shape.opq:
+        slow += 2.0 * min(train, 65_536) * 256 * dim * 240
+    return IndexPlan(
+        kind,
+        shape.factory,
+        rows,
+        dim,
+        train,
+        _current_rss() + max(training, adding),
+        index_bytes,
+        gemm / (25e9 * cores) + slow / (6e9 * cores) + rows * dim * 2 / 1e9,
+    )
+
+
+def _sample_rows(shard_set: ShardSet, count: int, seed: int = 0) -> npt.NDArray[np.float32]:
+    """`count` distinct rows, uniformly at random, read shard by shard as float32."""
+    picks = np.sort(np.random.default_rng(seed).choice(len(shard_set), size=count, replace=False))
+    out = np.empty((count, shard_set.dim), dtype=np.float32)
+    filled = 0
+    for s in range(len(shard_set.files)):
+        lo, hi = shard_set.offsets[s], shard_set.offsets[s + 1]
+        local = picks[(picks >= lo) & (picks < hi)] - lo
+        shard = _native.ShardFile(shard_set.files[s].path)  # a private map, released after this shard
+        out[filled : filled + len(local)] = shard.vectors[local]
+        filled += len(local)
+        del shard
+    return out
+
+
+def _train_and_fill(
+    shard_set: ShardSet, shape: FactoryShape, train: int, device: str, say: Callable[[str], None]
+) -> Any:
+    """A faiss index for the factory, trained on sampled rows and filled shard by shard."""
+    import faiss
+
+    index = faiss.index_factory(shard_set.dim, shape.factory, faiss.METRIC_INNER_PRODUCT)
+    try:
+        if shape.trains:
+            if device == "cuda" and shape.nlist:
+                ivf = faiss.extract_index_ivf(index)
+                ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(ivf.d))
+            say(f"training {shape.factory} on {train:,} sampled rows ({device})")
+            index.train(_sample_rows(shard_set, train))
+        for s, entry in enumerate(shard_set.files):
+            shard = _native.ShardFile(entry.path)
+            vectors = shard.vectors
+            for start in range(0, shard.rows, ADD_BATCH_ROWS):
+                index.add(np.ascontiguousarray(vectors[start : start + ADD_BATCH_ROWS], dtype=np.float32))
+            say(f"added shard {s + 1}/{len(shard_set.files)} ({index.ntotal:,} rows)")
+            del vectors, shard
+    except RuntimeError as exc:  # faiss refuses some factories only when used (e.g. IDMap needs ids)
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"faiss cannot build {shape.factory} from these shards ({reason})") from exc
+    return index
+
+
+@dataclass(frozen=True)
+class IndexManifest:
+    """`index.json`: what was built, from which shards (by relative path and checksums), how to search."""
+
+    kind: str
+    factory: str
+    rows: int
+    dim: int
+    shards: str  # the shard directory, relative to the index directory (absolute in version 1)
+    shards_manifest: str  # XXH3-64 of the shard set's manifest.json when the index was built
+    nprobe: int | None = None
+    ef_search: int | None = None
+    refine: int = 0
+    metric: str = "ip"
+    model_fingerprint: str | None = None
+    shard_checksums: list[list[str]] = field(default_factory=list)  # [vectors, ids] per shard
+    build: dict[str, Any] = field(default_factory=dict)
+    version: int = INDEX_VERSION
+
+    def shard_directory(self, index_dir: Path) -> Path:
+        return Path(self.shards) if Path(self.shards).is_absolute() else index_dir / self.shards
+
+    def save(self, directory: Path) -> None:
+        body = {"format": INDEX_FORMAT, **asdict(self)}
+        (directory / INDEX_MANIFEST).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: Path) -> IndexManifest:
+        path = directory / INDEX_MANIFEST
+        if not path.is_file():
+            raise ManifestError(f"{path}: not found; build an index with `fastmarco index`")
+        try:
+            body = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+        except UnicodeDecodeError as exc:
+            raise ManifestError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        if not isinstance(body, dict) or body.get("format") != INDEX_FORMAT:
+            raise ManifestError(f"{path}: field 'format' must be '{INDEX_FORMAT}'")
+        if body.get("version") not in (1, INDEX_VERSION):
+            raise ManifestError(
+                f"{path}: field 'version' is {body.get('version')!r}; "
+                f"this fastmarco reads 1 and {INDEX_VERSION}"
+            )
+
+        def need(
+            name: str, kind: type | tuple[type, ...], optional: bool = False, default: Any = None
+        ) -> Any:
+            value = body.get(name, default)
+            if optional and value is None:
+                return None
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                names = " or ".join(k.__name__ for k in kinds)
+                raise ManifestError(f"{path}: field '{name}' must be {names}, got {value!r}")
+            if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+                raise ManifestError(f"{path}: field '{name}' must not be negative, got {value}")
+            return value
+
+        checksums = need("shard_checksums", list, default=[])
+        if not all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(c, str) for c in pair)
+            for pair in checksums
+        ):
+            raise ManifestError(
+                f"{path}: field 'shard_checksums' must be a list of [vectors, ids] checksum pairs"
+            )
+        manifest = cls(
+            kind=need("kind", str),
+            factory=need("factory", str),
+            rows=need("rows", int),
+            dim=need("dim", int),
+            shards=need("shards", str),
+            shards_manifest=need("shards_manifest", str),
+            nprobe=need("nprobe", int, optional=True),
+            ef_search=need("ef_search", int, optional=True),
+            refine=need("refine", int, default=0),
+            metric=need("metric", str, default="ip"),
+            model_fingerprint=need("model_fingerprint", str, optional=True),
+            shard_checksums=checksums,
+            build=need("build", dict, default={}),
+            version=body["version"],
+        )
+        if manifest.metric != "ip":
+            raise ManifestError(f"{path}: field 'metric' must be 'ip', got {manifest.metric!r}")
+        if manifest.dim == 0:
+            raise ManifestError(f"{path}: field 'dim' must be positive")
+        return manifest
+
+
+def shard_manifest_checksum(shard_root: Path) -> str:
+    return f"{_native.checksum((shard_root / SHARDS_MANIFEST).read_bytes()):016x}"
+
+
+def build_index(
+    shard_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    kind: Kind = "auto",
+    factory: str | None = None,
+    train_rows: int | None = None,
+    nprobe: int | None = None,
+    refine: int = DEFAULT_REFINE,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+    device: Literal["cpu", "cuda"] = "cpu",
+    verify: bool = True,
+) -> IndexManifest:
+    """Train and fill a faiss index from the shards and publish INDEX_DIR atomically.
+
+    verify=True hashes every shard and id file first (multithreaded) and refuses a corrupt one, so an
+    index is never built over, and never records the checksums of, damaged shards.
+
+    device="cuda" runs the IVF k-means on every GPU faiss sees (the faiss `clustering_index` recipe);
+    the index itself stays a CPU index, so the file is the same kind whatever built it.
+    """
+    import faiss
+
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if refine < 0 or (nprobe is not None and nprobe <= 0):
+        raise InputError(f"refine must be >= 0 and nprobe positive, got {refine} and {nprobe}")
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if device == "cuda" and gpus == 0:
+        raise InputError(
+            "device 'cuda' asked for, but the installed faiss sees no GPU (faiss.get_num_gpus() is 0); "
+            "install faiss-gpu-cu12 (pip install 'fastmarco[gpu]') or build with --device cpu"
+        )
+
+    target = Path(out)
+    with output_lock(target.parent / f".{target.name}.lock", str(target)):
+        refuse_existing(target, overwrite)
+        return _build(
+            Path(shard_dir).resolve(),
+            target,
+            kind,
+            factory,
+            train_rows,
+            nprobe,
+            refine,
+            progress,
+            device,
+            verify,
+        )
+
+
+def _build(
+    shard_root: Path,
+    target: Path,
+    kind: Kind,
+    factory: str | None,
+    train_rows: int | None,
+    nprobe: int | None,
+    refine: int,
+    progress: Callable[[str], None] | None,
+    device: str,
+    verify: bool,
+) -> IndexManifest:
+    import faiss
+
+    say = progress or (lambda message: None)
+    if verify:
+        say("verifying shard checksums")
+    shard_set = ShardSet.open(shard_root, verify="checksum" if verify else "size")
+    rows, dim = len(shard_set), shard_set.dim
+    shape, train = _resolve(kind, factory, train_rows, rows, dim)
+    started = time.perf_counter()
+    index = None if shape.factory == "Flat" else _train_and_fill(shard_set, shape, train, device, say)
+    if index is not None and shape.nlist and nprobe is not None and nprobe > shape.nlist:
+        raise InputError(f"nprobe {nprobe} is more than the {shape.nlist} lists of {shape.factory}")
+    staging = staging_directory(target)
+    try:
+        if index is not None:
+            faiss.write_index(index, str(staging / INDEX_FILE))
+        manifest = IndexManifest(
+            kind=kind if factory is None else "custom",
+            factory=shape.factory,
+            rows=rows,
+            dim=dim,
+            # relative to the published directory: moving shards and index together keeps it valid
+            shards=os.path.relpath(shard_root, target.resolve()),
+            shards_manifest=shard_manifest_checksum(shard_root),
+            nprobe=nprobe or default_nprobe(shape.nlist),
+            ef_search=DEFAULT_EF_SEARCH if shape.hnsw else None,
+            refine=refine if shape.lossy else 0,
+            model_fingerprint=shard_set.metadata.get("model", {}).get("fingerprint"),
+            shard_checksums=[[e.checksum, e.ids_checksum] for e in shard_set.manifest.shards],
+            build={
+                "seconds": time.perf_counter() - started,
+                "train_rows": train,
+                "faiss": faiss.__version__,
+                "device": device,
+                "index_bytes": (staging / INDEX_FILE).stat().st_size if index is not None else 0,
+            },
+        )
+        manifest.save(staging)
+        publish_directory(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest

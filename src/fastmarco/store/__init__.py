@@ -1,0 +1,1 @@
+"""Storage: embedding shard sets, the MS MARCO file formats, random access to passage text."""

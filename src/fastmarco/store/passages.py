@@ -1,0 +1,158 @@
+"""Random access to passage text by pid: an offsets file built once beside a collection.tsv.
+
+`PassageStore.open("collection.tsv")` reads `collection.tsv.offsets.npz` when it matches the
+collection (size and modification time), else builds it in one pass (checking every line as
+`read_collection` does: a bad line is a FormatError naming it, a duplicate pid names both lines) and
+writes it atomically; where the collection's folder is read-only the offsets stay in memory. Lookups
+are a binary search over the sorted pids and one `pread` of the line: showing 10 passages never
+reloads an 8.8M-passage collection. Safe across threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fastmarco._atomic import write_bytes_atomic
+from fastmarco.errors import FormatError, InputError, StoreIOError
+from fastmarco.store.formats import BOM, line_body
+
+OFFSETS_SUFFIX = ".offsets.npz"
+OFFSETS_VERSION = 1
+
+
+def _stamp(path: Path) -> dict[str, int]:
+    info = path.stat()
+    return {"version": OFFSETS_VERSION, "size": info.st_size, "mtime_ns": info.st_mtime_ns}
+
+
+def _canonical_int(pid: str) -> bool:
+    """A pid that round-trips through int64 unchanged (MS MARCO's): stored as an integer key."""
+    return pid.isascii() and pid.isdigit() and len(pid) <= 18 and (pid == "0" or pid[0] != "0")
+
+
+def _scan(path: Path) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64]]:
+    """(pids sorted, line start of each); every line checked. Integer keys where every pid is one."""
+    pids: list[str] = []
+    starts: list[int] = []
+    offset = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            start, body = offset, line_body(path, number, raw)
+            offset += len(raw)
+            if number == 1 and raw.startswith(BOM):
+                start += len(BOM)
+            pid_bytes, tab, text = body.partition(b"\t")
+            if not tab:
+                raise FormatError(path, number, "expected '<id><TAB><passage>', found no tab")
+            try:
+                pid = pid_bytes.decode("utf-8")
+                text.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise FormatError(path, number, f"invalid UTF-8 at byte {exc.start}") from exc
+            if not pid.strip() or pid != pid.strip():
+                raise FormatError(path, number, f"empty or space-padded id {pid!r}")
+            if not text.strip():
+                raise FormatError(path, number, f"empty passage for id {pid}")
+            pids.append(pid)
+            starts.append(start)
+    integer = all(_canonical_int(pid) for pid in pids)
+    keys = np.array([int(pid) for pid in pids] if integer else pids, dtype=np.int64 if integer else str)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1]) if len(keys) > 1 else np.empty(0, np.int64)
+    if len(same):
+        first, second = sorted((int(order[same[0]]) + 1, int(order[same[0] + 1]) + 1))
+        raise FormatError(path, second, f"duplicate id {sorted_keys[same[0]]} (also on line {first})")
+    return sorted_keys, np.asarray(starts, dtype=np.int64)[order]
+
+
+class PassageStore:
+    """pid -> passage text of a collection.tsv (see the module docstring)."""
+
+    def __init__(self, path: Path, pids: npt.NDArray[Any], starts: npt.NDArray[np.int64]) -> None:
+        self.path = path
+        self._pids = pids
+        self._starts = starts
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._size = os.fstat(self._fd).st_size
+
+    @classmethod
+    def open(cls, collection: str | os.PathLike[str]) -> PassageStore:
+        path = Path(collection)
+        if not path.is_file():
+            raise StoreIOError(f"{path}: collection not found")
+        offsets = path.with_name(path.name + OFFSETS_SUFFIX)
+        stamp = _stamp(path)
+        if offsets.is_file():
+            try:
+                with np.load(offsets, allow_pickle=False) as saved:
+                    if json.loads(str(saved["stamp"])) == stamp:
+                        return cls(path, saved["pids"], saved["starts"])
+            except (OSError, ValueError, KeyError):
+                pass  # unreadable or stale: rebuilt below
+        pids, starts = _scan(path)
+        buffer = io.BytesIO()
+        np.savez(buffer, pids=pids, starts=starts, stamp=np.array(json.dumps(stamp)))
+        with contextlib.suppress(OSError):  # a read-only folder: keep the offsets in memory only
+            write_bytes_atomic(offsets, buffer.getvalue())
+        return cls(path, pids, starts)
+
+    def __len__(self) -> int:
+        return len(self._pids)
+
+    def _position(self, pid: str) -> int:
+        if self._pids.dtype.kind == "i":
+            if not _canonical_int(pid):
+                return -1
+            key: Any = int(pid)
+        else:
+            key = pid
+        at = int(np.searchsorted(self._pids, key))
+        return at if at < len(self._pids) and self._pids[at] == key else -1
+
+    def __contains__(self, pid: object) -> bool:
+        return isinstance(pid, str) and self._position(pid) >= 0
+
+    def get(self, pid: str) -> str | None:
+        """The passage of `pid`, or None when the collection has no such pid."""
+        at = self._position(str(pid))
+        if at < 0:
+            return None
+        start = int(self._starts[at])
+        if os.fstat(self._fd).st_size != self._size:
+            raise StoreIOError(f"{self.path}: the collection changed size since it was opened; reopen it")
+        chunk = b""
+        while not chunk.endswith(b"\n") and start + len(chunk) < self._size:
+            chunk += os.pread(self._fd, 4096 if not chunk else 4 * len(chunk), start + len(chunk))
+        line = chunk.split(b"\n", 1)[0]
+        return line.partition(b"\t")[2].decode("utf-8")
+
+    def texts(self, pids: Iterable[str]) -> dict[str, str]:
+        """{pid: passage} for every pid; a pid the collection lacks is an error naming it."""
+        out = {}
+        for pid in pids:
+            text = self.get(pid)
+            if text is None:
+                raise InputError(f"{self.path}: no passage with id {pid}")
+            out[pid] = text
+        return out
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> PassageStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
