@@ -235,6 +235,26 @@ def test_manifest_bad_field_is_named(tmp_path: Path) -> None:
         ShardSet.open(directory)
 
 
+@pytest.mark.parametrize("id_type", ["int", "str"])
+def test_manifest_id_type_must_match_the_id_files(tmp_path: Path, id_type: str) -> None:
+    # found by benchmarks/fuzz_formats.py: id_type flipped over unchanged .npy files was accepted
+    ids = range(6) if id_type == "int" else [f"p{i}" for i in range(6)]
+    write_shards(tmp_path, np.ones((6, 3)), ids, rows_per_shard=4, id_type=id_type)
+    body = json.loads((tmp_path / "manifest.json").read_text())
+    body["id_type"] = "str" if id_type == "int" else "int"
+    (tmp_path / "manifest.json").write_text(json.dumps(body))
+    with pytest.raises(ShardFormatError, match=r"shards\[0\]\.ids.*field 'id_type'"):
+        ShardSet.open(tmp_path, verify="checksum")
+
+
+def test_unreadable_id_file_is_a_format_error(tmp_path: Path) -> None:
+    write_shards(tmp_path, np.ones((4, 3)), range(4))
+    (tmp_path / "ids-00000.npy").write_bytes(b"\x93NUMPY garbage")
+    shards = ShardSet.open(tmp_path, verify="size")  # sizes and headers only: the ids load later
+    with pytest.raises(ShardFormatError, match="ids-00000.npy"):
+        shards.ids()
+
+
 def test_native_writer_never_publishes_a_partial_file(tmp_path: Path) -> None:
     writer = _native.ShardFileWriter(str(tmp_path / "a.fms"), "fp32", 3)
     writer.append(np.ones((2, 3), np.float32))

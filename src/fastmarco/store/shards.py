@@ -127,10 +127,18 @@ class Manifest:
             except TypeError as exc:
                 raise ShardFormatError(f"{path}: field 'shards[{position}]' is malformed ({exc})") from exc
             shards.append(entry)
+        id_type = need("id_type", str, ("int", "str"))
+        suffix = ".npy" if id_type == "int" else ".txt"
+        for position, entry in enumerate(shards):
+            if not entry.ids.endswith(suffix):
+                raise ShardFormatError(
+                    f"{path}: field 'shards[{position}].ids' is {entry.ids!r}, but {id_type} ids live in "
+                    f"'{suffix}' files (field 'id_type')"
+                )
         return cls(
             dim=need("dim", int),
             dtype=need("dtype", str, ("fp16", "fp32")),
-            id_type=need("id_type", str, ("int", "str")),
+            id_type=id_type,
             rows_per_shard=need("rows_per_shard", int),
             metadata=need("metadata", dict),
             shards=shards,
@@ -507,11 +515,18 @@ class ShardSet:
         parts: list[npt.NDArray[Any]] = []
         for entry in self.manifest.shards:
             path = self.directory / entry.ids
-            if self.manifest.id_type == "int":
-                parts.append(np.load(path, allow_pickle=False))
-            else:
-                text = path.read_bytes().decode("utf-8")
-                parts.append(np.array(text.split("\n")[:-1], dtype=object))
+            try:
+                if self.manifest.id_type == "int":
+                    parts.append(np.load(path, allow_pickle=False))
+                else:
+                    text = path.read_bytes().decode("utf-8")
+                    parts.append(np.array(text.split("\n")[:-1], dtype=object))
+            except (ValueError, EOFError) as exc:  # a truncated or foreign file (verify='size' lets it by)
+                raise ShardFormatError(f"id file '{path}' is unreadable ({exc})") from exc
+            if self.manifest.id_type == "int" and (parts[-1].dtype != np.int64 or parts[-1].ndim != 1):
+                raise ShardFormatError(
+                    f"id file '{path}' holds {parts[-1].dtype} {parts[-1].shape}, not int64 ids"
+                )
             if len(parts[-1]) != entry.rows:
                 raise ShardFormatError(
                     f"id file '{path}' holds {len(parts[-1])} ids, but the shard has {entry.rows} rows"
