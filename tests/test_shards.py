@@ -251,7 +251,7 @@ def test_unreadable_id_file_is_a_format_error(tmp_path: Path) -> None:
     write_shards(tmp_path, np.ones((4, 3)), range(4))
     (tmp_path / "ids-00000.npy").write_bytes(b"\x93NUMPY garbage")
     shards = ShardSet.open(tmp_path, verify="size")  # sizes and headers only: the ids load later
-    with pytest.raises(ShardFormatError, match="ids-00000.npy"):
+    with pytest.raises(ShardFormatError, match=r"ids-00000\.npy"):
         shards.ids()
 
 
