@@ -132,6 +132,17 @@ CASES: list[tuple[str, list[str], str]] = [
         ["query", "{index}", "x", "--collection", "{bad.tsv}", "--device", "cpu"],
         "bad.tsv:2: expected '<id><TAB><passage>'",
     ),
+    ("serve: missing", ["serve", "{missing}"], "does not exist"),
+    ("serve: bad manifest", ["serve", "{bad-index}"], "field 'kind' must be str"),
+    ("serve: truncated shard", ["serve", "{truncated-index}"], "is truncated"),
+    ("serve: not an index", ["serve", "{shards}"], "index.json: not found"),
+    ("serve: wrong model", ["serve", "{index}", "--model", "{not-a-model}"], "fastmarco.json: not found"),
+    (
+        "serve: bad collection",
+        ["serve", "{index}", "--collection", "{bad.tsv}", "--device", "cpu"],
+        "bad.tsv:2: expected '<id><TAB><passage>'",
+    ),
+    ("serve: max-k 0", ["serve", "{index}", "--max-k", "0"], "0 is not in the range x>=1"),
     ("eval: missing", ["eval", "--qrels", "{missing}", "--run", "{run.trec}"], "does not exist"),
     (
         "eval: bad run line",

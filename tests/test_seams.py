@@ -65,6 +65,23 @@ def test_bi_encoder_scorer_scores_pairs_like_the_embeddings(exported: dict[tuple
         BiEncoderScorer(encoder).score(queries, passages[:2])
 
 
+def test_tokenized_requests_concatenate_and_encode_like_encode(exported: dict[tuple[str, str], Path]) -> None:
+    """The server's path: tokenize each request, concatenate, one encode_tokenized for all."""
+    from fastmarco.model.encoder import Encoder, Tokenized
+
+    encoder = Encoder.open(exported["bert-mean-normalize", "fp32"], device="cpu", max_tokens=64)
+    requests = [["how big is london"], ["bees make honey", "", "word " * 600], ["goldfish"]]
+    parts = [encoder.tokenize(texts) for texts in requests]
+    joined = Tokenized.concat(parts)
+    flat = [text for texts in requests for text in texts]
+    expected, stats = encoder.encode_with_stats(flat)
+    assert len(joined) == 5 and joined.tokens == stats.tokens
+    assert joined.truncated.tolist() == [False, False, False, True, False] and stats.truncated == 1
+    np.testing.assert_allclose(encoder.encode_tokenized(joined), expected, atol=1e-5)
+    with pytest.raises(InputError, match=r"texts\[1\] is int"):
+        encoder.tokenize(["fine", 3])  # type: ignore[list-item]
+
+
 def test_job_spec_hashes_the_corpus_once_and_travels_as_plain_data(
     exported: dict[tuple[str, str], Path], tmp_path: Path
 ) -> None:

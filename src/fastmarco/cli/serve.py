@@ -1,0 +1,118 @@
+"""`fastmarco serve`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, main
+
+
+@main.command()
+@click.argument("index_dir", type=EXISTING_DIR)
+@click.option("--collection", type=EXISTING_FILE, help="collection.tsv: answer /search with passage text.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port."
+)
+@click.option(
+    "--max-batch-tokens",
+    type=POSITIVE,
+    default=16_384,
+    show_default=True,
+    help="Tokens coalesced into one encode.",
+)
+@click.option(
+    "--max-wait-ms",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="How long a batch that is not full waits for more requests (0: run what is queued at once).",
+)
+@click.option(
+    "--max-queue", type=POSITIVE, default=512, show_default=True, help="Requests queued before 429s."
+)
+@click.option("--max-inputs", type=POSITIVE, default=256, show_default=True, help="Texts per request.")
+@click.option("--max-k", type=POSITIVE, default=1000, show_default=True, help="Largest k a search may ask.")
+@click.option("--payload-limit", type=POSITIVE, default=2_000_000, show_default=True, help="Bytes per body.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="0: every core.")
+@click.option(
+    "--api-key",
+    envvar="FASTMARCO_API_KEY",
+    help="Require 'Authorization: Bearer KEY' (or set FASTMARCO_API_KEY).",
+)
+@click.option(
+    "--model",
+    "model_dir",
+    type=EXISTING_DIR,
+    help="Model directory (default: the one that encoded the shards).",
+)
+@click.option("--served-model-name", help="Model name in responses (default: the exported model's source).")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option(
+    "--no-verify", is_flag=True, help="Do not hash the shards at start-up (you verify them elsewhere)."
+)
+@click.option("--access-log", is_flag=True, help="Log every request.")
+def serve(
+    index_dir: str,
+    collection: str | None,
+    host: str,
+    port: int,
+    max_batch_tokens: int,
+    max_wait_ms: float,
+    max_queue: int,
+    max_inputs: int,
+    max_k: int,
+    payload_limit: int,
+    threads: int,
+    api_key: str | None,
+    model_dir: str | None,
+    served_model_name: str | None,
+    device: str,
+    no_verify: bool,
+    access_log: bool,
+) -> None:
+    """Serve INDEX_DIR over HTTP: /v1/embeddings (OpenAI), /search, a search page at /."""
+    try:
+        from fastmarco.serve.app import ServeConfig, create_app
+    except ImportError as exc:
+        raise click.ClickException(
+            f"fastmarco serve needs the serve extra ({exc.name} is missing): pip install 'fastmarco[serve]'"
+        ) from exc
+    from fastmarco.search.engine import Engine
+    from fastmarco.serve.schema import Limits
+    from fastmarco.serve.server import bind
+    from fastmarco.serve.server import serve as run_server
+    from fastmarco.store.passages import PassageStore
+
+    engine = Engine.open(index_dir, model=model_dir, device=device, threads=threads, verify=not no_verify)  # type: ignore[arg-type]
+    passages = PassageStore.open(collection) if collection else None
+    name = served_model_name or default_model_name(engine.encoder.model.raw, engine.encoder.directory)
+    config = ServeConfig(
+        name,
+        max_batch_tokens=max_batch_tokens,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        limits=Limits(max_inputs=max_inputs, max_k=max_k, payload_bytes=payload_limit),
+        api_key=api_key,
+    )
+    sock = bind(host, port)
+    where = sock.getsockname()
+    shown = f"[{where[0]}]" if ":" in where[0] else where[0]
+    click.echo(
+        f"fastmarco serve: http://{shown}:{where[1]} ({name}, {len(engine.index.shard_set):,} rows, "
+        f"{engine.index.manifest.kind}, {engine.encoder.device})",
+        err=True,
+    )
+    sys.exit(run_server(create_app(engine, passages, config), sock, access_log=access_log))
+
+
+def default_model_name(manifest: dict[str, object], directory: Path) -> str:
+    """The hub id the model was exported from; for a local folder, the export directory's name."""
+    source = manifest.get("source")
+    model = source.get("model") if isinstance(source, dict) else None
+    if isinstance(model, str) and model and not Path(model).is_absolute() and not Path(model).exists():
+        return model
+    return directory.name

@@ -1,0 +1,359 @@
+"""The ASGI app: OpenAI-compatible embeddings, search, a search page, health, info and metrics.
+
+One error boundary (`_answer_errors`) turns every FastmarcoError into a JSON error body shaped like
+OpenAI's (`{"error": {"message", "type", "param", "code"}}`) with its HTTP status; anything else is
+logged with its traceback on the server and answered 500 with no detail, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fastmarco import __version__
+from fastmarco.errors import (
+    FastmarcoError,
+    FieldError,
+    InputError,
+    OverloadedError,
+    PayloadTooLargeError,
+    UnauthorizedError,
+)
+from fastmarco.pipelines.retrieve import hits_of
+from fastmarco.search.engine import Engine
+from fastmarco.serve.batcher import Batcher, Job, JobResult
+from fastmarco.serve.metrics import Metrics
+from fastmarco.serve.schema import Limits, embeddings_request, parse_json, search_request
+from fastmarco.store.passages import PassageStore
+
+log = logging.getLogger("fastmarco.serve")
+
+CLIENT_CLOSED = 499  # nginx's status for a client that went away before the answer
+
+
+DEFAULT_LIMITS = Limits(max_inputs=256, max_k=1000, payload_bytes=2_000_000)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model_name: str
+    max_batch_tokens: int = 16_384
+    max_wait_ms: float = 0.0
+    max_queue: int = 512
+    limits: Limits = DEFAULT_LIMITS
+    api_key: str | None = None
+
+
+ERRORS: list[tuple[type[FastmarcoError], int, str]] = [
+    (UnauthorizedError, 401, "authentication_error"),
+    (PayloadTooLargeError, 413, "invalid_request_error"),
+    (InputError, 422, "invalid_request_error"),
+    (OverloadedError, 429, "rate_limit_error"),
+]
+
+
+def error_body(message: str, kind: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+def _error_response(exc: Exception) -> JSONResponse:
+    if isinstance(exc, FastmarcoError):
+        # the first class that fits; other FastmarcoErrors are the server's own files (corrupt, changed)
+        status, kind = next(((s, k) for cls, s, k in ERRORS if isinstance(exc, cls)), (500, "server_error"))
+        if status == 500:
+            log.error("request failed: %s", exc)
+        headers = {}
+        if isinstance(exc, OverloadedError):
+            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        param = exc.field if isinstance(exc, FieldError) else None
+        return JSONResponse(error_body(str(exc), kind, param), status, headers=headers)
+    log.exception("internal error")
+    return JSONResponse(error_body("internal server error (logged on the server)", "server_error"), 500)
+
+
+def _answer_errors(
+    handler: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    async def answered(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as exc:  # the server's one error boundary
+            return _error_response(exc)
+
+    return answered
+
+
+class RequestCounter:
+    """ASGI middleware: counts every answered request by route and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, paths: set[str]) -> None:
+        self.app, self.metrics, self.paths = app, metrics, paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            path = scope["path"] if scope["path"] in self.paths else "other"
+            self.metrics.requests.labels(path, str(status)).inc()
+
+
+class Service:
+    """What the routes share: the engine, the optional passage store, the batcher and the metrics."""
+
+    def __init__(self, engine: Engine, passages: PassageStore | None, config: ServeConfig) -> None:
+        self.engine = engine
+        self.passages = passages
+        self.config = config
+        self.metrics = Metrics()
+        self.batcher: Batcher | None = None
+        # tokenizing (and reading passage text) runs here, beside the batch running on its own thread
+        self.io = ThreadPoolExecutor(1, thread_name_prefix="fastmarco-tokenize")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.batcher = Batcher(
+            self.engine,
+            self.metrics,
+            max_batch_tokens=self.config.max_batch_tokens,
+            max_wait_ms=self.config.max_wait_ms,
+            max_queue=self.config.max_queue,
+        )
+        self.batcher.start()
+        try:
+            yield
+        finally:
+            await self.batcher.stop()
+            self.io.shutdown(wait=True)
+
+    def authorize(self, request: Request) -> None:
+        key = self.config.api_key
+        if key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise UnauthorizedError("missing or wrong API key: send 'Authorization: Bearer <key>'")
+
+    async def body(self, request: Request) -> dict[str, Any]:
+        limit = self.config.limits.payload_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise FieldError("content-length", f"not a byte count: {declared!r}")
+            if int(declared) > limit:
+                raise PayloadTooLargeError(
+                    f"body of {declared} bytes is over the limit of {limit} (--payload-limit)"
+                )
+        received = bytearray()
+        async for chunk in request.stream():
+            received += chunk
+            if len(received) > limit:
+                raise PayloadTooLargeError(f"body is over the limit of {limit} bytes (--payload-limit)")
+        return parse_json(bytes(received))
+
+    async def run(self, request: Request, texts: list[str], k: int | None) -> JobResult | None:
+        """Tokenize, queue, and wait for the batch; None when the client went away meanwhile."""
+        assert self.batcher is not None, "the lifespan starts the batcher before any request"
+        loop = asyncio.get_running_loop()
+        tokenized = await loop.run_in_executor(self.io, self.engine.encoder.tokenize, texts)
+        truncated = int(tokenized.truncated.sum())
+        if truncated:
+            self.metrics.truncated.inc(truncated)
+        job = self.batcher.submit(tokenized, k)
+        return await self._wait(request, job)
+
+    async def _wait(self, request: Request, job: Job) -> JobResult | None:
+        async def disconnected() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        watcher: asyncio.Future[None] = asyncio.ensure_future(disconnected())
+        waited: set[asyncio.Future[Any]] = {job.future, watcher}
+        try:
+            await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        if job.future.done():
+            return job.future.result()
+        job.dropped = True
+        self.metrics.dropped.inc()
+        job.future.cancel()
+        return None
+
+    def headers(self, started: float, result: JobResult) -> dict[str, str]:
+        def ms(seconds: float) -> str:
+            return f"{seconds * 1000:.3f}"
+
+        return {
+            "X-Queue-Time": ms(result.queue_seconds),
+            "X-Encode-Time": ms(result.encode_seconds),
+            "X-Search-Time": ms(result.search_seconds),
+            "X-Total-Time": ms(time.perf_counter() - started),
+            "X-Batch-Size": str(result.batch_rows),
+            "X-Prompt-Tokens": str(result.tokens),
+            "X-Truncated-Inputs": str(result.truncated),
+        }
+
+    # ------------------------------------------------------------------------------------- routes
+
+    async def embeddings(self, request: Request) -> Response:
+        with self.metrics.inflight.track_inprogress():
+            return await self._embeddings(request)
+
+    async def search(self, request: Request) -> Response:
+        with self.metrics.inflight.track_inprogress():
+            return await self._search(request)
+
+    async def _embeddings(self, request: Request) -> Response:
+        started = time.perf_counter()
+        self.authorize(request)
+        asked = embeddings_request(await self.body(request), self.config.limits, self.engine.encoder.dim)
+        result = await self.run(request, asked.texts, None)
+        if result is None:
+            return Response(status_code=CLIENT_CLOSED)
+        vectors = result.vectors
+        if asked.encoding_format == "base64":
+            data = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
+        else:
+            data = vectors.tolist()
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)],
+                "model": self.config.model_name,
+                "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
+            },
+            headers=self.headers(started, result),
+        )
+
+    async def _search(self, request: Request) -> Response:
+        started = time.perf_counter()
+        self.authorize(request)
+        asked = search_request(await self.body(request), self.config.limits)
+        result = await self.run(request, asked.texts, asked.k)
+        if result is None:
+            return Response(status_code=CLIENT_CLOSED)
+        found = result.found
+        assert found is not None, "a search job always has results"
+
+        def answer() -> list[dict[str, Any]]:
+            return [
+                {
+                    "query": text,
+                    "hits": [
+                        {"rank": h.rank, "pid": h.pid, "score": h.score}
+                        | ({"text": h.text} if self.passages is not None else {})
+                        for h in hits_of(found, i, self.passages)
+                    ],
+                }
+                for i, text in enumerate(asked.texts)
+            ]
+
+        results = await asyncio.get_running_loop().run_in_executor(self.io, answer)
+        return JSONResponse(
+            {
+                "model": self.config.model_name,
+                "k": asked.k,
+                "results": results,
+                "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
+            },
+            headers=self.headers(started, result),
+        )
+
+    async def info(self, request: Request) -> Response:
+        self.authorize(request)
+        model = self.engine.encoder.model
+        index = self.engine.index
+        limits = self.config.limits
+        return JSONResponse(
+            {
+                "version": __version__,
+                "model": self.config.model_name,
+                "model_fingerprint": model.fingerprint,
+                "dim": model.dim,
+                "similarity": model.similarity,
+                "max_seq_length": model.max_seq_length,
+                "device": self.engine.encoder.device,
+                "index": {
+                    "kind": index.manifest.kind,
+                    "factory": index.manifest.factory,
+                    "rows": len(index.shard_set),
+                },
+                "passages": self.passages is not None,
+                "limits": {
+                    "max_inputs": limits.max_inputs,
+                    "max_k": limits.max_k,
+                    "payload_bytes": limits.payload_bytes,
+                    "max_batch_tokens": self.config.max_batch_tokens,
+                    "max_wait_ms": self.config.max_wait_ms,
+                    "max_queue": self.config.max_queue,
+                },
+            }
+        )
+
+    async def models(self, request: Request) -> Response:
+        """OpenAI's model list: the one model served."""
+        self.authorize(request)
+        entry = {"id": self.config.model_name, "object": "model", "created": 0, "owned_by": "fastmarco"}
+        return JSONResponse({"object": "list", "data": [entry]})
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def prometheus(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def page(self, request: Request) -> Response:
+        return HTMLResponse(PAGE)
+
+
+PAGE = resources.files("fastmarco.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse(error_body(exc.detail, "invalid_request_error"), exc.status_code, headers=exc.headers)
+
+
+def create_app(engine: Engine, passages: PassageStore | None, config: ServeConfig) -> ASGIApp:
+    """The server's ASGI app; its lifespan starts and drains the batcher."""
+    service = Service(engine, passages, config)
+    routes = [
+        Route("/", _answer_errors(service.page), methods=["GET"]),
+        Route("/health", _answer_errors(service.health), methods=["GET"]),
+        Route("/info", _answer_errors(service.info), methods=["GET"]),
+        Route("/metrics", _answer_errors(service.prometheus), methods=["GET"]),
+        Route("/search", _answer_errors(service.search), methods=["POST"]),
+        Route("/v1/embeddings", _answer_errors(service.embeddings), methods=["POST"]),
+        Route("/v1/models", _answer_errors(service.models), methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=service.lifespan, exception_handlers={HTTPException: _http_error})
+    app.state.service = service
+    return RequestCounter(app, service.metrics, {route.path for route in routes})

@@ -1,0 +1,107 @@
+"""Request bodies of the HTTP API, checked field by field: a wrong one is a FieldError naming it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastmarco.errors import FieldError, PayloadTooLargeError
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_inputs: int
+    max_k: int
+    payload_bytes: int
+
+
+@dataclass(frozen=True)
+class EmbeddingsRequest:
+    texts: list[str]
+    encoding_format: Literal["float", "base64"]
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    texts: list[str]
+    k: int
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FieldError("body", f"not valid JSON ({exc})") from exc
+    if not isinstance(document, dict):
+        raise FieldError("body", f"expected a JSON object, got {type(document).__name__}")
+    return document
+
+
+def _texts(value: Any, field: str, limits: Limits) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise FieldError(field, f"expected a string or a list of strings, got {type(value).__name__}")
+    if not value:
+        raise FieldError(field, "the list is empty")
+    if len(value) > limits.max_inputs:
+        raise PayloadTooLargeError(
+            f"{field}: {len(value)} inputs, more than this server's limit of {limits.max_inputs} "
+            "(--max-inputs); split the request"
+        )
+    for i, text in enumerate(value):
+        if not isinstance(text, str):
+            kind = "token ids (send text; token arrays are not supported)" if _is_tokens(text) else None
+            raise FieldError(f"{field}[{i}]", f"expected a string, got {kind or type(text).__name__}")
+    return value
+
+
+def _is_tokens(value: Any) -> bool:
+    return isinstance(value, int) or (isinstance(value, list) and all(isinstance(t, int) for t in value))
+
+
+def embeddings_request(document: dict[str, Any], limits: Limits, dim: int) -> EmbeddingsRequest:
+    """OpenAI's /v1/embeddings body: input, model, encoding_format, dimensions, user."""
+    if "input" not in document:
+        raise FieldError("input", "missing")
+    if _is_tokens(document["input"]):
+        raise FieldError("input", "token ids are not supported; send text")
+    texts = _texts(document["input"], "input", limits)
+    for name in ("model", "user"):
+        if document.get(name) is not None and not isinstance(document[name], str):
+            raise FieldError(name, f"expected a string, got {type(document[name]).__name__}")
+    encoding: Literal["float", "base64"]
+    given = document.get("encoding_format") or "float"
+    if given == "float":
+        encoding = "float"
+    elif given == "base64":
+        encoding = "base64"
+    else:
+        raise FieldError("encoding_format", f"expected 'float' or 'base64', got {given!r}")
+    dimensions = document.get("dimensions")
+    if dimensions is not None and (type(dimensions) is not int or dimensions != dim):
+        raise FieldError("dimensions", f"this model's embeddings have {dim} dimensions; got {dimensions!r}")
+    return EmbeddingsRequest(texts, encoding)
+
+
+def search_request(document: dict[str, Any], limits: Limits) -> SearchRequest:
+    """{"query": str} or {"queries": [str, ...]}, and "k" (default 10)."""
+    if ("query" in document) == ("queries" in document):
+        raise FieldError("query", "give exactly one of 'query' (a string) or 'queries' (a list of strings)")
+    if "query" in document:
+        if not isinstance(document["query"], str):
+            raise FieldError("query", f"expected a string, got {type(document['query']).__name__}")
+        texts = [document["query"]]
+    else:
+        if not isinstance(document["queries"], list):
+            raise FieldError(
+                "queries", f"expected a list of strings, got {type(document['queries']).__name__}"
+            )
+        texts = _texts(document["queries"], "queries", limits)
+    k = document.get("k", 10)
+    if type(k) is not int:
+        raise FieldError("k", f"expected an integer, got {type(k).__name__}")
+    if not 1 <= k <= limits.max_k:
+        raise FieldError("k", f"must be between 1 and {limits.max_k} (--max-k), got {k}")
+    return SearchRequest(texts, k)
