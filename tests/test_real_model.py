@@ -124,3 +124,35 @@ def test_minilm_fp16_export(dl19: dict, reference: dict, tmp_path: Path) -> None
     theirs = reference["passages"][::10]
     cos = row_cosines(ours, theirs)
     assert cos.min() >= 0.999
+
+
+def test_minilm_int8_export_keeps_dl19_rerank_quality(dl19: dict, reference: dict, tmp_path: Path) -> None:
+    """The int8 quality gate: re-ranking the DL19 BM25 top-100 within 0.005 nDCG@10 of fp32 (0.6424)."""
+    report = export_model(str(MODEL), tmp_path / "minilm8", int8=True)
+    assert report.precision == "int8" and report.fusions.get("Attention") == 6
+    manifest = json.loads((tmp_path / "minilm8" / "fastmarco.json").read_text())
+    assert manifest["quantization"]["weights"] == "int8 per channel"
+    assert manifest["parity_min_cosine"] >= 0.97
+    encoder = Encoder.open(tmp_path / "minilm8", device="cpu")
+    pids, qids = reference["pids"], reference["qids"]
+    passages = encoder.encode([dl19["passages"][p] for p in pids])
+    queries = encoder.encode([dl19["queries"][q] for q in qids])
+    assert row_cosines(passages, reference["passages"]).mean() >= 0.99
+    row = {pid: i for i, pid in enumerate(pids)}
+    int8 = ndcg10(dl19["qrels"], dl19["run"], row, passages, queries, qids)
+    assert int8 == pytest.approx(0.6424, abs=0.005)
+
+
+def test_an_int8_export_that_drifts_is_refused_and_not_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastmarco.errors import ExportError
+    from fastmarco.model import export
+
+    monkeypatch.setitem(export.PARITY_FLOORS, "int8", 0.99999)  # stricter than int8 can be
+    with pytest.raises(ExportError, match=r"int8 export disagrees .* min cosine 0\.9\d+ < 0\.99999; nothing"):
+        export_model(str(MODEL), tmp_path / "drifts", int8=True)
+    assert not (tmp_path / "drifts").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+    with pytest.raises(ExportError, match="exclude each other"):
+        export_model(str(MODEL), tmp_path / "both", int8=True, fp16=True)

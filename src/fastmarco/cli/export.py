@@ -11,7 +11,16 @@ from fastmarco.cli.app import main
 @click.argument("model")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to create.")
 @click.option("--fp16", is_flag=True, help="Convert to fp16 (for the GPU) after the transformer fusions.")
-@click.option("--optimize", type=click.Choice(["O1", "O2", "O3", "O4"]), help="ORT optimization level.")
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="Quantize to int8 (ONNX Runtime dynamic, for the CPU); refused if it drifts from fp32.",
+)
+@click.option(
+    "--optimize",
+    type=click.Choice(["O1", "O2", "O3", "O4"]),
+    help="ORT optimization level (default O2: the transformer fusions).",
+)
 @click.option(
     "--max-seq-length", type=click.IntRange(min=1), help="Truncation length (default: the model's)."
 )
@@ -22,6 +31,7 @@ def export(
     model: str,
     out: str,
     fp16: bool,
+    int8: bool,
     optimize: str | None,
     max_seq_length: int | None,
     similarity: str | None,
@@ -35,6 +45,7 @@ def export(
         model,
         out,
         fp16=fp16,
+        int8=int8,
         optimize=optimize,  # type: ignore[arg-type]  # click.Choice has checked it
         max_seq_length=max_seq_length,
         similarity=similarity,  # type: ignore[arg-type]

@@ -51,6 +51,13 @@ PARITY_TEXTS = (
 )
 
 
+# An int8 export is checked on more text than that: the bundled demo passages too, every row at least
+# this cosine to sentence-transformers' fp32 embedding. Dynamic int8 of all-MiniLM-L6-v2 measures 0.985
+# at worst over 300 real MS MARCO passages (mean 0.994) and keeps DL19 nDCG@10 within 0.005.
+INT8_MIN_COSINE = 0.97
+PARITY_FLOORS = {"fp32": 0.9999, "fp16": 0.999, "int8": INT8_MIN_COSINE}
+
+
 @dataclass
 class ModelCard:
     """What the sentence-transformers module stack does, read from the model folder."""
@@ -346,6 +353,45 @@ def _optimize(path: Path, card: ModelCard, level: OptimizeLevel, fp16: bool) -> 
     return fusions
 
 
+class _DropQuantizationAdvice(logging.Filter):
+    """ORT logs a hint to run its shape pre-processing first; the fusions have done that already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+def _quantize_int8(path: Path) -> dict[str, Any]:
+    """ONNX Runtime dynamic quantization of the fused graph: int8 weights per output channel, activations
+    quantized per batch at run time (no calibration set, so nothing about the corpus is baked in)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantized = path.with_name("model.int8.onnx")
+    advice = _DropQuantizationAdvice()
+    logging.getLogger().addFilter(advice)
+    try:
+        quantize_dynamic(
+            path,
+            quantized,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # the fused ops have no type rule
+        )
+    finally:
+        logging.getLogger().removeFilter(advice)
+    quantized.replace(path)
+    return {"method": "onnxruntime dynamic", "weights": "int8 per channel", "activations": "uint8 per batch"}
+
+
+def _check_texts(precision: str) -> list[str]:
+    if precision != "int8":
+        return list(PARITY_TEXTS)
+    from fastmarco.demo.bundled import demo_corpus_path
+
+    passages = [line.split("\t", 1)[1] for line in demo_corpus_path().read_text("utf-8").splitlines()]
+    return [*PARITY_TEXTS, *passages]
+
+
 def _keep_only_sentence_embedding(path: Path) -> None:
     """Drop the token_embeddings output so no (batch, length, hidden) tensor leaves the graph."""
     import onnx
@@ -370,6 +416,7 @@ def export_model(
     out: str | os.PathLike[str],
     *,
     fp16: bool = False,
+    int8: bool = False,
     optimize: OptimizeLevel | None = None,
     max_seq_length: int | None = None,
     similarity: Similarity | None = None,
@@ -387,6 +434,8 @@ def export_model(
 
     from fastmarco.model.encoder import Encoder
 
+    if int8 and (fp16 or optimize == "O4"):
+        raise ExportError("int8 (for the CPU) and fp16 (for the GPU) exclude each other: choose one")
     target = Path(out)
     refuse_existing(target, overwrite)
     folder = resolve_model(model)
@@ -419,16 +468,16 @@ def export_model(
             log.debug("exporter warning: %s: %s", warning.category.__name__, warning.message)
         onnx_path = staging / "model.onnx"
         _keep_only_sentence_embedding(onnx_path)
-        level: OptimizeLevel | None = optimize or ("O2" if fp16 else None)
-        fusions = _optimize(onnx_path, card, level, fp16) if level else {}
+        level: OptimizeLevel = optimize or "O2"  # the transformer fusions help ORT's CPU kernels too
+        fusions = _optimize(onnx_path, card, level, fp16)
+        quantization = _quantize_int8(onnx_path) if int8 else None
         if not (staging / "tokenizer.json").is_file():
             raise ExportError(f"{folder}: no fast tokenizer (tokenizer.json) could be saved for this model")
         import onnx
 
-        precision = "fp16" if fp16 or optimize == "O4" else "fp32"
-        expected = st_model.encode(
-            list(PARITY_TEXTS), convert_to_numpy=True, batch_size=8, show_progress_bar=False
-        )
+        precision = "int8" if int8 else "fp16" if fp16 or optimize == "O4" else "fp32"
+        check_texts = _check_texts(precision)
+        expected = st_model.encode(check_texts, convert_to_numpy=True, batch_size=8, show_progress_bar=False)
         manifest = {
             "format": MODEL_FORMAT,
             "version": MODEL_FORMAT_VERSION,
@@ -449,6 +498,7 @@ def export_model(
             "precision": precision,
             "optimize": level,
             "fusions": fusions,
+            **({"quantization": quantization} if quantization else {}),
             "opset": int(onnx.load(str(onnx_path), load_external_data=False).opset_import[0].version),
             "source": {"model": model, "fingerprint": _source_fingerprint(folder)},
             "exported_by": {
@@ -462,12 +512,14 @@ def export_model(
         )
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         # the check that makes an export trustworthy: the same texts through both stacks
-        got = Encoder.open(staging, device="cpu").encode(list(PARITY_TEXTS))
+        got = Encoder.open(staging, device="cpu").encode(check_texts)
         parity = float(_cosines(expected, got).min())
-        floor = 0.999 if precision == "fp16" else 0.9999
+        floor = PARITY_FLOORS[precision]
         if parity < floor:
             raise ExportError(
-                f"exported model disagrees with sentence-transformers: min cosine {parity:.6f} < {floor}"
+                f"the {precision} export disagrees with sentence-transformers on {len(check_texts)} check "
+                f"texts: min cosine {parity:.6f} < {floor}; nothing was published"
+                + ("" if precision != "int8" else " (this model does not quantize well: export fp32)")
             )
         manifest["parity_min_cosine"] = parity
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
