@@ -44,6 +44,9 @@ from fastmarco.store.passages import PassageStore
 
 log = logging.getLogger("fastmarco.serve")
 
+# Texts up to this many characters in all are tokenized on the event loop (tens of microseconds);
+# longer requests go to the tokenizer thread so the loop keeps accepting while they are cut.
+INLINE_TOKENIZE_CHARS = 2_000
 CLIENT_CLOSED = 499  # nginx's status for a client that went away before the answer
 
 
@@ -182,7 +185,10 @@ class Service:
         """Tokenize, queue, and wait for the batch; None when the client went away meanwhile."""
         assert self.batcher is not None, "the lifespan starts the batcher before any request"
         loop = asyncio.get_running_loop()
-        tokenized = await loop.run_in_executor(self.io, self.engine.encoder.tokenize, texts)
+        if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:  # a query or two: cheaper than a thread hop
+            tokenized = self.engine.encoder.tokenize(texts)
+        else:
+            tokenized = await loop.run_in_executor(self.io, self.engine.encoder.tokenize, texts)
         truncated = int(tokenized.truncated.sum())
         if truncated:
             self.metrics.truncated.inc(truncated)
@@ -276,7 +282,10 @@ class Service:
                 for i, text in enumerate(asked.texts)
             ]
 
-        results = await asyncio.get_running_loop().run_in_executor(self.io, answer)
+        if self.passages is None:  # no file reads: build the answer here
+            results = answer()
+        else:
+            results = await asyncio.get_running_loop().run_in_executor(self.io, answer)
         return JSONResponse(
             {
                 "model": self.config.model_name,
