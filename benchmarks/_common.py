@@ -66,3 +66,10 @@ def save(name: str, body: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(body, indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+def save_figure(figure: Any, path: Path) -> None:
+    """Write a matplotlib figure as PNG atomically."""
+    tmp = path.with_suffix(".tmp.png")
+    figure.savefig(tmp, dpi=110)
+    tmp.replace(path)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import environment, save
+from _common import environment, save, save_figure
 
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "msmarco-mini"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -128,9 +128,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         axis.grid(True, axis="x", alpha=0.3)
     figure.suptitle("all-MiniLM-L6-v2 on real MS MARCO text, CPU", fontsize=10)
     figure.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    figure.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    save_figure(figure, path)
 
 
 def main() -> None:

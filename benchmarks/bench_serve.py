@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import environment, save
+from _common import environment, save, save_figure
 
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "msmarco-mini"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -244,9 +244,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     left.legend(fontsize=8)
     figure.suptitle("/search over 31,362 MS MARCO passages, all-MiniLM-L6-v2, 2-core CPU", fontsize=10)
     figure.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    figure.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    save_figure(figure, path)
 
 
 def main() -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastmarco._json import read_json_document
 from fastmarco.errors import ModelError
 
 MANIFEST_NAME = "fastmarco.json"
@@ -36,14 +36,7 @@ class ModelManifest:
         path = root / MANIFEST_NAME
         if not root.is_dir():
             raise ModelError(f"{root}: model directory not found")
-        if not path.is_file():
-            raise ModelError(f"{path}: not found; export a model with `fastmarco export` first")
-        try:
-            body = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ModelError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
-        except UnicodeDecodeError as exc:
-            raise ModelError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        body = read_json_document(path, ModelError, missing="export a model with `fastmarco export` first")
         if not isinstance(body, dict) or body.get("format", MODEL_FORMAT) != MODEL_FORMAT:
             raise ModelError(f"{path}: field 'format' must be '{MODEL_FORMAT}'")
         if body.get("version", MODEL_FORMAT_VERSION) != MODEL_FORMAT_VERSION:

@@ -38,6 +38,7 @@ import numpy.typing as npt
 
 from fastmarco import _native
 from fastmarco._atomic import publish_directory, refuse_existing, staging_directory
+from fastmarco._json import read_json_document
 from fastmarco._locks import output_lock
 from fastmarco.errors import InputError, ManifestError
 from fastmarco.store.shards import MANIFEST_NAME as SHARDS_MANIFEST
@@ -318,14 +319,7 @@ class IndexManifest:
     @classmethod
     def load(cls, directory: Path) -> IndexManifest:
         path = directory / INDEX_MANIFEST
-        if not path.is_file():
-            raise ManifestError(f"{path}: not found; build an index with `fastmarco index`")
-        try:
-            body = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
-        except UnicodeDecodeError as exc:
-            raise ManifestError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        body = read_json_document(path, ManifestError, missing="build an index with `fastmarco index`")
         if not isinstance(body, dict) or body.get("format") != INDEX_FORMAT:
             raise ManifestError(f"{path}: field 'format' must be '{INDEX_FORMAT}'")
         if body.get("version") not in (1, INDEX_VERSION):

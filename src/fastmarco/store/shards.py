@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from fastmarco import _native
 from fastmarco._atomic import write_bytes_atomic
+from fastmarco._json import read_json_document
 from fastmarco.errors import InputError, ShardChecksumError, ShardFormatError
 from fastmarco.search.kernels import Metric, as_queries, check_k, merge_topk
 
@@ -87,14 +88,9 @@ class Manifest:
     @classmethod
     def load(cls, directory: Path) -> Manifest:
         path = directory / MANIFEST_NAME
-        if not path.is_file():
-            raise ShardFormatError(f"{path}: not found; '{directory}' is not a fastmarco shard directory")
-        try:
-            body = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ShardFormatError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
-        except UnicodeDecodeError as exc:
-            raise ShardFormatError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        body = read_json_document(
+            path, ShardFormatError, missing=f"'{directory}' is not a fastmarco shard directory"
+        )
         if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT:
             raise ShardFormatError(f"{path}: field 'format' must be '{MANIFEST_FORMAT}'")
         if body.get("version") != MANIFEST_VERSION:
