@@ -21,3 +21,25 @@ def read_json_document(path: Path, error: type[FastmarcoError], *, missing: str)
         raise error(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
     except UnicodeDecodeError as exc:
         raise error(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+
+
+def read_field(
+    body: dict[str, Any],
+    path: Path,
+    error: type[FastmarcoError],
+    name: str,
+    kind: type,
+    *,
+    default: Any = None,
+    optional: bool = False,
+) -> Any:
+    """Field `name` of a manifest `body`, of type `kind` (a bool is no int) and, if an int, not negative;
+    `optional` lets it be null or absent (None), `default` stands in for an absent one."""
+    value = body.get(name, default)
+    if optional and value is None:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise error(f"{path}: field '{name}' must be {kind.__name__}, got {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+        raise error(f"{path}: field '{name}' must not be negative, got {value}")
+    return value

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastmarco._json import read_json_document
+from fastmarco._json import read_field, read_json_document
 from fastmarco.errors import ModelError
 
 MANIFEST_NAME = "fastmarco.json"
@@ -45,15 +46,7 @@ class ModelManifest:
                 f"this fastmarco reads {MODEL_FORMAT_VERSION}"
             )
 
-        def need(name: str, kind: type, default: Any = None, required: bool = True) -> Any:
-            value = body.get(name, default)
-            if value is None and not required:
-                return None
-            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-                raise ModelError(f"{path}: field '{name}' must be {kind.__name__}, got {value!r}")
-            if isinstance(value, int) and value < 0:
-                raise ModelError(f"{path}: field '{name}' must not be negative, got {value}")
-            return value
+        need = functools.partial(read_field, body, path, ModelError)
 
         manifest = cls(
             model=need("model", str),
@@ -61,11 +54,11 @@ class ModelManifest:
             dim=need("dim", int),
             fingerprint=need("fingerprint", str),
             max_seq_length=need("max_seq_length", int),
-            similarity=need("similarity", str, required=False),
-            search_metric=need("search_metric", str, "ip"),
-            precision=need("precision", str, required=False),
-            do_lower_case=need("do_lower_case", bool, False),
-            pad_token_id=need("pad_token_id", int, 0),
+            similarity=need("similarity", str, optional=True),
+            search_metric=need("search_metric", str, default="ip"),
+            precision=need("precision", str, optional=True),
+            do_lower_case=need("do_lower_case", bool, default=False),
+            pad_token_id=need("pad_token_id", int, default=0),
             raw=body,
         )
         if manifest.dim == 0 or manifest.max_seq_length == 0:

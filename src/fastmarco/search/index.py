@@ -23,6 +23,7 @@ them all; adding streams shard by shard, each memory map dropped after use.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -38,7 +39,7 @@ import numpy.typing as npt
 
 from fastmarco import _native
 from fastmarco._atomic import publish_directory, refuse_existing, staging_directory
-from fastmarco._json import read_json_document
+from fastmarco._json import read_field, read_json_document
 from fastmarco._locks import output_lock
 from fastmarco.errors import InputError, ManifestError
 from fastmarco.store.shards import MANIFEST_NAME as SHARDS_MANIFEST
@@ -328,19 +329,7 @@ class IndexManifest:
                 f"this fastmarco reads 1 and {INDEX_VERSION}"
             )
 
-        def need(
-            name: str, kind: type | tuple[type, ...], optional: bool = False, default: Any = None
-        ) -> Any:
-            value = body.get(name, default)
-            if optional and value is None:
-                return None
-            kinds = kind if isinstance(kind, tuple) else (kind,)
-            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                names = " or ".join(k.__name__ for k in kinds)
-                raise ManifestError(f"{path}: field '{name}' must be {names}, got {value!r}")
-            if isinstance(value, int) and not isinstance(value, bool) and value < 0:
-                raise ManifestError(f"{path}: field '{name}' must not be negative, got {value}")
-            return value
+        need = functools.partial(read_field, body, path, ManifestError)
 
         checksums = need("shard_checksums", list, default=[])
         if not all(
