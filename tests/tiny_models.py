@@ -117,3 +117,58 @@ def build(family: str, out: Path) -> Path:
     folder = out / "st"
     st_model.save(str(folder))
     return folder
+
+
+CROSS_ENCODER_FAMILIES = (
+    "bert-cross-encoder",  # cross-encoder/ms-marco-MiniLM-L-6-v2 (Identity activation, raw logits)
+    "electra-cross-encoder",  # cross-encoder/ms-marco-electra-base (sentence-transformers' default Sigmoid)
+)
+
+
+def build_cross_encoder(family: str, out: Path, *, num_labels: int = 1) -> Path:
+    """Write a sentence-transformers CrossEncoder folder for `family` into `out` and return it."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        BertTokenizerFast,
+        ElectraConfig,
+        ElectraForSequenceClassification,
+        ElectraTokenizerFast,
+    )
+
+    torch.manual_seed(sum(map(ord, family)))
+    hf = out / "hf"
+    hf.mkdir(parents=True)
+    _wordpiece_vocab(hf / "vocab.txt")
+    shape = {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+        "num_labels": num_labels,
+    }
+    model: BertForSequenceClassification | ElectraForSequenceClassification
+    if family.startswith("electra"):
+        tokenizer = ElectraTokenizerFast(vocab_file=str(hf / "vocab.txt"))
+        model = ElectraForSequenceClassification(
+            ElectraConfig(vocab_size=len(tokenizer), embedding_size=16, **shape)
+        )
+    else:
+        tokenizer = BertTokenizerFast(vocab_file=str(hf / "vocab.txt"))
+        model = BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), **shape))
+    with torch.no_grad():  # large enough that different pairs get clearly different scores
+        for name, parameter in model.named_parameters():
+            if "LayerNorm" not in name:
+                parameter.normal_(
+                    0.0, 1.0 if name in ("classifier.weight", "classifier.out_proj.weight") else 0.2
+                )
+    model.save_pretrained(hf)
+    tokenizer.save_pretrained(hf)
+    activation = torch.nn.Identity() if family.startswith("bert") else None
+    cross_encoder = CrossEncoder(str(hf), device="cpu", max_length=48, activation_fn=activation)
+    folder = out / "ce"
+    cross_encoder.save(str(folder))
+    return folder

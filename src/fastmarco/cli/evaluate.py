@@ -68,7 +68,12 @@ def bm25(collection: str, queries: str, out: str, depth: int) -> None:
 
 
 @main.command()
-@click.option("--model", required=True, type=click.Path(file_okay=False), help="Exported model.")
+@click.option(
+    "--model",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Exported bi-encoder or cross-encoder directory.",
+)
 @click.option("--run", "run_path", required=True, type=EXISTING_FILE, help="Candidates.")
 @click.option("--queries", required=True, type=EXISTING_FILE, help="queries.tsv")
 @click.option("--collection", required=True, type=EXISTING_FILE, help="collection.tsv")
@@ -80,17 +85,16 @@ def bm25(collection: str, queries: str, out: str, depth: int) -> None:
 def rerank(
     model: str, run_path: str, queries: str, collection: str, out: str, run_format: str, device: str
 ) -> None:
-    """Re-rank a candidate run with a bi-encoder (the TREC-DL re-ranking protocol)."""
+    """Re-rank a candidate run with a bi-encoder or a cross-encoder (the TREC-DL re-ranking protocol)."""
     from fastmarco.eval.metrics import rank_columns
-    from fastmarco.model.encoder import Encoder
-    from fastmarco.model.scorer import BiEncoderScorer
+    from fastmarco.model.scorer import open_scorer
     from fastmarco.pipelines.rerank import rerank as rerank_run
     from fastmarco.store.formats import load_queries, read_run_columns, write_run
     from fastmarco.store.passages import PassageStore
 
-    encoder = Encoder.open(model, device=device)  # type: ignore[arg-type]  # click.Choice has checked it
+    scorer = open_scorer(model, device=device)  # type: ignore[arg-type]  # click.Choice has checked it
     candidates = rank_columns(read_run_columns(run_path), source=run_path)
     with PassageStore.open(collection) as passages:
-        entries = rerank_run(BiEncoderScorer(encoder), candidates, load_queries(queries), passages)
+        entries = rerank_run(scorer, candidates, load_queries(queries), passages)
     lines = write_run(out, entries, run_format, tag="fastmarco-rerank")  # type: ignore[arg-type]
-    click.echo(f"re-ranked {len(candidates):,} queries on {encoder.device}; wrote {lines:,} lines to {out}")
+    click.echo(f"re-ranked {len(candidates):,} queries on {scorer.device}; wrote {lines:,} lines to {out}")

@@ -38,7 +38,8 @@ def export(
     opset: int | None,
     overwrite: bool,
 ) -> None:
-    """Export MODEL (hub id or local folder) to an ONNX directory that outputs the sentence embedding."""
+    """Export MODEL (hub id or local folder) to an ONNX directory: a bi-encoder's graph outputs the
+    sentence embedding, a CrossEncoder's the score `CrossEncoder.predict` gives."""
     from fastmarco.model.export import export_model
 
     report = export_model(
@@ -52,12 +53,8 @@ def export(
         opset=opset,
         overwrite=overwrite,
     )
-    card = report.card
     fusions = ", ".join(f"{name} x{count}" for name, count in report.fusions.items()) or "none"
     click.echo(f"exported {model} -> {report.directory}")
-    click.echo(
-        f"  modules: {' + '.join(card.modules)}; pooling {card.pooling}; similarity {card.similarity}"
-        f" ({card.similarity_source}); max_seq_length {card.max_seq_length}"
-    )
+    click.echo(f"  {report.card.describe()}")
     click.echo(f"  precision {report.precision}; optimize {report.optimize or 'none'}; fusions: {fusions}")
-    click.echo(f"  parity with sentence-transformers: min cosine {report.parity_min_cosine:.6f}")
+    click.echo(f"  parity with sentence-transformers: {report.parity}")

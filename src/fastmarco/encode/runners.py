@@ -35,7 +35,8 @@ class Runner(Protocol):
 def run_part(task: PartTask, report: Callable[[int, int, int], None]) -> EncodeSummary:
     """One part, in whatever process or actor the runner chose: open the encoder, encode the range."""
     from fastmarco.encode.local import encode_job
-    from fastmarco.model.encoder import Device, Encoder
+    from fastmarco.model.encoder import Encoder
+    from fastmarco.model.runtime import Device
 
     kind, _, number = task.device.partition(":")
     device: Device = "cuda" if kind == "cuda" else "cpu"

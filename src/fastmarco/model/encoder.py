@@ -8,7 +8,6 @@ the following chunk is tokenized; results land in input order.
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import threading
@@ -16,17 +15,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from fastmarco.errors import EncoderError, InputError
+from fastmarco.errors import InputError, ModelError
 from fastmarco.model.manifest import ModelManifest
+from fastmarco.model.runtime import Device, load_tokenizer, open_session
 
-log = logging.getLogger("fastmarco")
-
-Device = Literal["cpu", "cuda", "auto"]
 DEFAULT_MAX_TOKENS = 16_384  # per batch on CPU; GPUs want far more (see Encoder.open)
 DEFAULT_GPU_MAX_TOKENS = 262_144
 CHUNK_TEXTS = 8_192
@@ -135,60 +132,18 @@ class Encoder:
         work shares the cores between encodes (a query engine searches after each one), while bulk
         encoding keeps the spin for back-to-back batches.
         """
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
-        if device not in ("cpu", "cuda", "auto"):
-            raise InputError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
-        if threads < 0:
-            raise InputError(f"threads must be 0 (ONNX Runtime's default) or positive, got {threads}")
         root = Path(directory)
         model = ModelManifest.load(root)
-        available = ort.get_available_providers()
-        has_cuda = "CUDAExecutionProvider" in available
-        if device == "cuda" and not has_cuda:
-            raise EncoderError(
-                "device 'cuda' asked for, but onnxruntime has no CUDAExecutionProvider "
-                f"(available: {', '.join(available)}); install onnxruntime-gpu (pip install 'fastmarco[gpu]')"
+        if model.kind != "bi-encoder":
+            raise ModelError(
+                f"{root} holds a {model.kind}: it scores (query, passage) pairs and embeds nothing; "
+                "use it with `fastmarco rerank` or `fastmarco mine --cross-encoder`"
             )
-        use_cuda = device == "cuda" or (device == "auto" and has_cuda)
-        if use_cuda and hasattr(ort, "preload_dlls"):
-            ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels or torch, as onnxruntime-gpu documents
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        if not busy_wait:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers: list[Any] = (
-            [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
-            if use_cuda
-            else ["CPUExecutionProvider"]
+        session, chosen = open_session(
+            root, model, device, device_id=device_id, threads=threads, busy_wait=busy_wait
         )
-        try:
-            session = ort.InferenceSession(str(root / model.model), options, providers=providers)
-        except Exception as exc:  # ORT raises its own types for an unreadable or invalid graph
-            raise EncoderError(f"{root / model.model}: ONNX Runtime cannot load it ({exc})") from exc
-        if use_cuda and session.get_providers()[0] != "CUDAExecutionProvider":
-            raise EncoderError(
-                f"CUDAExecutionProvider failed to initialise (session providers: {session.get_providers()}); "
-                "check the CUDA and cuDNN libraries onnxruntime-gpu needs"
-            )
-        chosen = f"cuda:{device_id}" if use_cuda else "cpu"
-        if device == "auto":
-            log.info("device auto: using %s (%s)", chosen, "CUDA present" if use_cuda else "no CUDA provider")
-        try:
-            tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
-        except Exception as exc:  # the Rust tokenizer raises a bare Exception for a bad file
-            raise EncoderError(f"{root / 'tokenizer.json'}: cannot load the tokenizer ({exc})") from exc
-        if model.do_lower_case:  # as sentence-transformers does: a Lowercase normalizer first
-            from tokenizers.normalizers import Lowercase
-            from tokenizers.normalizers import Sequence as NormalizerSequence
-
-            current = tokenizer.normalizer
-            tokenizer.normalizer = NormalizerSequence([Lowercase(), current] if current else [Lowercase()])
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(model.max_seq_length)
+        tokenizer = load_tokenizer(root, model)
+        use_cuda = chosen.startswith("cuda")
         budget = max_tokens or (DEFAULT_GPU_MAX_TOKENS if use_cuda else DEFAULT_MAX_TOKENS)
         return cls(root, model, session, tokenizer, chosen, budget, max_batch)
 

@@ -25,6 +25,7 @@ import numpy as np
 from fastmarco import __version__
 from fastmarco._atomic import publish_directory, refuse_existing, staging_directory
 from fastmarco.errors import ExportError
+from fastmarco.model.export_cross import CrossEncoderCard, export_cross_encoder, is_cross_encoder
 from fastmarco.model.manifest import MANIFEST_NAME, MODEL_FORMAT, MODEL_FORMAT_VERSION
 
 log = logging.getLogger("fastmarco")
@@ -74,15 +75,21 @@ class ModelCard:
     hidden_size: int
     max_positions: int
 
+    def describe(self) -> str:
+        return (
+            f"modules: {' + '.join(self.modules)}; pooling {self.pooling}; similarity {self.similarity}"
+            f" ({self.similarity_source}); max_seq_length {self.max_seq_length}"
+        )
+
 
 @dataclass
 class ExportReport:
     directory: str
-    card: ModelCard
+    card: ModelCard | CrossEncoderCard
     precision: str
     optimize: str | None
     fusions: dict[str, int] = field(default_factory=dict)
-    parity_min_cosine: float = 0.0
+    parity: str = ""  # how the export agrees with sentence-transformers, in words
     fingerprint: str = ""
 
 
@@ -320,7 +327,9 @@ def _make_shapes_inferable(path: Path) -> dict[str, int]:
     return rewrites
 
 
-def _optimize(path: Path, card: ModelCard, level: OptimizeLevel, fp16: bool) -> dict[str, int]:
+def _optimize(
+    path: Path, num_heads: int, hidden_size: int, level: OptimizeLevel, fp16: bool
+) -> dict[str, int]:
     """ORT transformer fusions (O2+), GELU approximation (O3+), fp16 (O4 or --fp16).
 
     ORT's basic graph optimizations (opt_level 1: constant folding, provider-independent) run first so
@@ -341,8 +350,8 @@ def _optimize(path: Path, card: ModelCard, level: OptimizeLevel, fp16: bool) -> 
     optimized = optimize_model(
         str(path),
         model_type="bert",
-        num_heads=card.num_heads,
-        hidden_size=card.hidden_size,
+        num_heads=num_heads,
+        hidden_size=hidden_size,
         optimization_options=options,
         opt_level=0 if level == "O1" else 1,
     )
@@ -423,7 +432,8 @@ def export_model(
     opset: int | None = None,
     overwrite: bool = False,
 ) -> ExportReport:
-    """Export MODEL (folder or hub id) to OUT; see the module docstring."""
+    """Export MODEL (folder or hub id) to OUT; see the module docstring. A sentence-transformers
+    CrossEncoder is exported as a cross-encoder (see fastmarco.model.export_cross)."""
     from optimum.exporters.onnx import onnx_export_from_model
     from sentence_transformers import SentenceTransformer
 
@@ -439,6 +449,29 @@ def export_model(
     target = Path(out)
     refuse_existing(target, overwrite)
     folder = resolve_model(model)
+    if is_cross_encoder(folder):
+        if similarity is not None:
+            raise ExportError(f"{folder} is a cross-encoder: it scores pairs, so --similarity does not apply")
+        cross_card, precision, cross_level, fusions, difference, fingerprint = export_cross_encoder(
+            folder,
+            model,
+            target,
+            fp16=fp16,
+            int8=int8,
+            optimize=optimize,
+            max_seq_length=max_seq_length,
+            opset=opset,
+        )
+        log.info("exported cross-encoder %s to %s (%s, parity %.3g)", model, target, precision, difference)
+        return ExportReport(
+            str(target),
+            cross_card,
+            precision,
+            cross_level,
+            fusions,
+            f"largest score difference from CrossEncoder.predict {difference:.3g}",
+            fingerprint,
+        )
     card = read_model_card(folder, similarity)
     st_model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
     card.max_seq_length = int(max_seq_length or st_model.max_seq_length or card.max_seq_length)
@@ -469,7 +502,7 @@ def export_model(
         onnx_path = staging / "model.onnx"
         _keep_only_sentence_embedding(onnx_path)
         level: OptimizeLevel = optimize or "O2"  # the transformer fusions help ORT's CPU kernels too
-        fusions = _optimize(onnx_path, card, level, fp16)
+        fusions = _optimize(onnx_path, card.num_heads, card.hidden_size, level, fp16)
         quantization = _quantize_int8(onnx_path) if int8 else None
         if not (staging / "tokenizer.json").is_file():
             raise ExportError(f"{folder}: no fast tokenizer (tokenizer.json) could be saved for this model")
@@ -528,7 +561,7 @@ def export_model(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     log.info("exported %s to %s (%s, fusions %s, parity %.6f)", model, target, precision, fusions, parity)
-    return ExportReport(str(target), card, precision, level, fusions, parity, fingerprint)
+    return ExportReport(str(target), card, precision, level, fusions, f"min cosine {parity:.6f}", fingerprint)
 
 
 def _version(name: str) -> str | None:

@@ -13,6 +13,7 @@ from fastmarco.errors import ModelError
 MANIFEST_NAME = "fastmarco.json"
 MODEL_FORMAT = "fastmarco-model"
 MODEL_FORMAT_VERSION = 1
+MODEL_KINDS = ("bi-encoder", "cross-encoder")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class ModelManifest:
     precision: str | None = None
     do_lower_case: bool = False
     pad_token_id: int = 0
+    kind: str = "bi-encoder"  # or "cross-encoder": `output` is then one score per (query, passage) pair
+    activation: str | None = None  # cross-encoders: what the graph applies to the logit
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -59,8 +62,12 @@ class ModelManifest:
             precision=need("precision", str, optional=True),
             do_lower_case=need("do_lower_case", bool, default=False),
             pad_token_id=need("pad_token_id", int, default=0),
+            kind=need("kind", str, default="bi-encoder"),
+            activation=need("activation", str, optional=True),
             raw=body,
         )
+        if manifest.kind not in MODEL_KINDS:
+            raise ModelError(f"{path}: field 'kind' must be one of {', '.join(MODEL_KINDS)}")
         if manifest.dim == 0 or manifest.max_seq_length == 0:
             raise ModelError(f"{path}: fields 'dim' and 'max_seq_length' must be positive")
         for name in (manifest.model, "tokenizer.json"):

@@ -1,19 +1,27 @@
 """Scorers: a relevance score for each (query, passage) pair. Re-ranking and hard-negative mining take
-any `Scorer`; a bi-encoder scores by embedding similarity, a cross-encoder (next) by reading the pair."""
+any `Scorer`; a bi-encoder scores by embedding similarity, a cross-encoder by reading the pair
+(fastmarco.model.cross_encoder)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from fastmarco.errors import InputError
+from fastmarco.model.cross_encoder import CrossEncoderScorer
 from fastmarco.model.encoder import Encoder
+from fastmarco.model.manifest import ModelManifest
+from fastmarco.model.runtime import Device
 
 
 class Scorer(Protocol):
+    device: str
+
     def score(self, queries: Sequence[str], passages: Sequence[str]) -> npt.NDArray[np.float32]:
         """Score pair i = (queries[i], passages[i]); (n,) float32, higher is more relevant."""
         ...
@@ -25,6 +33,7 @@ class BiEncoderScorer:
 
     def __init__(self, encoder: Encoder) -> None:
         self.encoder = encoder
+        self.device = encoder.device
 
     def _embed(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         distinct: dict[str, int] = {}
@@ -42,3 +51,10 @@ class BiEncoderScorer:
             axis=1, dtype=np.float32
         )
         return scores
+
+
+def open_scorer(directory: str | os.PathLike[str], device: Device = "auto", *, threads: int = 0) -> Scorer:
+    """The scorer a model directory calls for: its manifest says bi-encoder or cross-encoder."""
+    if ModelManifest.load(Path(directory)).kind == "cross-encoder":
+        return CrossEncoderScorer.open(directory, device=device, threads=threads)
+    return BiEncoderScorer(Encoder.open(directory, device=device, threads=threads))

@@ -6,7 +6,8 @@ import os
 from collections.abc import Sequence
 
 from fastmarco.errors import IndexMismatchError, InputError
-from fastmarco.model.encoder import Device, Encoder
+from fastmarco.model.encoder import Encoder
+from fastmarco.model.runtime import Device
 from fastmarco.search.backends import SearchResult, VectorIndex
 
 
