@@ -125,8 +125,11 @@ CROSS_ENCODER_FAMILIES = (
 )
 
 
-def build_cross_encoder(family: str, out: Path, *, num_labels: int = 1) -> Path:
-    """Write a sentence-transformers CrossEncoder folder for `family` into `out` and return it."""
+def build_cross_encoder(
+    family: str, out: Path, *, num_labels: int = 1, vocab: Path | None = None, max_length: int = 48
+) -> Path:
+    """Write a sentence-transformers CrossEncoder folder for `family` into `out` and return it.
+    `vocab`: a real WordPiece vocab.txt (so real text is not read character by character)."""
     import torch
     from sentence_transformers import CrossEncoder
     from transformers import (
@@ -141,13 +144,16 @@ def build_cross_encoder(family: str, out: Path, *, num_labels: int = 1) -> Path:
     torch.manual_seed(sum(map(ord, family)))
     hf = out / "hf"
     hf.mkdir(parents=True)
-    _wordpiece_vocab(hf / "vocab.txt")
+    if vocab is None:
+        _wordpiece_vocab(hf / "vocab.txt")
+    else:
+        (hf / "vocab.txt").write_bytes(vocab.read_bytes())
     shape = {
         "hidden_size": 32,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "intermediate_size": 64,
-        "max_position_embeddings": 64,
+        "max_position_embeddings": max(64, max_length),
         "num_labels": num_labels,
     }
     model: BertForSequenceClassification | ElectraForSequenceClassification
@@ -168,7 +174,7 @@ def build_cross_encoder(family: str, out: Path, *, num_labels: int = 1) -> Path:
     model.save_pretrained(hf)
     tokenizer.save_pretrained(hf)
     activation = torch.nn.Identity() if family.startswith("bert") else None
-    cross_encoder = CrossEncoder(str(hf), device="cpu", max_length=48, activation_fn=activation)
+    cross_encoder = CrossEncoder(str(hf), device="cpu", max_length=max_length, activation_fn=activation)
     folder = out / "ce"
     cross_encoder.save(str(folder))
     return folder

@@ -9,15 +9,70 @@ Pyserini's MS MARCO passage defaults, k1 = 0.9 and b = 0.4.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from fastmarco.errors import InputError
 from fastmarco.store.formats import RunEntry, read_collection
 
 K1 = 0.9
 B = 0.4
+
+
+class BM25Index:
+    """A collection indexed once in memory, searched in batches (a run, or mining's query blocks)."""
+
+    def __init__(self, pids: list[str], retriever: Any, stemmer: Any, show_progress: bool) -> None:
+        self.pids = pids
+        self.retriever = retriever
+        self.stemmer = stemmer
+        self.show_progress = show_progress
+
+    @classmethod
+    def build(
+        cls,
+        collection: str | os.PathLike[str],
+        *,
+        k1: float = K1,
+        b: float = B,
+        show_progress: bool = False,
+    ) -> BM25Index:
+        import bm25s
+        import Stemmer
+
+        stemmer = Stemmer.Stemmer("english")
+        pids, texts = [], []
+        for pid, text in read_collection(collection):
+            pids.append(pid)
+            texts.append(text)
+        if not pids:
+            raise InputError(f"{collection}: the collection is empty")
+        corpus_tokens = bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=show_progress)
+        del texts
+        retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
+        retriever.index(corpus_tokens, show_progress=show_progress)
+        return cls(pids, retriever, stemmer, show_progress)
+
+    def search(self, texts: Sequence[str], k: int) -> list[tuple[list[str], npt.NDArray[np.float32]]]:
+        """Per query: (pids best first, their scores); passages sharing no term with it are left out."""
+        import bm25s
+
+        if not texts:
+            return []
+        tokens = bm25s.tokenize(
+            list(texts), stopwords="en", stemmer=self.stemmer, show_progress=self.show_progress
+        )
+        rows, scores = self.retriever.retrieve(
+            tokens, k=min(k, len(self.pids)), show_progress=self.show_progress
+        )
+        found = []
+        for i in range(len(texts)):
+            kept = np.flatnonzero(scores[i] > 0)
+            found.append(([self.pids[int(r)] for r in rows[i, kept]], scores[i, kept].astype(np.float32)))
+        return found
 
 
 def bm25_run(
@@ -30,30 +85,12 @@ def bm25_run(
     show_progress: bool = False,
 ) -> list[RunEntry]:
     """Retrieve the top k passages of the collection for each query; TREC entries with scores."""
-    import bm25s
-    import Stemmer
-
-    stemmer = Stemmer.Stemmer("english")
-    pids, texts = [], []
-    for pid, text in read_collection(collection):
-        pids.append(pid)
-        texts.append(text)
-    if not pids:
-        raise InputError(f"{collection}: the collection is empty")
-    corpus_tokens = bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=show_progress)
-    del texts
-    retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
-    retriever.index(corpus_tokens, show_progress=show_progress)
+    index = BM25Index.build(collection, k1=k1, b=b, show_progress=show_progress)
     qids = list(queries)
-    query_tokens = bm25s.tokenize(
-        [queries[q] for q in qids], stopwords="en", stemmer=stemmer, show_progress=show_progress
-    )
-    depth = min(k, len(pids))
-    rows, scores = retriever.retrieve(query_tokens, k=depth, show_progress=show_progress)
     entries: list[RunEntry] = []
-    for i, qid in enumerate(qids):
-        kept = np.flatnonzero(scores[i] > 0)  # passages sharing no term with the query are not retrieved
+    for qid, (pids, scores) in zip(qids, index.search([queries[q] for q in qids], k), strict=True):
         entries.extend(
-            RunEntry(qid, pids[int(rows[i, j])], rank, float(scores[i, j])) for rank, j in enumerate(kept, 1)
+            RunEntry(qid, pid, rank, float(score))
+            for rank, (pid, score) in enumerate(zip(pids, scores, strict=True), 1)
         )
     return entries

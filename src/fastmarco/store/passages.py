@@ -34,7 +34,7 @@ def _stamp(path: Path) -> dict[str, int]:
     return {"version": OFFSETS_VERSION, "size": info.st_size, "mtime_ns": info.st_mtime_ns}
 
 
-def _canonical_int(pid: str) -> bool:
+def canonical_int(pid: str) -> bool:
     """A pid that round-trips through int64 unchanged (MS MARCO's): stored as an integer key."""
     return pid.isascii() and pid.isdigit() and len(pid) <= 18 and (pid == "0" or pid[0] != "0")
 
@@ -64,7 +64,7 @@ def _scan(path: Path) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64]]:
                 raise FormatError(path, number, f"empty passage for id {pid}")
             pids.append(pid)
             starts.append(start)
-    integer = all(_canonical_int(pid) for pid in pids)
+    integer = all(canonical_int(pid) for pid in pids)
     keys = np.array([int(pid) for pid in pids] if integer else pids, dtype=np.int64 if integer else str)
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
@@ -109,9 +109,14 @@ class PassageStore:
     def __len__(self) -> int:
         return len(self._pids)
 
+    @property
+    def integer_ids(self) -> bool:
+        """Every pid is a canonical integer (MS MARCO's)."""
+        return bool(self._pids.dtype.kind == "i")
+
     def _position(self, pid: str) -> int:
         if self._pids.dtype.kind == "i":
-            if not _canonical_int(pid):
+            if not canonical_int(pid):
                 return -1
             key: Any = int(pid)
         else:
