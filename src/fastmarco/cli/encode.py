@@ -20,6 +20,16 @@ from fastmarco.cli.app import DEVICE, POSITIVE, main
     "--devices",
     help="One worker process per device over contiguous parts of the corpus, e.g. 0,1 (GPUs) or cpu,cpu.",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run the --devices workers as Ray actors (on the cluster at ADDRESS; bare: RAY_ADDRESS or a "
+    "local cluster). OUT must be on storage every node sees.",
+)
 @click.option("--shard-size", type=POSITIVE, default=1_000_000, show_default=True, help="Rows per shard.")
 @click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True)
 @click.option(
@@ -39,6 +49,7 @@ def encode(
     out: str,
     device: str,
     devices: str | None,
+    ray_address: str | None,
     shard_size: int,
     dtype: str,
     on_bad_line: str,
@@ -56,17 +67,27 @@ def encode(
         raise click.UsageError(
             "--device and --devices exclude each other: --devices names every worker's device"
         )
+    if ray_address is not None and not devices:
+        raise click.UsageError(
+            "--ray runs the --devices workers: give --devices too (e.g. 0,1,2,3 or cpu,cpu)"
+        )
     progress = ProgressLine(enabled=False if quiet else None)
     corpus_path = demo_corpus_path() if corpus == "demo" else Path(corpus)
     options = {"rows_per_shard": shard_size, "dtype": dtype, "on_bad_line": on_bad_line, "restart": restart}
     try:
         if devices:
+            runner = None
+            if ray_address is not None:
+                from fastmarco.encode.ray_runner import RayRunner
+
+                runner = RayRunner(ray_address or None)
             summary = encode_corpus_on_devices(
                 model,
                 corpus_path,
                 out,
                 parse_devices(devices),
                 progress=progress,
+                runner=runner,
                 **options,  # type: ignore[arg-type]
             )
         else:

@@ -11,8 +11,8 @@ outputs are assembled from all blocks in query order, so they are the same bytes
 job was interrupted.
 
 Memory: the queries and qrels, the collection's offsets (16 bytes per passage), each index system's
-sorted ids (16 bytes per row) and its index, BM25's in-memory index with `--bm25`, and one block's
-candidates and their texts; nothing grows with the number of blocks.
+ids and their sort order (24 bytes per row) and its index, BM25's in-memory index with `--bm25`, and
+one block's candidates and their texts; nothing grows with the number of blocks.
 """
 
 from __future__ import annotations
