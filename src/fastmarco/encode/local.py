@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fastmarco._locks import output_lock
+from fastmarco._pause import pause_if_asked
 from fastmarco.encode.job import (
     DEFAULT_CHUNK_ROWS,
     LOCK_NAME,
@@ -39,17 +39,8 @@ from fastmarco.store.shards import MANIFEST_NAME, DType, Manifest, ShardSet, Sha
 
 Progress = Callable[[int, int, int, int], None]
 
-# Testing aid: pause (until killed) once this many rows are in finished shards, so crash tests kill
-# the writer at a known point instead of racing it.
+# Testing aid: pause (until killed) once this many rows are in finished shards (fastmarco._pause).
 PAUSE_ENV = "FASTMARCO_DEBUG_PAUSE_AFTER_ROWS"
-
-
-def _pause_if_asked(rows: int) -> None:
-    wanted = os.environ.get(PAUSE_ENV)
-    if wanted is not None and rows >= int(wanted):
-        print(f"fastmarco: paused after {rows} rows ({PAUSE_ENV})", file=sys.stderr, flush=True)
-        while True:
-            time.sleep(3600)
 
 
 def encode_corpus(
@@ -139,7 +130,7 @@ def _encode_locked(
     total_estimate = lines_total - reader.skipped
     truncated = tokens = 0
     try:
-        _pause_if_asked(resumed_at)
+        pause_if_asked(PAUSE_ENV, resumed_at, "rows")
         stop_line = None if line_range is None else line_range.stop_line
         lines = reader.lines(int(cursor["byte"]), int(cursor["line"]), stop_line)
         while True:
@@ -165,7 +156,7 @@ def _encode_locked(
             writer.add(vectors, chunk_ids, cursor=end)
             if progress is not None:
                 progress(writer.rows, total_estimate, tokens, len(writer.manifest.shards))
-            _pause_if_asked(writer.manifest.rows)
+            pause_if_asked(PAUSE_ENV, writer.manifest.rows, "rows")
         writer.close()
     except OSError as exc:
         writer.abort()

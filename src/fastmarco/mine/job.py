@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import resource
 import shutil
 import sys
@@ -36,6 +35,7 @@ import numpy.typing as npt
 from fastmarco import __version__
 from fastmarco._atomic import write_bytes_atomic
 from fastmarco._locks import output_lock
+from fastmarco._pause import pause_if_asked
 from fastmarco.errors import InputError, MismatchError, OutputExistsError
 from fastmarco.mine.outputs import (
     HARD_NEGATIVES,
@@ -52,8 +52,7 @@ from fastmarco.model.runtime import Device
 from fastmarco.store.formats import load_qrels, load_queries
 from fastmarco.store.passages import PassageStore, canonical_int
 
-# Testing aid, as encode's: pause (until killed) once this many blocks are written in this run, so
-# the crash test kills the job at a known point instead of racing it.
+# Testing aid, as encode's: pause (until killed) once this many blocks are written in this run.
 PAUSE_ENV = "FASTMARCO_DEBUG_PAUSE_AFTER_BLOCKS"
 
 STATE = "mine.json"
@@ -203,14 +202,6 @@ def _prepare(out: Path, job: dict[str, Any], overwrite: bool) -> int:
     return 0
 
 
-def _pause_if_asked(blocks: int) -> None:
-    wanted = os.environ.get(PAUSE_ENV)
-    if wanted is not None and blocks >= int(wanted):
-        print(f"fastmarco: paused after {blocks} blocks ({PAUSE_ENV})", file=sys.stderr, flush=True)
-        while True:
-            time.sleep(3600)
-
-
 def _rng(seed: int, qid: str) -> np.random.Generator:
     """One generator per query: a query's sample does not depend on block boundaries or resumes."""
     return np.random.default_rng([seed, zlib.crc32(qid.encode())])
@@ -337,7 +328,7 @@ def mine(
                 records = _mine_block(block, systems, cross_encoder, passages, spec, depth, seconds)
                 write_bytes_atomic(path, block_bytes(records))
                 written += 1
-                _pause_if_asked(written)
+                pause_if_asked(PAUSE_ENV, written, "blocks")
             done += len(block)
             if progress is not None:
                 progress(done, len(queries))
