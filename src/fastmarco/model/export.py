@@ -227,12 +227,44 @@ EMBEDDING_SETTINGS = (
 )
 
 
-def embedding_fingerprint(files: list[Path], manifest: dict[str, Any]) -> str:
-    """sha256 over the graph and tokenizer bytes plus the settings that change an embedding: the same
-    graph exported with --max-seq-length 128 and 256 gets two fingerprints."""
-    settings = json.dumps({name: manifest.get(name) for name in EMBEDDING_SETTINGS}, sort_keys=True)
+def embedding_fingerprint(
+    files: list[Path], manifest: dict[str, Any], settings_names: tuple[str, ...] = EMBEDDING_SETTINGS
+) -> str:
+    """sha256 over the graph and tokenizer bytes plus the settings that change an embedding (or, for a
+    cross-encoder, a score): the same graph exported with --max-seq-length 128 and 256 gets two."""
+    settings = json.dumps({name: manifest.get(name) for name in settings_names}, sort_keys=True)
     digest = hashlib.sha256(fingerprint_files(files).encode() + b"\0" + settings.encode())
     return digest.hexdigest()
+
+
+def build_record(
+    onnx_path: Path,
+    model: str,
+    folder: Path,
+    precision: str,
+    level: str,
+    fusions: dict[str, int],
+    quantization: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The manifest fields that say how a graph was built, for both kinds of model: precision,
+    optimization, quantization, opset, source and the exporting versions."""
+    import onnx
+
+    return {
+        "precision": precision,
+        "optimize": level,
+        "fusions": fusions,
+        **({"quantization": quantization} if quantization else {}),
+        "opset": int(onnx.load(str(onnx_path), load_external_data=False).opset_import[0].version),
+        "source": {"model": model, "fingerprint": _source_fingerprint(folder)},
+        "exported_by": {
+            "fastmarco": __version__,
+            **{
+                name: _version(name)
+                for name in ("optimum-onnx", "onnxruntime", "torch", "transformers", "sentence-transformers")
+            },
+        },
+    }
 
 
 def _source_fingerprint(folder: Path) -> str:
@@ -506,7 +538,6 @@ def export_model(
         quantization = _quantize_int8(onnx_path) if int8 else None
         if not (staging / "tokenizer.json").is_file():
             raise ExportError(f"{folder}: no fast tokenizer (tokenizer.json) could be saved for this model")
-        import onnx
 
         precision = "int8" if int8 else "fp16" if fp16 or optimize == "O4" else "fp32"
         check_texts = _check_texts(precision)
@@ -528,17 +559,7 @@ def export_model(
             "modules": card.modules
             + (["Normalize (added)"] if normalized and "Normalize" not in card.modules else []),
             "architecture": card.architecture,
-            "precision": precision,
-            "optimize": level,
-            "fusions": fusions,
-            **({"quantization": quantization} if quantization else {}),
-            "opset": int(onnx.load(str(onnx_path), load_external_data=False).opset_import[0].version),
-            "source": {"model": model, "fingerprint": _source_fingerprint(folder)},
-            "exported_by": {
-                "fastmarco": __version__,
-                **{name: _version(name) for name in ("optimum-onnx", "onnxruntime", "torch", "transformers")},
-                "sentence-transformers": _version("sentence-transformers"),
-            },
+            **build_record(onnx_path, model, folder, precision, level, fusions, quantization),
         }
         manifest["fingerprint"] = fingerprint = embedding_fingerprint(
             [onnx_path, staging / "tokenizer.json"], manifest

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fastmarco import __version__
 from fastmarco._atomic import publish_directory, staging_directory
 from fastmarco.errors import ExportError
 from fastmarco.model.manifest import MANIFEST_NAME, MODEL_FORMAT, MODEL_FORMAT_VERSION
@@ -177,13 +176,7 @@ def export_cross_encoder(
     from sentence_transformers import CrossEncoder
 
     from fastmarco.model.cross_encoder import CrossEncoderScorer
-    from fastmarco.model.export import (
-        _optimize,
-        _quantize_int8,
-        _source_fingerprint,
-        _version,
-        fingerprint_files,
-    )
+    from fastmarco.model.export import _optimize, _quantize_int8, build_record, embedding_fingerprint
 
     cross_encoder = CrossEncoder(str(folder), device="cpu", local_files_only=True)
     card = _card(cross_encoder, folder, max_seq_length)
@@ -210,8 +203,6 @@ def export_cross_encoder(
         level: OptimizeLevel = optimize or "O2"
         fusions = _optimize(onnx_path, card.num_heads, card.hidden_size, level, fp16)
         quantization = _quantize_int8(onnx_path) if int8 else None
-        import onnx
-
         precision = "int8" if int8 else "fp16" if fp16 or optimize == "O4" else "fp32"
         manifest: dict[str, Any] = {
             "format": MODEL_FORMAT,
@@ -225,31 +216,11 @@ def export_cross_encoder(
             "do_lower_case": False,
             "pad_token_id": card.pad_token_id,
             "architecture": card.architecture,
-            "precision": precision,
-            "optimize": level,
-            "fusions": fusions,
-            **({"quantization": quantization} if quantization else {}),
-            "opset": int(onnx.load(str(onnx_path), load_external_data=False).opset_import[0].version),
-            "source": {"model": model, "fingerprint": _source_fingerprint(folder)},
-            "exported_by": {
-                "fastmarco": __version__,
-                **{
-                    name: _version(name)
-                    for name in (
-                        "optimum-onnx",
-                        "onnxruntime",
-                        "torch",
-                        "transformers",
-                        "sentence-transformers",
-                    )
-                },
-            },
+            **build_record(onnx_path, model, folder, precision, level, fusions, quantization),
         }
-        settings = json.dumps({name: manifest.get(name) for name in SCORE_SETTINGS}, sort_keys=True)
-        files = fingerprint_files([onnx_path, staging / "tokenizer.json"])
-        import hashlib
-
-        manifest["fingerprint"] = fingerprint = hashlib.sha256(f"{files}\0{settings}".encode()).hexdigest()
+        manifest["fingerprint"] = fingerprint = embedding_fingerprint(
+            [onnx_path, staging / "tokenizer.json"], manifest, SCORE_SETTINGS
+        )
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         queries, passages = check_pairs(precision)
         expected = np.asarray(
