@@ -38,19 +38,36 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class AtomicFile:
+    """A file written as `<path>.tmp` and published over `path` by `commit` (synced, then renamed, then
+    the directory synced); `abort` removes it. For writers that stream into a file over a long job."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.handle: BinaryIO = open(self.tmp, "wb")  # noqa: SIM115  # closed by commit or abort
+
+    def commit(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        self.handle.close()
+        self.tmp.unlink(missing_ok=True)
+
+
 def write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     """Publish `path` only once `write` has fully succeeded; a crash leaves at most `<path>.tmp`."""
-    tmp = path.with_name(path.name + ".tmp")
+    target = AtomicFile(path)
     try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        write(target.handle)
+        target.commit()
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        target.abort()
         raise
-    fsync_dir(path.parent)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

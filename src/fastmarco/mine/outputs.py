@@ -16,10 +16,10 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
+from fastmarco._atomic import AtomicFile
 from fastmarco.errors import InputError
 
 TrainFormat = Literal["parquet", "jsonl"]
@@ -43,28 +43,6 @@ def id_value(pid: str, integers: bool) -> int | str:
     return int(pid) if integers else pid
 
 
-class _AtomicFile:
-    """`<name>.tmp` until `commit`, then renamed over `<name>` and the directory synced."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.tmp = path.with_name(path.name + ".tmp")
-        self.handle: BinaryIO = open(self.tmp, "wb")  # noqa: SIM115  # closed in commit / abort
-
-    def commit(self) -> None:
-        from fastmarco._atomic import fsync_dir
-
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self.tmp, self.path)
-        fsync_dir(self.path.parent)
-
-    def abort(self) -> None:
-        self.handle.close()
-        self.tmp.unlink(missing_ok=True)
-
-
 class OutputWriters:
     """Every output file, open at once; `add` takes one query record at a time."""
 
@@ -79,7 +57,7 @@ class OutputWriters:
         self.num_negatives = num_negatives
         self.train_format = train_format
         self.integers = integers
-        self.files: list[_AtomicFile] = []
+        self.files: list[AtomicFile] = []
         self.hard = self._open(out / HARD_NEGATIVES)
         self.hard_gzip = gzip.GzipFile(fileobj=self.hard.handle, mode="wb", mtime=0)
         id_type = self.pa.int64() if integers else self.pa.string()
@@ -94,8 +72,8 @@ class OutputWriters:
         self.pending_rows: dict[str, list[dict[str, Any]]] = {layout: [] for layout in LAYOUTS}
         self.rows = dict.fromkeys(LAYOUTS, 0)
 
-    def _open(self, path: Path) -> _AtomicFile:
-        handle = _AtomicFile(path)
+    def _open(self, path: Path) -> AtomicFile:
+        handle = AtomicFile(path)
         self.files.append(handle)
         return handle
 
