@@ -14,14 +14,17 @@ Each side runs in its own process (peak RSS is that process's):
   apart);
 - warm: the corpus already embedded (sentence-transformers' `cache_folder`, fastmarco's index), so
   the call is query encoding, search and cross-encoder scoring;
-- fastmarco also warm with the cross-encoder exported `--int8`.
+- fastmarco also cold with both models exported `--int8` (the bi-encoder's int8 export passes the
+  DL19 quality gate of tests/test_real_model.py) and warm with the cross-encoder exported `--int8`;
+  the int8 runs' negatives are compared with the fp32 run's (share of (query, passage) pairs in both).
 
-    python benchmarks/bench_mine.py [--queries 1000] [--work DIR]
+    python benchmarks/bench_mine.py [--queries 1000] [--work DIR] [--cold-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import resource
 import subprocess
@@ -90,7 +93,23 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def side_sentence_transformers(work: Path, cross_encoder: str) -> dict[str, Any]:
+def negatives(mined: Path) -> set[tuple[str, str]]:
+    """(qid, pid) of every negative in a hard-negatives.jsonl.gz."""
+    found = set()
+    with gzip.open(mined / "hard-negatives.jsonl.gz", "rt", encoding="utf-8") as lines:
+        for line in lines:
+            row = json.loads(line)
+            found |= {(str(row["qid"]), str(pid)) for pids in row["neg"].values() for pid in pids}
+    return found
+
+
+def agreement(a: Path, b: Path) -> float:
+    """|A & B| / |A | B| of two runs' negatives."""
+    first, second = negatives(a), negatives(b)
+    return round(len(first & second) / max(1, len(first | second)), 4)
+
+
+def side_sentence_transformers(work: Path, cross_encoder: str, cold_only: bool) -> dict[str, Any]:
     from datasets import Dataset
     from sentence_transformers import CrossEncoder, SentenceTransformer
     from sentence_transformers.util import mine_hard_negatives
@@ -105,7 +124,7 @@ def side_sentence_transformers(work: Path, cross_encoder: str) -> dict[str, Any]
     model = SentenceTransformer(str(minilm_folder()), device="cpu")
     scorer = CrossEncoder(cross_encoder, device="cpu")
     out: dict[str, Any] = {}
-    for run in ("cold", "warm"):  # warm: the corpus embeddings come from cache_folder
+    for run in ("cold",) if cold_only else ("cold", "warm"):  # warm: embeddings from cache_folder
         started = time.perf_counter()
         mined = mine_hard_negatives(
             dataset,
@@ -125,7 +144,7 @@ def side_sentence_transformers(work: Path, cross_encoder: str) -> dict[str, Any]
     return out
 
 
-def side_fastmarco(work: Path, cross_encoder: str) -> dict[str, Any]:
+def side_fastmarco(work: Path, cross_encoder: str, cold_only: bool) -> dict[str, Any]:
     from fastmarco.encode.local import encode_corpus
     from fastmarco.mine.job import MineSpec, mine
     from fastmarco.mine.select import Selection
@@ -138,42 +157,48 @@ def side_fastmarco(work: Path, cross_encoder: str) -> dict[str, Any]:
     export_model(cross_encoder, work / "ce", overwrite=True)
     export_seconds = time.perf_counter() - started
     started = time.perf_counter()
+    export_model(str(minilm_folder()), work / "minilm-int8", int8=True, overwrite=True)
     export_model(cross_encoder, work / "ce-int8", int8=True, overwrite=True)
     int8_export_seconds = time.perf_counter() - started
 
-    def spec(scorer: Path) -> MineSpec:
+    def spec(scorer: Path, index: str) -> MineSpec:
         return MineSpec(
             queries=str(work / "queries.tsv"),
             qrels=str(work / "qrels.tsv"),
             collection=str(MINI / "collection.tsv"),
             selection=Selection(depth=DEPTH, num_negatives=NEGATIVES, relative_margin=MARGIN),
-            systems=(("minilm", str(work / "index")),),
+            systems=(("minilm", str(work / index)),),
             cross_encoder=str(scorer),
         )
 
     out: dict[str, Any] = {"export_seconds": round(export_seconds, 2)}
-    started = time.perf_counter()
-    encode_corpus(Encoder.open(work / "minilm", device="cpu"), MINI / "collection.tsv", work / "shards")
-    encoded = time.perf_counter()
-    build_index(work / "shards", work / "index", kind="flat")
-    indexed = time.perf_counter()
-    summary = mine(spec(work / "ce"), work / "mined-cold", device="cpu")
-    out["cold"] = {
-        "seconds": round(time.perf_counter() - started, 2),
-        "encode_seconds": round(encoded - started, 2),
-        "index_seconds": round(indexed - encoded, 2),
-        "mine_stages": summary.seconds,
-        "triplets": summary.rows["triplet"],
-    }
-    for run, scorer in (("warm", work / "ce"), ("warm_int8_cross_encoder", work / "ce-int8")):
+    for run, suffix in (("cold", ""), ("cold_int8", "-int8")):  # int8: both models
         started = time.perf_counter()
-        summary = mine(spec(scorer), work / f"mined-{run}", device="cpu")
+        encoder = Encoder.open(work / f"minilm{suffix}", device="cpu")
+        encode_corpus(encoder, MINI / "collection.tsv", work / f"shards{suffix}")
+        encoded = time.perf_counter()
+        build_index(work / f"shards{suffix}", work / f"index{suffix}", kind="flat")
+        indexed = time.perf_counter()
+        summary = mine(spec(work / f"ce{suffix}", f"index{suffix}"), work / f"mined-{run}", device="cpu")
+        out[run] = {
+            "seconds": round(time.perf_counter() - started, 2),
+            "encode_seconds": round(encoded - started, 2),
+            "index_seconds": round(indexed - encoded, 2),
+            "mine_stages": summary.seconds,
+            "triplets": summary.rows["triplet"],
+        }
+    out["cold_int8"]["negatives_shared_with_cold"] = agreement(work / "mined-cold", work / "mined-cold_int8")
+    warm_runs = () if cold_only else (("warm", work / "ce"), ("warm_int8_cross_encoder", work / "ce-int8"))
+    for run, scorer in warm_runs:
+        started = time.perf_counter()
+        summary = mine(spec(scorer, "index"), work / f"mined-{run}", device="cpu")
         out[run] = {
             "seconds": round(time.perf_counter() - started, 2),
             "mine_stages": summary.seconds,
             "triplets": summary.rows["triplet"],
             "candidates": summary.candidates_considered,
             "positives": summary.positives,
+            "negatives_shared_with_cold": agreement(work / "mined-cold", work / f"mined-{run}"),
         }
     out["int8_export_seconds"] = round(int8_export_seconds, 2)
     out["peak_rss_mb"] = peak_rss_mb()
@@ -186,6 +211,7 @@ def main() -> None:
     )
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--work", type=Path)
+    parser.add_argument("--cold-only", action="store_true", help="Skip the warm runs (about half the time).")
     parser.add_argument("--side", choices=["sentence-transformers", "fastmarco"], help=argparse.SUPPRESS)
     parser.add_argument("--cross-encoder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -193,7 +219,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     if args.side:  # one side, in its own process
         run = side_fastmarco if args.side == "fastmarco" else side_sentence_transformers
-        print(json.dumps(run(work, args.cross_encoder)))
+        print(json.dumps(run(work, args.cross_encoder, args.cold_only)))
         return
     inputs = prepare(work, args.queries)
     print(json.dumps(inputs), flush=True)
@@ -208,15 +234,16 @@ def main() -> None:
             str(work),
             "--cross-encoder",
             inputs["cross_encoder"],
+            *(["--cold-only"] if args.cold_only else []),
         ]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         results[side] = json.loads(done.stdout.strip().splitlines()[-1])
         print(side, json.dumps(results[side]), flush=True)
     st, fm = results["sentence-transformers"], results["fastmarco"]
     results["speedup"] = {
-        "cold": round(st["cold"]["seconds"] / fm["cold"]["seconds"], 2),
-        "warm": round(st["warm"]["seconds"] / fm["warm"]["seconds"], 2),
-        "warm_int8_cross_encoder": round(st["warm"]["seconds"] / fm["warm_int8_cross_encoder"]["seconds"], 2),
+        run: round(st[run.split("_")[0]]["seconds"] / fm[run]["seconds"], 2)
+        for run in ("cold", "cold_int8", "warm", "warm_int8_cross_encoder")
+        if run in fm
     }
     results["settings"] = {
         "depth": DEPTH,
@@ -228,7 +255,7 @@ def main() -> None:
         ["fastmarco", "sentence-transformers", "torch", "onnxruntime", "faiss-cpu"]
     )
     print(json.dumps(results["speedup"]))
-    print(save("mine", results))
+    print(save("mine-cold" if args.cold_only else "mine", results))
 
 
 if __name__ == "__main__":

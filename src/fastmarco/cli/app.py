@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from fastmarco import __version__
 from fastmarco.errors import FastmarcoError
+
+FC = TypeVar("FC", bound=Callable[..., Any])
 
 
 class FastmarcoGroup(click.Group):
@@ -34,3 +37,10 @@ DEVICE = click.Choice(["auto", "cpu", "cuda"])
 EXISTING_FILE = click.Path(exists=True, dir_okay=False)
 EXISTING_DIR = click.Path(exists=True, file_okay=False)
 POSITIVE = click.IntRange(min=1)
+
+
+def ray_option(help: str) -> Callable[[FC], FC]:
+    """`--ray [ADDRESS]`: None when absent, '' when bare (RAY_ADDRESS or a local cluster)."""
+    return click.option(
+        "--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]", help=help
+    )

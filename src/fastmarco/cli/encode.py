@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fastmarco.cli.app import DEVICE, POSITIVE, main
+from fastmarco.cli.app import DEVICE, POSITIVE, main, ray_option
 
 
 @main.command()
@@ -20,15 +20,9 @@ from fastmarco.cli.app import DEVICE, POSITIVE, main
     "--devices",
     help="One worker process per device over contiguous parts of the corpus, e.g. 0,1 (GPUs) or cpu,cpu.",
 )
-@click.option(
-    "--ray",
-    "ray_address",
-    is_flag=False,
-    flag_value="",
-    default=None,
-    metavar="[ADDRESS]",
-    help="Run the --devices workers as Ray actors (on the cluster at ADDRESS; bare: RAY_ADDRESS or a "
-    "local cluster). OUT must be on storage every node sees.",
+@ray_option(
+    "Run the --devices workers as Ray actors (on the cluster at ADDRESS; bare: RAY_ADDRESS or a "
+    "local cluster). OUT must be on storage every node sees."
 )
 @click.option("--shard-size", type=POSITIVE, default=1_000_000, show_default=True, help="Rows per shard.")
 @click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True)

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, main
+from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, main, ray_option
 
 
 @main.command()
@@ -42,6 +42,12 @@ from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, mai
     show_default=True,
     help="cuda: IVF k-means on the GPUs faiss sees (needs faiss-gpu); the index stays a CPU index.",
 )
+@click.option(
+    "--groups",
+    type=POSITIVE,
+    help="Cut the shards into this many contiguous groups, one index each, to search on as many Ray "
+    "actors (fastmarco query --ray) or in one process.",
+)
 def index(
     shard_dir: str,
     out: str | None,
@@ -54,15 +60,34 @@ def index(
     overwrite: bool,
     no_verify: bool,
     device: str,
+    groups: int | None,
 ) -> None:
     """Build a faiss index over a shard directory."""
-    from fastmarco.search.index import build_index, plan_index
+    from fastmarco.search.index import build_index, build_index_groups, plan_index
 
     if out is None and not plan_only:
         raise click.UsageError("--out is required to build")
     plan = plan_index(shard_dir, kind, factory, train_size)  # type: ignore[arg-type]  # click.Choice has checked it
     click.echo(f"plan: {plan.describe()}", err=not plan_only)
     if out is None:
+        return
+    if groups is not None:
+        grouped = build_index_groups(
+            shard_dir,
+            out,
+            groups,
+            kind=kind,  # type: ignore[arg-type]
+            factory=factory,
+            train_rows=train_size,
+            nprobe=nprobe,
+            refine=refine,
+            overwrite=overwrite,
+            progress=lambda message: click.echo(message, err=True),
+            device=device,  # type: ignore[arg-type]
+            verify=not no_verify,
+        )
+        factories = ", ".join(dict.fromkeys(group.factory for group in grouped.groups))
+        click.echo(f"built {len(grouped.groups)} groups ({factories}) over {grouped.rows:,} rows -> {out}")
         return
     manifest = build_index(
         shard_dir,
@@ -99,6 +124,10 @@ def index(
 @click.option(
     "--no-verify", is_flag=True, help="Do not hash the shards at start (you verify them elsewhere)."
 )
+@ray_option(
+    "A grouped index (index --groups): search each group on its own Ray actor, on the cluster "
+    "at ADDRESS (bare: RAY_ADDRESS or a local cluster); INDEX_DIR on storage every node sees."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def query(
     index_dir: str,
@@ -112,6 +141,7 @@ def query(
     device: str,
     threads: int,
     no_verify: bool,
+    ray_address: str | None,
     as_json: bool,
 ) -> None:
     """Search INDEX_DIR for TEXT, or for every query of --queries into --run."""
@@ -129,13 +159,15 @@ def query(
         device=device,  # type: ignore[arg-type]  # click.Choice has checked it
         threads=threads,
         verify=not no_verify,
+        ray=False if ray_address is None else ray_address or True,
     )
-    if queries is not None and run_path is not None:
-        asked = load_queries(queries)
-        lines = write_run(run_path, retrieve_run(engine, asked, k), run_format, tag="fastmarco")  # type: ignore[arg-type]
-        click.echo(f"wrote {lines:,} lines for {len(asked):,} queries to {run_path}")
-        return
-    hits = search_hits(engine, str(text), k, passages)
+    with engine:
+        if queries is not None and run_path is not None:
+            asked = load_queries(queries)
+            lines = write_run(run_path, retrieve_run(engine, asked, k), run_format, tag="fastmarco")  # type: ignore[arg-type]
+            click.echo(f"wrote {lines:,} lines for {len(asked):,} queries to {run_path}")
+            return
+        hits = search_hits(engine, str(text), k, passages)
     if as_json:
         rows = [
             {

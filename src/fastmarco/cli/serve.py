@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, main
+from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, main, ray_option
 
 
 @main.command()
@@ -55,6 +55,10 @@ from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, mai
     "--no-verify", is_flag=True, help="Do not hash the shards at start-up (you verify them elsewhere)."
 )
 @click.option("--access-log", is_flag=True, help="Log every request.")
+@ray_option(
+    "A grouped index (index --groups): search each group on its own Ray actor (ADDRESS; bare: "
+    "RAY_ADDRESS or a local cluster)."
+)
 def serve(
     index_dir: str,
     collection: str | None,
@@ -73,6 +77,7 @@ def serve(
     device: str,
     no_verify: bool,
     access_log: bool,
+    ray_address: str | None,
 ) -> None:
     """Serve INDEX_DIR over HTTP: /v1/embeddings (OpenAI), /search, a search page at /."""
     try:
@@ -87,7 +92,14 @@ def serve(
     from fastmarco.serve.server import serve as run_server
     from fastmarco.store.passages import PassageStore
 
-    engine = Engine.open(index_dir, model=model_dir, device=device, threads=threads, verify=not no_verify)  # type: ignore[arg-type]
+    engine = Engine.open(
+        index_dir,
+        model=model_dir,
+        device=device,  # type: ignore[arg-type]  # click.Choice has checked it
+        threads=threads,
+        verify=not no_verify,
+        ray=False if ray_address is None else ray_address or True,
+    )
     passages = PassageStore.open(collection) if collection else None
     name = served_model_name or default_model_name(engine.encoder.model.raw, engine.encoder.directory)
     config = ServeConfig(
@@ -102,11 +114,13 @@ def serve(
     where = sock.getsockname()
     shown = f"[{where[0]}]" if ":" in where[0] else where[0]
     click.echo(
-        f"fastmarco serve: http://{shown}:{where[1]} ({name}, {len(engine.index.shard_set):,} rows, "
-        f"{engine.index.manifest.kind}, {engine.encoder.device})",
+        f"fastmarco serve: http://{shown}:{where[1]} ({name}, {engine.index.rows:,} rows, "
+        f"{engine.index.kind}, {engine.encoder.device})",
         err=True,
     )
-    sys.exit(run_server(create_app(engine, passages, config), sock, access_log=access_log))
+    with engine:
+        status = run_server(create_app(engine, passages, config), sock, access_log=access_log)
+    sys.exit(status)
 
 
 def default_model_name(manifest: dict[str, object], directory: Path) -> str:

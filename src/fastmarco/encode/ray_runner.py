@@ -14,12 +14,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from fastmarco._ray import NAMESPACE, import_ray
 from fastmarco.encode.job import EncodeSummary
 from fastmarco.encode.runners import PartTask, Progress, run_part
-from fastmarco.errors import InputError, WorkerError
+from fastmarco.errors import WorkerError
 
 ACTOR_NAME = "fastmarco-encode-part-{index}"
-NAMESPACE = "fastmarco"
 
 
 class _PartActor:
@@ -48,14 +48,6 @@ class _PartActor:
         return self.done
 
 
-def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise InputError("--ray needs Ray: pip install 'fastmarco[ray]'") from None
-    return ray
-
-
 class RayRunner:
     """Run `PartTask`s on a Ray cluster: `address` as `ray.init` takes it (None: RAY_ADDRESS or a
     local cluster started for the job). `max_restarts` bounds how often a dead actor is replaced."""
@@ -68,9 +60,7 @@ class RayRunner:
         self.poll_seconds = poll_seconds
 
     def run(self, tasks: Sequence[PartTask], progress: Progress | None) -> list[EncodeSummary]:
-        ray = _import_ray()
-        if not ray.is_initialized():
-            ray.init(address=self.address, namespace=NAMESPACE, log_to_driver=False)
+        ray = import_ray(self.address)
         remote_actor = ray.remote(_PartActor)
         actors = [
             remote_actor.options(
@@ -132,7 +122,7 @@ class RayRunner:
 
 def wait_for_actor(index: int, timeout: float = 60.0) -> Any:
     """The actor encoding part `index` (for tests and operators: `ray.kill` it to see a restart)."""
-    ray = _import_ray()
+    ray = import_ray(None)
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco.errors import InputError
+from fastmarco.search.backends import VectorIndex
 from fastmarco.search.engine import Engine
 
 
@@ -43,6 +44,11 @@ class IndexSystem:
     def __init__(self, name: str, engine: Engine) -> None:
         self.name = name
         self.engine = engine
+        if not isinstance(engine.index, VectorIndex):
+            raise InputError(
+                f"--system {name}: mining reads stored vectors from one INDEX_DIR; a grouped index "
+                "cannot be mined yet (build a single index over the same shards)"
+            )
         shard_set = engine.index.shard_set
         ids = shard_set.ids()
         self._int_ids = ids.dtype != object
@@ -83,7 +89,7 @@ class IndexSystem:
 
     def _vectors(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         shard = np.searchsorted(self._offsets, rows, side="right") - 1
-        out = np.empty((len(rows), self.engine.index.shard_set.dim), dtype=np.float32)
+        out = np.empty((len(rows), self.engine.index.dim), dtype=np.float32)
         for i, (s, row) in enumerate(zip(shard, rows, strict=True)):
             out[i] = self._views[s][row - self._offsets[s]]
         return out

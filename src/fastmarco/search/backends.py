@@ -33,6 +33,38 @@ class SearchResult(NamedTuple):
     ids: npt.NDArray[Any]
 
 
+class SearchIndex(Protocol):
+    """What `Engine` searches: one INDEX_DIR (`VectorIndex`) or a grouped one (`GroupedIndex`)."""
+
+    @property
+    def rows(self) -> int: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def factory(self) -> str: ...
+
+    @property
+    def model_fingerprint(self) -> str | None: ...
+
+    @property
+    def model_directory(self) -> str | None:
+        """The model directory recorded when the shards were encoded."""
+        ...
+
+    def search(
+        self, queries: npt.ArrayLike, k: int, *, refine: int | None = None, threads: int = 0
+    ) -> SearchResult: ...
+
+    def close(self) -> None:
+        """Release what the index holds beyond this process's memory (remote actors)."""
+        ...
+
+
 class SearchBackend(Protocol):
     shard_set: ShardSet
 
@@ -89,7 +121,7 @@ class FaissBackend:
 
 class VectorIndex:
     """An opened INDEX_DIR: its manifest, its shard set and the backend that searches them. Safe to
-    share across threads."""
+    share across threads (the id map is loaded at open, not lazily inside concurrent searches)."""
 
     def __init__(
         self, directory: Path, manifest: IndexManifest, backend: ExactBackend | FaissBackend
@@ -98,6 +130,7 @@ class VectorIndex:
         self.manifest = manifest
         self.backend = backend
         self.shard_set = backend.shard_set
+        self.shard_set.ids()
 
     @classmethod
     def open(
@@ -127,7 +160,13 @@ class VectorIndex:
                 f"{path}: built for another state of {shard_root} (its manifest changed since); "
                 "rebuild the index"
             )
-        shard_set = ShardSet.open(shard_root, verify="checksum" if verify else "size", progress=progress)
+        shard_range = None if manifest.shard_range is None else tuple(manifest.shard_range)
+        shard_set = ShardSet.open(
+            shard_root,
+            verify="checksum" if verify else "size",
+            progress=progress,
+            shards=shard_range,  # type: ignore[arg-type]  # a pair, checked by IndexManifest.load
+        )
         recorded = [[e.checksum, e.ids_checksum] for e in shard_set.manifest.shards]
         if manifest.shard_checksums and manifest.shard_checksums != recorded:
             raise IndexMismatchError(
@@ -158,8 +197,32 @@ class VectorIndex:
         return cls(root, manifest, FaissBackend(shard_set, index, manifest.refine, manifest.ef_search))
 
     @property
+    def rows(self) -> int:
+        return len(self.shard_set)
+
+    @property
+    def dim(self) -> int:
+        return self.shard_set.dim
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.kind
+
+    @property
+    def factory(self) -> str:
+        return self.manifest.factory
+
+    @property
     def model_fingerprint(self) -> str | None:
         return self.manifest.model_fingerprint
+
+    @property
+    def model_directory(self) -> str | None:
+        directory = self.shard_set.metadata.get("model", {}).get("directory")
+        return directory if isinstance(directory, str) else None
+
+    def close(self) -> None:
+        """Nothing to release: the shards' memory maps go with the object."""
 
     def search(
         self, queries: npt.ArrayLike, k: int, *, refine: int | None = None, threads: int = 0

@@ -24,6 +24,7 @@ them all; adding streams shard by shard, each memory map dropped after use.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import os
@@ -38,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco import _native
-from fastmarco._atomic import publish_directory, refuse_existing, staging_directory
+from fastmarco._atomic import publish_directory, refuse_existing, staging_directory, write_bytes_atomic
 from fastmarco._json import read_field, read_json_document
 from fastmarco._locks import output_lock
 from fastmarco.errors import InputError, ManifestError
@@ -52,6 +53,10 @@ INDEX_MANIFEST = "index.json"
 INDEX_FILE = "index.faiss"
 INDEX_FORMAT = "fastmarco-index"
 INDEX_VERSION = 2  # 1: absolute shard path; 2: shard path relative to the index directory
+GROUP_INDEX_VERSION = 3  # 2 plus 'shard_range': an index over one shard group (older readers refuse it)
+GROUPS_MANIFEST = "groups.json"
+GROUPS_FORMAT = "fastmarco-index-groups"
+GROUPS_VERSION = 1
 ADD_BATCH_ROWS = 65_536
 DEFAULT_REFINE = 50
 # HNSW: recall@10 0.97 on the test fixture at 256, 0.89 at 128
@@ -309,12 +314,15 @@ class IndexManifest:
     shard_checksums: list[list[str]] = field(default_factory=list)  # [vectors, ids] per shard
     build: dict[str, Any] = field(default_factory=dict)
     version: int = INDEX_VERSION
+    shard_range: list[int] | None = None  # [start, stop): a shard group's index; None: every shard
 
     def shard_directory(self, index_dir: Path) -> Path:
         return Path(self.shards) if Path(self.shards).is_absolute() else index_dir / self.shards
 
     def save(self, directory: Path) -> None:
         body = {"format": INDEX_FORMAT, **asdict(self)}
+        if self.shard_range is None:
+            del body["shard_range"]
         (directory / INDEX_MANIFEST).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
@@ -323,10 +331,10 @@ class IndexManifest:
         body = read_json_document(path, ManifestError, missing="build an index with `fastmarco index`")
         if not isinstance(body, dict) or body.get("format") != INDEX_FORMAT:
             raise ManifestError(f"{path}: field 'format' must be '{INDEX_FORMAT}'")
-        if body.get("version") not in (1, INDEX_VERSION):
+        if body.get("version") not in (1, INDEX_VERSION, GROUP_INDEX_VERSION):
             raise ManifestError(
                 f"{path}: field 'version' is {body.get('version')!r}; "
-                f"this fastmarco reads 1 and {INDEX_VERSION}"
+                f"this fastmarco reads 1 to {GROUP_INDEX_VERSION}"
             )
 
         need = functools.partial(read_field, body, path, ManifestError)
@@ -354,7 +362,14 @@ class IndexManifest:
             shard_checksums=checksums,
             build=need("build", dict, default={}),
             version=body["version"],
+            shard_range=need("shard_range", list, optional=True),
         )
+        if manifest.shard_range is not None and (
+            len(manifest.shard_range) != 2
+            or not all(type(v) is int for v in manifest.shard_range)
+            or not 0 <= manifest.shard_range[0] < manifest.shard_range[1]
+        ):
+            raise ManifestError(f"{path}: field 'shard_range' must be [start, stop) with 0 <= start < stop")
         if manifest.metric != "ip":
             raise ManifestError(f"{path}: field 'metric' must be 'ip', got {manifest.metric!r}")
         if manifest.dim == 0:
@@ -379,8 +394,12 @@ def build_index(
     progress: Callable[[str], None] | None = None,
     device: Literal["cpu", "cuda"] = "cpu",
     verify: bool = True,
+    shard_range: tuple[int, int] | None = None,
 ) -> IndexManifest:
     """Train and fill a faiss index from the shards and publish INDEX_DIR atomically.
+
+    shard_range=(start, stop) builds the index of one shard group: over those shards only, its rows
+    numbered from the group's first row (see `build_index_groups`).
 
     verify=True hashes every shard and id file first (multithreaded) and refuses a corrupt one, so an
     index is never built over, and never records the checksums of, damaged shards.
@@ -388,6 +407,34 @@ def build_index(
     device="cuda" runs the IVF k-means on every GPU faiss sees (the faiss `clustering_index` recipe);
     the index itself stays a CPU index, so the file is the same kind whatever built it.
     """
+    _check_build_options(device, refine, nprobe)
+    target = Path(out)
+    with output_lock(target.parent / f".{target.name}.lock", str(target)):
+        refuse_existing(target, overwrite)
+        staging = staging_directory(target)
+        try:
+            manifest = _build(
+                Path(shard_dir).resolve(),
+                staging,
+                target,
+                kind,
+                factory,
+                train_rows,
+                nprobe,
+                refine,
+                progress,
+                device,
+                verify,
+                shard_range,
+            )
+            publish_directory(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return manifest
+
+
+def _check_build_options(device: str, refine: int, nprobe: int | None) -> None:
     import faiss
 
     if device not in ("cpu", "cuda"):
@@ -401,25 +448,10 @@ def build_index(
             "install faiss-gpu-cu12 (pip install 'fastmarco[gpu]') or build with --device cpu"
         )
 
-    target = Path(out)
-    with output_lock(target.parent / f".{target.name}.lock", str(target)):
-        refuse_existing(target, overwrite)
-        return _build(
-            Path(shard_dir).resolve(),
-            target,
-            kind,
-            factory,
-            train_rows,
-            nprobe,
-            refine,
-            progress,
-            device,
-            verify,
-        )
-
 
 def _build(
     shard_root: Path,
+    staging: Path,
     target: Path,
     kind: Kind,
     factory: str | None,
@@ -429,47 +461,216 @@ def _build(
     progress: Callable[[str], None] | None,
     device: str,
     verify: bool,
+    shard_range: tuple[int, int] | None,
 ) -> IndexManifest:
+    """Build into the empty folder `staging`, to be published as `target`."""
     import faiss
 
     say = progress or (lambda message: None)
     if verify:
         say("verifying shard checksums")
-    shard_set = ShardSet.open(shard_root, verify="checksum" if verify else "size")
+    shard_set = ShardSet.open(shard_root, verify="checksum" if verify else "size", shards=shard_range)
     rows, dim = len(shard_set), shard_set.dim
     shape, train = _resolve(kind, factory, train_rows, rows, dim)
     started = time.perf_counter()
     index = None if shape.factory == "Flat" else _train_and_fill(shard_set, shape, train, device, say)
     if index is not None and shape.nlist and nprobe is not None and nprobe > shape.nlist:
         raise InputError(f"nprobe {nprobe} is more than the {shape.nlist} lists of {shape.factory}")
-    staging = staging_directory(target)
-    try:
-        if index is not None:
-            faiss.write_index(index, str(staging / INDEX_FILE))
-        manifest = IndexManifest(
-            kind=kind if factory is None else "custom",
-            factory=shape.factory,
-            rows=rows,
-            dim=dim,
-            # relative to the published directory: moving shards and index together keeps it valid
-            shards=os.path.relpath(shard_root, target.resolve()),
-            shards_manifest=shard_manifest_checksum(shard_root),
-            nprobe=nprobe or default_nprobe(shape.nlist),
-            ef_search=DEFAULT_EF_SEARCH if shape.hnsw else None,
-            refine=refine if shape.lossy else 0,
-            model_fingerprint=shard_set.metadata.get("model", {}).get("fingerprint"),
-            shard_checksums=[[e.checksum, e.ids_checksum] for e in shard_set.manifest.shards],
-            build={
-                "seconds": time.perf_counter() - started,
-                "train_rows": train,
-                "faiss": faiss.__version__,
-                "device": device,
-                "index_bytes": (staging / INDEX_FILE).stat().st_size if index is not None else 0,
-            },
+    if index is not None:
+        faiss.write_index(index, str(staging / INDEX_FILE))
+    manifest = IndexManifest(
+        kind=kind if factory is None else "custom",
+        factory=shape.factory,
+        rows=rows,
+        dim=dim,
+        # relative to the published directory: moving shards and index together keeps it valid
+        shards=os.path.relpath(shard_root, target.resolve()),
+        shards_manifest=shard_manifest_checksum(shard_root),
+        nprobe=nprobe or default_nprobe(shape.nlist),
+        ef_search=DEFAULT_EF_SEARCH if shape.hnsw else None,
+        refine=refine if shape.lossy else 0,
+        model_fingerprint=shard_set.metadata.get("model", {}).get("fingerprint"),
+        shard_checksums=[[e.checksum, e.ids_checksum] for e in shard_set.manifest.shards],
+        build={
+            "seconds": time.perf_counter() - started,
+            "train_rows": train,
+            "faiss": faiss.__version__,
+            "device": device,
+            "index_bytes": (staging / INDEX_FILE).stat().st_size if index is not None else 0,
+        },
+        version=INDEX_VERSION if shard_range is None else GROUP_INDEX_VERSION,
+        shard_range=None if shard_range is None else list(shard_range),
+    )
+    manifest.save(staging)
+    return manifest
+
+
+@dataclass(frozen=True)
+class ShardGroup:
+    """One group of a grouped index: its index directory (relative), shards [start, stop), rows."""
+
+    directory: str
+    shards: tuple[int, int]
+    first_row: int
+    rows: int
+    factory: str
+
+    def describe(self) -> str:
+        start, stop = self.shards
+        last = self.first_row + self.rows - 1
+        return f"{self.directory} (shards {start}-{stop - 1}, rows {self.first_row:,}-{last:,})"
+
+
+@dataclass(frozen=True)
+class GroupsManifest:
+    """`groups.json`: a shard set cut into contiguous shard groups, each with its own INDEX_DIR, so
+    each group can be searched by its own process or machine and the results merged."""
+
+    kind: str
+    factory: str | None
+    rows: int
+    dim: int
+    shards: str  # the shard directory, relative to the grouped index directory
+    shards_manifest: str
+    model_fingerprint: str | None
+    groups: list[ShardGroup]
+    version: int = GROUPS_VERSION
+
+    def shard_directory(self, directory: Path) -> Path:
+        return directory / self.shards
+
+    def save(self, directory: Path) -> None:
+        body = {"format": GROUPS_FORMAT, **asdict(self)}
+        write_bytes_atomic(directory / GROUPS_MANIFEST, (json.dumps(body, indent=2) + "\n").encode("utf-8"))
+
+    @classmethod
+    def load(cls, directory: Path) -> GroupsManifest:
+        path = directory / GROUPS_MANIFEST
+        body = read_json_document(path, ManifestError, missing="build one with `fastmarco index --groups`")
+        if not isinstance(body, dict) or body.get("format") != GROUPS_FORMAT:
+            raise ManifestError(f"{path}: field 'format' must be '{GROUPS_FORMAT}'")
+        if body.get("version") != GROUPS_VERSION:
+            raise ManifestError(
+                f"{path}: field 'version' is {body.get('version')!r}; this fastmarco reads {GROUPS_VERSION}"
+            )
+        need = functools.partial(read_field, body, path, ManifestError)
+        groups: list[ShardGroup] = []
+        next_shard = next_row = 0
+        for position, raw in enumerate(need("groups", list)):
+            where = f"{path}: field 'groups[{position}]'"
+            try:
+                group = ShardGroup(
+                    directory=raw["directory"],
+                    shards=(raw["shards"][0], raw["shards"][1]),
+                    first_row=raw["first_row"],
+                    rows=raw["rows"],
+                    factory=raw["factory"],
+                )
+            except (KeyError, TypeError, IndexError) as exc:
+                raise ManifestError(f"{where} is malformed ({exc!r} missing or wrong)") from exc
+            if not isinstance(group.directory, str) or Path(group.directory).name != group.directory:
+                raise ManifestError(f"{where}.directory must be a folder name inside {directory}")
+            if group.shards[0] != next_shard or group.first_row != next_row or group.shards[1] <= next_shard:
+                raise ManifestError(f"{where} does not follow the previous group (shards and rows in order)")
+            groups.append(group)
+            next_shard, next_row = group.shards[1], group.first_row + group.rows
+        manifest = cls(
+            kind=need("kind", str),
+            factory=need("factory", str, optional=True),
+            rows=need("rows", int),
+            dim=need("dim", int),
+            shards=need("shards", str),
+            shards_manifest=need("shards_manifest", str),
+            model_fingerprint=need("model_fingerprint", str, optional=True),
+            groups=groups,
         )
-        manifest.save(staging)
-        publish_directory(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        if not groups or next_row != manifest.rows:
+            raise ManifestError(f"{path}: field 'groups' must cover all {manifest.rows:,} rows")
+        return manifest
+
+
+def split_shard_groups(shard_rows: list[int], groups: int) -> list[tuple[int, int]]:
+    """`groups` contiguous [start, stop) shard ranges with row counts as even as shard boundaries allow."""
+    if groups <= 0 or groups > len(shard_rows):
+        raise InputError(
+            f"cannot cut {len(shard_rows)} shards into {groups} groups (each group needs a shard); "
+            "choose fewer groups or re-encode with a smaller --shard-size"
+        )
+    cumulative = np.cumsum([0, *shard_rows])
+    cuts = [0]
+    for g in range(1, groups):
+        target = g * cumulative[-1] / groups
+        low, high = cuts[-1] + 1, len(shard_rows) - (groups - g)
+        cuts.append(min(range(low, high + 1), key=lambda b: abs(cumulative[b] - target)))
+    cuts.append(len(shard_rows))
+    return list(itertools.pairwise(cuts))
+
+
+def build_index_groups(
+    shard_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    groups: int,
+    *,
+    kind: Kind = "auto",
+    factory: str | None = None,
+    train_rows: int | None = None,
+    nprobe: int | None = None,
+    refine: int = DEFAULT_REFINE,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+    device: Literal["cpu", "cuda"] = "cpu",
+    verify: bool = True,
+) -> GroupsManifest:
+    """Cut the shard set into `groups` contiguous shard groups and build one index per group (the same
+    kind for all: 'auto' is decided from the whole set's rows, the lists sized from each group's),
+    published atomically together as OUT/groups.json and OUT/group-NNN/."""
+    _check_build_options(device, refine, nprobe)
+    shard_root = Path(shard_dir).resolve()
+    target = Path(out)
+    with output_lock(target.parent / f".{target.name}.lock", str(target)):
+        refuse_existing(target, overwrite)
+        whole = ShardSet.open(shard_root)
+        ranges = split_shard_groups([entry.rows for entry in whole.manifest.shards], groups)
+        group_kind: Kind = kind
+        if kind == "auto" and factory is None:
+            group_kind = "flat" if len(whole) < AUTO_FLAT_BELOW else "opq-ivfpq"
+        say = progress or (lambda message: None)
+        staging = staging_directory(target)
+        try:
+            listed = []
+            for position, shard_range in enumerate(ranges):
+                name = f"group-{position:03d}"
+                (staging / name).mkdir()
+                say(f"group {position + 1}/{len(ranges)}: shards {shard_range[0]}-{shard_range[1] - 1}")
+                built = _build(
+                    shard_root,
+                    staging / name,
+                    target / name,
+                    group_kind,
+                    factory,
+                    train_rows,
+                    nprobe,
+                    refine,
+                    progress,
+                    device,
+                    verify,
+                    shard_range,
+                )
+                first_row = int(whole.offsets[shard_range[0]])
+                listed.append(ShardGroup(name, shard_range, first_row, built.rows, built.factory))
+            manifest = GroupsManifest(
+                kind=kind if factory is None else "custom",
+                factory=factory,
+                rows=len(whole),
+                dim=whole.dim,
+                shards=os.path.relpath(shard_root, target.resolve()),
+                shards_manifest=shard_manifest_checksum(shard_root),
+                model_fingerprint=whole.metadata.get("model", {}).get("fingerprint"),
+                groups=listed,
+            )
+            manifest.save(staging)
+            publish_directory(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return manifest

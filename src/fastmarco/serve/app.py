@@ -34,6 +34,7 @@ from fastmarco.errors import (
     OverloadedError,
     PayloadTooLargeError,
     UnauthorizedError,
+    WorkerError,
 )
 from fastmarco.pipelines.retrieve import hits_of
 from fastmarco.search.engine import Engine
@@ -68,6 +69,7 @@ ERRORS: list[tuple[type[FastmarcoError], int, str]] = [
     (PayloadTooLargeError, 413, "invalid_request_error"),
     (InputError, 422, "invalid_request_error"),
     (OverloadedError, 429, "rate_limit_error"),
+    (WorkerError, 503, "server_error"),  # a shard group's actor is gone: the index cannot answer whole
 ]
 
 
@@ -311,9 +313,9 @@ class Service:
                 "max_seq_length": model.max_seq_length,
                 "device": self.engine.encoder.device,
                 "index": {
-                    "kind": index.manifest.kind,
-                    "factory": index.manifest.factory,
-                    "rows": len(index.shard_set),
+                    "kind": index.kind,
+                    "factory": index.factory,
+                    "rows": index.rows,
                 },
                 "passages": self.passages is not None,
                 "limits": {

@@ -18,7 +18,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -373,10 +373,13 @@ class ShardStatus:
 class ShardSet:
     """A read-only view of a shard directory: memory-mapped vectors, ids, exact search."""
 
-    def __init__(self, directory: Path, manifest: Manifest, files: list[_native.ShardFile]) -> None:
+    def __init__(
+        self, directory: Path, manifest: Manifest, files: list[_native.ShardFile], first_row: int = 0
+    ) -> None:
         self.directory = directory
         self.manifest = manifest
         self.files = files
+        self.first_row = first_row  # of a shard group: where its row 0 lies in the whole set
         self.offsets = np.cumsum([0] + [f.rows for f in files], dtype=np.int64)
         self._ids: npt.NDArray[Any] | None = None
 
@@ -389,6 +392,7 @@ class ShardSet:
         allow_incomplete: bool = False,
         threads: int = 0,
         progress: Callable[[int, int], None] | None = None,
+        shards: tuple[int, int] | None = None,
     ) -> ShardSet:
         """Open and check a shard directory.
 
@@ -396,6 +400,8 @@ class ShardSet:
         payload and id file, `threads` shards at a time (0: one per core), calling
         progress(bytes_done, bytes_total) as each shard is done. A directory whose writer did not
         finish is refused unless allow_incomplete, in which case only its finished shards are visible.
+        shards=(start, stop) opens only those shards (a shard group): its rows are numbered from 0 and
+        `first_row` says where they start in the whole set.
         """
         root = Path(directory)
         manifest = Manifest.load(root)
@@ -405,10 +411,19 @@ class ShardSet:
                 f"{len(manifest.shards)} whole shards, {manifest.rows} rows); resume or rerun the encode, "
                 "or open with allow_incomplete=True"
             )
+        first_row = 0
+        if shards is not None:
+            start, stop = shards
+            if not 0 <= start < stop <= len(manifest.shards):
+                raise InputError(
+                    f"shard group {start}-{stop} does not lie within the {len(manifest.shards)} shards "
+                    f"of {root}"
+                )
+            first_row = sum(entry.rows for entry in manifest.shards[:start])
+            manifest = replace(manifest, shards=manifest.shards[start:stop])
         if verify != "checksum":
-            return cls(
-                root, manifest, [open_entry(root, manifest, entry, False) for entry in manifest.shards]
-            )
+            opened = [open_entry(root, manifest, entry, False) for entry in manifest.shards]
+            return cls(root, manifest, opened, first_row)
         itemsize = 2 if manifest.dtype == "fp16" else 4
         sizes = [entry.rows * manifest.dim * itemsize for entry in manifest.shards]
         done = 0
@@ -423,7 +438,7 @@ class ShardSet:
                 done += sizes[position]
                 if progress is not None:
                     progress(done, sum(sizes))
-        return cls(root, manifest, files)
+        return cls(root, manifest, files, first_row)
 
     @staticmethod
     def verify(directory: str | os.PathLike[str]) -> tuple[Manifest, list[ShardStatus]]:
