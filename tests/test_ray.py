@@ -90,7 +90,8 @@ def test_a_stopped_driver_resumes_from_finished_parts(cluster: object, model: Pa
     encode_cli(model, corpus, tmp_path / "one", "--device", "cpu", "--shard-size", "100")
 
     def stop_after_a_shard(rows: int, total: int, tokens: int, shards: int) -> None:
-        if shards >= 2:
+        # both parts started (an actor can start late on a busy machine), some shards finished
+        if shards >= 2 and len(list((tmp_path / "ray" / ".parts").glob("part-*"))) == 2:
             raise StopDriver
 
     with pytest.raises(StopDriver):

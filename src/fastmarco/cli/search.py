@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -71,37 +72,23 @@ def index(
     click.echo(f"plan: {plan.describe()}", err=not plan_only)
     if out is None:
         return
+    options: dict[str, Any] = {  # click.Choice has checked kind and device
+        "kind": kind,
+        "factory": factory,
+        "train_rows": train_size,
+        "nprobe": nprobe,
+        "refine": refine,
+        "overwrite": overwrite,
+        "progress": lambda message: click.echo(message, err=True),
+        "device": device,
+        "verify": not no_verify,
+    }
     if groups is not None:
-        grouped = build_index_groups(
-            shard_dir,
-            out,
-            groups,
-            kind=kind,  # type: ignore[arg-type]
-            factory=factory,
-            train_rows=train_size,
-            nprobe=nprobe,
-            refine=refine,
-            overwrite=overwrite,
-            progress=lambda message: click.echo(message, err=True),
-            device=device,  # type: ignore[arg-type]
-            verify=not no_verify,
-        )
+        grouped = build_index_groups(shard_dir, out, groups, **options)
         factories = ", ".join(dict.fromkeys(group.factory for group in grouped.groups))
         click.echo(f"built {len(grouped.groups)} groups ({factories}) over {grouped.rows:,} rows -> {out}")
         return
-    manifest = build_index(
-        shard_dir,
-        out,
-        kind=kind,  # type: ignore[arg-type]
-        factory=factory,
-        train_rows=train_size,
-        nprobe=nprobe,
-        refine=refine,
-        overwrite=overwrite,
-        progress=lambda message: click.echo(message, err=True),
-        device=device,  # type: ignore[arg-type]
-        verify=not no_verify,
-    )
+    manifest = build_index(shard_dir, out, **options)
     click.echo(
         f"built {manifest.factory} over {manifest.rows:,} rows in {manifest.build['seconds']:.1f} s; "
         f"{manifest.build['index_bytes'] / (1 << 20):,.1f} MiB -> {out}"

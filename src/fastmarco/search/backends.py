@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from fastmarco import _native
 from fastmarco.errors import IndexMismatchError, InputError, ShardFormatError, StoreIOError
-from fastmarco.search.index import INDEX_FILE, IndexManifest, shard_manifest_checksum
+from fastmarco.search.index import INDEX_FILE, IndexManifest, check_shards_unchanged
 from fastmarco.search.kernels import as_queries, check_k
 from fastmarco.store.shards import ShardSet
 
@@ -148,18 +148,7 @@ class VectorIndex:
         manifest = IndexManifest.load(root)
         path = root / "index.json"
         shard_root = manifest.shard_directory(root)
-        try:
-            current = shard_manifest_checksum(shard_root)
-        except OSError as exc:
-            raise IndexMismatchError(
-                f"{path}: its shard directory {shard_root} (field 'shards') is gone ({exc.strerror}); "
-                "keep the shards where the index expects them, relative to it"
-            ) from exc
-        if current != manifest.shards_manifest:
-            raise IndexMismatchError(
-                f"{path}: built for another state of {shard_root} (its manifest changed since); "
-                "rebuild the index"
-            )
+        check_shards_unchanged(path, shard_root, manifest.shards_manifest)
         shard_range = None if manifest.shard_range is None else tuple(manifest.shard_range)
         shard_set = ShardSet.open(
             shard_root,

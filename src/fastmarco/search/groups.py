@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from fastmarco.errors import IndexMismatchError, InputError
 from fastmarco.search.backends import SearchResult, VectorIndex
-from fastmarco.search.index import GROUPS_MANIFEST, GroupsManifest, ShardGroup, shard_manifest_checksum
+from fastmarco.search.index import GROUPS_MANIFEST, GroupsManifest, ShardGroup, check_shards_unchanged
 from fastmarco.search.kernels import MISSING_ID, as_queries, check_k, merge_topk
 
 
@@ -118,18 +118,7 @@ class GroupedIndex:
         root = Path(directory).resolve()
         manifest = GroupsManifest.load(root)
         shard_root = manifest.shard_directory(root)
-        try:
-            current = shard_manifest_checksum(shard_root)
-        except OSError as exc:
-            raise IndexMismatchError(
-                f"{root / GROUPS_MANIFEST}: its shard directory {shard_root} (field 'shards') is gone "
-                f"({exc.strerror}); keep the shards where the index expects them, relative to it"
-            ) from exc
-        if current != manifest.shards_manifest:
-            raise IndexMismatchError(
-                f"{root / GROUPS_MANIFEST}: built for another state of {shard_root} (its manifest changed "
-                "since); rebuild the grouped index"
-            )
+        check_shards_unchanged(root / GROUPS_MANIFEST, shard_root, manifest.shards_manifest)
         if nprobe is not None and nprobe <= 0:
             raise InputError(f"nprobe must be positive, got {nprobe}")
         searcher: GroupSearcher

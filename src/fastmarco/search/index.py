@@ -31,7 +31,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,7 +42,7 @@ from fastmarco import _native
 from fastmarco._atomic import publish_directory, refuse_existing, staging_directory, write_bytes_atomic
 from fastmarco._json import read_field, read_json_document
 from fastmarco._locks import output_lock
-from fastmarco.errors import InputError, ManifestError
+from fastmarco.errors import IndexMismatchError, InputError, ManifestError
 from fastmarco.store.shards import MANIFEST_NAME as SHARDS_MANIFEST
 from fastmarco.store.shards import ShardSet
 
@@ -381,6 +381,22 @@ def shard_manifest_checksum(shard_root: Path) -> str:
     return f"{_native.checksum((shard_root / SHARDS_MANIFEST).read_bytes()):016x}"
 
 
+def check_shards_unchanged(manifest_path: Path, shard_root: Path, recorded: str) -> None:
+    """Refuse an index whose shard directory is gone or whose shard manifest changed since the build."""
+    try:
+        current = shard_manifest_checksum(shard_root)
+    except OSError as exc:
+        raise IndexMismatchError(
+            f"{manifest_path}: its shard directory {shard_root} (field 'shards') is gone ({exc.strerror}); "
+            "keep the shards where the index expects them, relative to it"
+        ) from exc
+    if current != recorded:
+        raise IndexMismatchError(
+            f"{manifest_path}: built for another state of {shard_root} (its manifest changed since); "
+            "rebuild the index"
+        )
+
+
 def build_index(
     shard_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -407,26 +423,13 @@ def build_index(
     device="cuda" runs the IVF k-means on every GPU faiss sees (the faiss `clustering_index` recipe);
     the index itself stays a CPU index, so the file is the same kind whatever built it.
     """
-    _check_build_options(device, refine, nprobe)
+    options = _BuildOptions(kind, factory, train_rows, nprobe, refine, device, verify, progress)
     target = Path(out)
     with output_lock(target.parent / f".{target.name}.lock", str(target)):
         refuse_existing(target, overwrite)
         staging = staging_directory(target)
         try:
-            manifest = _build(
-                Path(shard_dir).resolve(),
-                staging,
-                target,
-                kind,
-                factory,
-                train_rows,
-                nprobe,
-                refine,
-                progress,
-                device,
-                verify,
-                shard_range,
-            )
+            manifest = _build(Path(shard_dir).resolve(), staging, target, options, shard_range)
             publish_directory(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -434,52 +437,59 @@ def build_index(
     return manifest
 
 
-def _check_build_options(device: str, refine: int, nprobe: int | None) -> None:
-    import faiss
+@dataclass(frozen=True)
+class _BuildOptions:
+    """What `build_index` and `build_index_groups` were asked, checked when made."""
 
-    if device not in ("cpu", "cuda"):
-        raise InputError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if refine < 0 or (nprobe is not None and nprobe <= 0):
-        raise InputError(f"refine must be >= 0 and nprobe positive, got {refine} and {nprobe}")
-    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    if device == "cuda" and gpus == 0:
-        raise InputError(
-            "device 'cuda' asked for, but the installed faiss sees no GPU (faiss.get_num_gpus() is 0); "
-            "install faiss-gpu-cu12 (pip install 'fastmarco[gpu]') or build with --device cpu"
-        )
+    kind: Kind
+    factory: str | None
+    train_rows: int | None
+    nprobe: int | None
+    refine: int
+    device: str
+    verify: bool
+    progress: Callable[[str], None] | None
+
+    def __post_init__(self) -> None:
+        import faiss
+
+        if self.device not in ("cpu", "cuda"):
+            raise InputError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.refine < 0 or (self.nprobe is not None and self.nprobe <= 0):
+            raise InputError(f"refine must be >= 0 and nprobe positive, got {self.refine} and {self.nprobe}")
+        gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+        if self.device == "cuda" and gpus == 0:
+            raise InputError(
+                "device 'cuda' asked for, but the installed faiss sees no GPU (faiss.get_num_gpus() is 0); "
+                "install faiss-gpu-cu12 (pip install 'fastmarco[gpu]') or build with --device cpu"
+            )
 
 
 def _build(
     shard_root: Path,
     staging: Path,
     target: Path,
-    kind: Kind,
-    factory: str | None,
-    train_rows: int | None,
-    nprobe: int | None,
-    refine: int,
-    progress: Callable[[str], None] | None,
-    device: str,
-    verify: bool,
+    options: _BuildOptions,
     shard_range: tuple[int, int] | None,
 ) -> IndexManifest:
     """Build into the empty folder `staging`, to be published as `target`."""
     import faiss
 
-    say = progress or (lambda message: None)
-    if verify:
+    say = options.progress or (lambda message: None)
+    if options.verify:
         say("verifying shard checksums")
-    shard_set = ShardSet.open(shard_root, verify="checksum" if verify else "size", shards=shard_range)
+    shard_set = ShardSet.open(shard_root, verify="checksum" if options.verify else "size", shards=shard_range)
     rows, dim = len(shard_set), shard_set.dim
-    shape, train = _resolve(kind, factory, train_rows, rows, dim)
+    shape, train = _resolve(options.kind, options.factory, options.train_rows, rows, dim)
     started = time.perf_counter()
-    index = None if shape.factory == "Flat" else _train_and_fill(shard_set, shape, train, device, say)
+    index = None if shape.factory == "Flat" else _train_and_fill(shard_set, shape, train, options.device, say)
+    nprobe = options.nprobe
     if index is not None and shape.nlist and nprobe is not None and nprobe > shape.nlist:
         raise InputError(f"nprobe {nprobe} is more than the {shape.nlist} lists of {shape.factory}")
     if index is not None:
         faiss.write_index(index, str(staging / INDEX_FILE))
     manifest = IndexManifest(
-        kind=kind if factory is None else "custom",
+        kind=options.kind if options.factory is None else "custom",
         factory=shape.factory,
         rows=rows,
         dim=dim,
@@ -488,14 +498,14 @@ def _build(
         shards_manifest=shard_manifest_checksum(shard_root),
         nprobe=nprobe or default_nprobe(shape.nlist),
         ef_search=DEFAULT_EF_SEARCH if shape.hnsw else None,
-        refine=refine if shape.lossy else 0,
+        refine=options.refine if shape.lossy else 0,
         model_fingerprint=shard_set.metadata.get("model", {}).get("fingerprint"),
         shard_checksums=[[e.checksum, e.ids_checksum] for e in shard_set.manifest.shards],
         build={
             "seconds": time.perf_counter() - started,
             "train_rows": train,
             "faiss": faiss.__version__,
-            "device": device,
+            "device": options.device,
             "index_bytes": (staging / INDEX_FILE).stat().st_size if index is not None else 0,
         },
         version=INDEX_VERSION if shard_range is None else GROUP_INDEX_VERSION,
@@ -624,16 +634,15 @@ def build_index_groups(
     """Cut the shard set into `groups` contiguous shard groups and build one index per group (the same
     kind for all: 'auto' is decided from the whole set's rows, the lists sized from each group's),
     published atomically together as OUT/groups.json and OUT/group-NNN/."""
-    _check_build_options(device, refine, nprobe)
+    options = _BuildOptions(kind, factory, train_rows, nprobe, refine, device, verify, progress)
     shard_root = Path(shard_dir).resolve()
     target = Path(out)
     with output_lock(target.parent / f".{target.name}.lock", str(target)):
         refuse_existing(target, overwrite)
         whole = ShardSet.open(shard_root)
         ranges = split_shard_groups([entry.rows for entry in whole.manifest.shards], groups)
-        group_kind: Kind = kind
         if kind == "auto" and factory is None:
-            group_kind = "flat" if len(whole) < AUTO_FLAT_BELOW else "opq-ivfpq"
+            options = replace(options, kind="flat" if len(whole) < AUTO_FLAT_BELOW else "opq-ivfpq")
         say = progress or (lambda message: None)
         staging = staging_directory(target)
         try:
@@ -642,20 +651,7 @@ def build_index_groups(
                 name = f"group-{position:03d}"
                 (staging / name).mkdir()
                 say(f"group {position + 1}/{len(ranges)}: shards {shard_range[0]}-{shard_range[1] - 1}")
-                built = _build(
-                    shard_root,
-                    staging / name,
-                    target / name,
-                    group_kind,
-                    factory,
-                    train_rows,
-                    nprobe,
-                    refine,
-                    progress,
-                    device,
-                    verify,
-                    shard_range,
-                )
+                built = _build(shard_root, staging / name, target / name, options, shard_range)
                 first_row = int(whole.offsets[shard_range[0]])
                 listed.append(ShardGroup(name, shard_range, first_row, built.rows, built.factory))
             manifest = GroupsManifest(
