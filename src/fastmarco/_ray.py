@@ -19,3 +19,9 @@ def import_ray(address: str | None) -> Any:
     if not ray.is_initialized():
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
     return ray
+
+
+def describe_failure(exc: BaseException) -> str:
+    """'<type>: <first line>' of what Ray raised (an actor dead past its restarts, Ray itself failing):
+    its full text is a multi-line dump of the remote traceback."""
+    return f"{type(exc).__name__}: {next(iter(str(exc).splitlines()), '')}"

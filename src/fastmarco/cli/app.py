@@ -39,6 +39,11 @@ EXISTING_DIR = click.Path(exists=True, file_okay=False)
 POSITIVE = click.IntRange(min=1)
 
 
+def ray_target(ray_address: str | None) -> bool | str:
+    """What `Engine.open(ray=)` takes for a `--ray` value: False absent, True bare, else the address."""
+    return False if ray_address is None else ray_address or True
+
+
 def ray_option(help: str) -> Callable[[FC], FC]:
     """`--ray [ADDRESS]`: None when absent, '' when bare (RAY_ADDRESS or a local cluster)."""
     return click.option(

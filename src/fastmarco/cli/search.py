@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, main, ray_option
+from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, main, ray_option, ray_target
 
 
 @main.command()
@@ -146,7 +146,7 @@ def query(
         device=device,  # type: ignore[arg-type]  # click.Choice has checked it
         threads=threads,
         verify=not no_verify,
-        ray=False if ray_address is None else ray_address or True,
+        ray=ray_target(ray_address),
     )
     with engine:
         if queries is not None and run_path is not None:

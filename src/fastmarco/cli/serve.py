@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, main, ray_option
+from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, main, ray_option, ray_target
 
 
 @main.command()
@@ -98,7 +98,7 @@ def serve(
         device=device,  # type: ignore[arg-type]  # click.Choice has checked it
         threads=threads,
         verify=not no_verify,
-        ray=False if ray_address is None else ray_address or True,
+        ray=ray_target(ray_address),
     )
     passages = PassageStore.open(collection) if collection else None
     name = served_model_name or default_model_name(engine.encoder.model.raw, engine.encoder.directory)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from fastmarco._ray import NAMESPACE, import_ray
+from fastmarco._ray import NAMESPACE, describe_failure, import_ray
 from fastmarco.encode.job import EncodeSummary
 from fastmarco.encode.runners import PartTask, Progress, run_part
 from fastmarco.errors import WorkerError
@@ -86,10 +86,9 @@ class RayRunner:
                     try:
                         result = ray.get(ref)
                     except Exception as exc:  # an actor dead past its restarts, or Ray itself failing
-                        first_line = next(iter(str(exc).splitlines()), "")
                         raise WorkerError(
-                            f"Ray worker {task.index} ({task.device}) failed: {type(exc).__name__}: "
-                            f"{first_line}; rerun the same command to resume"
+                            f"Ray worker {task.index} ({task.device}) failed: {describe_failure(exc)}; "
+                            "rerun the same command to resume"
                         ) from exc
                     if "error" in result:
                         raise WorkerError(f"Ray worker {task.index} ({task.device}): {result['error']}")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fastmarco._ray import NAMESPACE, import_ray
+from fastmarco._ray import NAMESPACE, describe_failure, import_ray
 from fastmarco.errors import WorkerError
 from fastmarco.search.backends import SearchResult
 from fastmarco.search.index import ShardGroup
@@ -122,10 +122,9 @@ class RayGroups:
             try:
                 values.append(self.ray.get(ref))
             except Exception as exc:  # the actor died past its restarts, or Ray itself failed
-                first_line = next(iter(str(exc).splitlines()), "")
                 raise WorkerError(
-                    f"shard group {group.describe()} failed while {doing}: {type(exc).__name__}: "
-                    f"{first_line}; no results returned"
+                    f"shard group {group.describe()} failed while {doing}: {describe_failure(exc)}; "
+                    "no results returned"
                 ) from exc
         return values
 
