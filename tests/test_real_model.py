@@ -131,13 +131,19 @@ def test_minilm_int8_export_keeps_dl19_rerank_quality(dl19: dict, reference: dic
     report = export_model(str(MODEL), tmp_path / "minilm8", int8=True)
     assert report.precision == "int8" and report.fusions.get("Attention") == 6
     manifest = json.loads((tmp_path / "minilm8" / "fastmarco.json").read_text())
-    assert manifest["quantization"]["weights"] == "int8 per channel"
+    quantization = manifest["quantization"]
+    assert quantization["weights"] == "int8 per channel"
+    # the FFN output MatMuls' few outlier input channels run in fp32 (calibrated on the demo texts)
+    assert sorted(quantization["outliers_split"]) == [
+        f"/0/encoder/layer.{i}/output/dense/MatMul" for i in range(6)
+    ]
+    assert all(1 <= len(channels) <= 3 for channels in quantization["outliers_split"].values())
     assert manifest["parity_min_cosine"] >= 0.97
     encoder = Encoder.open(tmp_path / "minilm8", device="cpu")
     pids, qids = reference["pids"], reference["qids"]
     passages = encoder.encode([dl19["passages"][p] for p in pids])
     queries = encoder.encode([dl19["queries"][q] for q in qids])
-    assert row_cosines(passages, reference["passages"]).mean() >= 0.99
+    assert row_cosines(passages, reference["passages"]).mean() >= 0.997  # plain dynamic int8: 0.994
     row = {pid: i for i, pid in enumerate(pids)}
     int8 = ndcg10(dl19["qrels"], dl19["run"], row, passages, queries, qids)
     assert int8 == pytest.approx(0.6424, abs=0.005)

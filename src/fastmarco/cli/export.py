@@ -14,7 +14,13 @@ from fastmarco.cli.app import main
 @click.option(
     "--int8",
     is_flag=True,
-    help="Quantize to int8 (ONNX Runtime dynamic, for the CPU); refused if it drifts from fp32.",
+    help="Quantize the MatMuls to int8 for the CPU (ONNX Runtime dynamic, outlier channels kept in "
+    "fp32); refused if it drifts from fp32.",
+)
+@click.option(
+    "--int8-attention",
+    is_flag=True,
+    help="With --int8, quantize the fused attention too: ~15%% faster, about twice the error.",
 )
 @click.option(
     "--optimize",
@@ -32,6 +38,7 @@ def export(
     out: str,
     fp16: bool,
     int8: bool,
+    int8_attention: bool,
     optimize: str | None,
     max_seq_length: int | None,
     similarity: str | None,
@@ -47,6 +54,7 @@ def export(
         out,
         fp16=fp16,
         int8=int8,
+        int8_attention=int8_attention,
         optimize=optimize,  # type: ignore[arg-type]  # click.Choice has checked it
         max_seq_length=max_seq_length,
         similarity=similarity,  # type: ignore[arg-type]

@@ -22,3 +22,8 @@ def demo_queries_path() -> Path:
 def demo_qrels_path() -> Path:
     """TREC qrels (grades 1-3) of the demo queries."""
     return _data("demo_qrels.txt")
+
+
+def demo_texts(path: Path) -> list[str]:
+    """The text column of a bundled `id<TAB>text` file (its passages or its queries), in file order."""
+    return [line.split("\t", 1)[1] for line in path.read_text("utf-8").splitlines()]

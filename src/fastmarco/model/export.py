@@ -27,6 +27,7 @@ from fastmarco._atomic import publish_directory, refuse_existing, staging_direct
 from fastmarco.errors import ExportError
 from fastmarco.model.export_cross import CrossEncoderCard, export_cross_encoder, is_cross_encoder
 from fastmarco.model.manifest import MANIFEST_NAME, MODEL_FORMAT, MODEL_FORMAT_VERSION
+from fastmarco.model.quantize import quantize_int8, tokenized_batches
 
 log = logging.getLogger("fastmarco")
 
@@ -394,43 +395,20 @@ def _optimize(
     return fusions
 
 
-class _DropQuantizationAdvice(logging.Filter):
-    """ORT logs a hint to run its shape pre-processing first; the fusions have done that already."""
+def calibration_texts() -> list[str]:
+    """What int8 calibration sees: the bundled demo passages and queries (written for fastmarco, not
+    MS MARCO text, so no evaluated passage shapes the quantization)."""
+    from fastmarco.demo.bundled import demo_corpus_path, demo_queries_path, demo_texts
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing before quantization" not in record.getMessage()
-
-
-def _quantize_int8(path: Path) -> dict[str, Any]:
-    """ONNX Runtime dynamic quantization of the fused graph: int8 weights per output channel, activations
-    quantized per batch at run time (no calibration set, so nothing about the corpus is baked in)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantized = path.with_name("model.int8.onnx")
-    advice = _DropQuantizationAdvice()
-    logging.getLogger().addFilter(advice)
-    try:
-        quantize_dynamic(
-            path,
-            quantized,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # the fused ops have no type rule
-        )
-    finally:
-        logging.getLogger().removeFilter(advice)
-    quantized.replace(path)
-    return {"method": "onnxruntime dynamic", "weights": "int8 per channel", "activations": "uint8 per batch"}
+    return demo_texts(demo_corpus_path()) + demo_texts(demo_queries_path())
 
 
 def _check_texts(precision: str) -> list[str]:
     if precision != "int8":
         return list(PARITY_TEXTS)
-    from fastmarco.demo.bundled import demo_corpus_path
+    from fastmarco.demo.bundled import demo_corpus_path, demo_texts
 
-    passages = [line.split("\t", 1)[1] for line in demo_corpus_path().read_text("utf-8").splitlines()]
-    return [*PARITY_TEXTS, *passages]
+    return [*PARITY_TEXTS, *demo_texts(demo_corpus_path())]
 
 
 def _keep_only_sentence_embedding(path: Path) -> None:
@@ -458,6 +436,7 @@ def export_model(
     *,
     fp16: bool = False,
     int8: bool = False,
+    int8_attention: bool = False,
     optimize: OptimizeLevel | None = None,
     max_seq_length: int | None = None,
     similarity: Similarity | None = None,
@@ -478,6 +457,10 @@ def export_model(
 
     if int8 and (fp16 or optimize == "O4"):
         raise ExportError("int8 (for the CPU) and fp16 (for the GPU) exclude each other: choose one")
+    if int8_attention and not int8:
+        raise ExportError(
+            "int8_attention (--int8-attention) quantizes the attention of an int8 export: add int8"
+        )
     target = Path(out)
     refuse_existing(target, overwrite)
     folder = resolve_model(model)
@@ -490,6 +473,7 @@ def export_model(
             target,
             fp16=fp16,
             int8=int8,
+            int8_attention=int8_attention,
             optimize=optimize,
             max_seq_length=max_seq_length,
             opset=opset,
@@ -535,7 +519,10 @@ def export_model(
         _keep_only_sentence_embedding(onnx_path)
         level: OptimizeLevel = optimize or "O2"  # the transformer fusions help ORT's CPU kernels too
         fusions = _optimize(onnx_path, card.num_heads, card.hidden_size, level, fp16)
-        quantization = _quantize_int8(onnx_path) if int8 else None
+        quantization = None
+        if int8:
+            calibration = tokenized_batches(st_model.tokenizer, calibration_texts(), card.max_seq_length)
+            quantization = quantize_int8(onnx_path, calibration, attention=int8_attention)
         if not (staging / "tokenizer.json").is_file():
             raise ExportError(f"{folder}: no fast tokenizer (tokenizer.json) could be saved for this model")
 

@@ -144,19 +144,29 @@ def _score_head(path: Path, activation: str) -> None:
     onnx.save(model, str(path))
 
 
+def demo_pairs() -> tuple[list[str], list[str]]:
+    """Every demo query against every demo passage (written for fastmarco, not MS MARCO text): int8's
+    calibration pairs, and part of its check."""
+    from fastmarco.demo.bundled import demo_corpus_path, demo_queries_path, demo_texts
+
+    pairs = list(product(demo_texts(demo_queries_path()), demo_texts(demo_corpus_path())))
+    return [q for q, _ in pairs], [p for _, p in pairs]
+
+
 def check_pairs(precision: str) -> tuple[list[str], list[str]]:
     """Every parity text against every other (short, long enough to truncate, empty), plus for int8 the
-    demo queries against the demo passages."""
+    demo pairs."""
     from fastmarco.model.export import PARITY_TEXTS
 
-    pairs = list(product(PARITY_TEXTS, PARITY_TEXTS))
+    queries, passages = (
+        [q for q, _ in product(PARITY_TEXTS, PARITY_TEXTS)],
+        [*PARITY_TEXTS] * len(PARITY_TEXTS),
+    )
     if precision == "int8":
-        from fastmarco.demo.bundled import demo_corpus_path, demo_queries_path
-
-        passages = [line.split("\t", 1)[1] for line in demo_corpus_path().read_text("utf-8").splitlines()]
-        queries = [line.split("\t", 1)[1] for line in demo_queries_path().read_text("utf-8").splitlines()]
-        pairs += list(product(queries, passages))
-    return [q for q, _ in pairs], [p for _, p in pairs]
+        demo_queries, demo_passages = demo_pairs()
+        queries += demo_queries
+        passages += demo_passages
+    return queries, passages
 
 
 def export_cross_encoder(
@@ -166,6 +176,7 @@ def export_cross_encoder(
     *,
     fp16: bool,
     int8: bool,
+    int8_attention: bool,
     optimize: OptimizeLevel | None,
     max_seq_length: int | None,
     opset: int | None,
@@ -176,7 +187,8 @@ def export_cross_encoder(
     from sentence_transformers import CrossEncoder
 
     from fastmarco.model.cross_encoder import CrossEncoderScorer
-    from fastmarco.model.export import _optimize, _quantize_int8, build_record, embedding_fingerprint
+    from fastmarco.model.export import _optimize, build_record, embedding_fingerprint
+    from fastmarco.model.quantize import quantize_int8, tokenized_batches
 
     cross_encoder = CrossEncoder(str(folder), device="cpu", local_files_only=True)
     card = _card(cross_encoder, folder, max_seq_length)
@@ -202,7 +214,11 @@ def export_cross_encoder(
         _score_head(onnx_path, card.activation)
         level: OptimizeLevel = optimize or "O2"
         fusions = _optimize(onnx_path, card.num_heads, card.hidden_size, level, fp16)
-        quantization = _quantize_int8(onnx_path) if int8 else None
+        quantization = None
+        if int8:
+            queries, passages = demo_pairs()
+            calibration = tokenized_batches(cross_encoder.tokenizer, queries, card.max_seq_length, passages)
+            quantization = quantize_int8(onnx_path, calibration, attention=int8_attention)
         precision = "int8" if int8 else "fp16" if fp16 or optimize == "O4" else "fp32"
         manifest: dict[str, Any] = {
             "format": MODEL_FORMAT,
