@@ -106,7 +106,7 @@ def outlier_channels(maxima: np.ndarray, factor: float = OUTLIER_FACTOR) -> npt.
 
 
 class _Graph:
-    """Index of one graph for the rewrites below: producers, consumers, initializers."""
+    """One graph's initializers, producers and tensor uses, for the rewrites below."""
 
     def __init__(self, graph: Any) -> None:
         self.graph = graph
@@ -237,6 +237,8 @@ def keep_outliers_out(
     the graph computes the same function (up to fp32 rounding)."""
     index = _Graph(model.graph)
     nodes = _weighted_nodes(model.graph, list(ops))
+    if not nodes:
+        return OutlierPlan()
     maxima = channel_maxima(model, sorted({node.input[0] for node in nodes}), feeds)
     plan = OutlierPlan()
     for node in nodes:
