@@ -64,7 +64,7 @@ class _DropQuantizationAdvice(logging.Filter):
         return "pre-processing before quantization" not in record.getMessage()
 
 
-def _weighted_nodes(graph: Any, ops: list[str]) -> list[Any]:
+def _weighted_nodes(graph: Any, ops: tuple[str, ...]) -> list[Any]:
     """The nodes of OPS dynamic quantization turns into integer kernels: those with a constant 2-D weight."""
     shapes = {init.name: tuple(init.dims) for init in graph.initializer}
     return [node for node in graph.node if node.op_type in ops and len(shapes.get(node.input[1], ())) == 2]
@@ -170,11 +170,11 @@ def _split(index: _Graph, node: Any, first: Any, activation: Any, outliers: np.n
     """Move OUTLIERS (channels between FIRST and NODE) to an fp32 side path added to NODE's output."""
     from onnx import helper
 
-    keep = np.setdiff1d(np.arange(index.array(first.input[1]).shape[1]), outliers)
     prefix = f"{node.name}/outliers"
     w_in = index.own_weight(first, 1)
     w_out = index.own_weight(node, 1)
     w_in_all, w_out_all = index.array(w_in), index.array(w_out)
+    keep = np.setdiff1d(np.arange(w_in_all.shape[1]), outliers)
     index.put(f"{prefix}/w_in", w_in_all[:, outliers])
     index.put(f"{prefix}/w_out", w_out_all[outliers, :])
     index.put(w_in, w_in_all[:, keep])
@@ -236,7 +236,7 @@ def keep_outliers_out(
     """Rewrite MODEL (an fp32 ModelProto, in place) so no quantized node's input has outlier channels;
     the graph computes the same function (up to fp32 rounding)."""
     index = _Graph(model.graph)
-    nodes = _weighted_nodes(model.graph, list(ops))
+    nodes = _weighted_nodes(model.graph, ops)
     if not nodes:
         return OutlierPlan()
     maxima = channel_maxima(model, sorted({node.input[0] for node in nodes}), feeds)
