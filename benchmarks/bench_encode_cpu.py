@@ -8,8 +8,9 @@ and quality: nDCG@10 of re-ranking the DL19 BM25 top-100 with each system's embe
 Systems: fastmarco fp32 (O2 fusions), fastmarco int8 (`export --int8`, and with `--int8-attention`),
 `SentenceTransformer.encode` (torch), sentence-transformers `backend="onnx"` and its own int8 ONNX
 (`export_dynamic_quantized_onnx_model`, avx2). Each runs on all cores with its library's defaults for
-bulk work; fastmarco's latency uses the Engine's settings (no spinning), and is measured with ORT's
-spin on too (as sentence-transformers runs). Saves results/encode_cpu.json
+bulk work; fastmarco's latency uses the Engine's settings (ORT's threads spin inside a run and stop
+when it returns), and is measured with the spin left on after each run too (ORT's default, as
+sentence-transformers runs). Saves results/encode_cpu.json
 and docs/encode-cpu.png.
 """
 
@@ -105,7 +106,7 @@ def measure(
     seconds = time.perf_counter() - started
     p50, p99 = one_query_latencies(single, queries)
     figures = {"passages_per_second": len(passages) / seconds, "query_p50_ms": p50, "query_p99_ms": p99}
-    if bulk is not single:  # fastmarco: also with ORT's spin on, as sentence-transformers runs
+    if bulk is not single:  # fastmarco: also with ORT's spin left on, as sentence-transformers runs
         p50, p99 = one_query_latencies(bulk, queries)
         figures |= {"query_p50_ms_spinning": p50, "query_p99_ms_spinning": p99}
         print(f"{'':>28}  one query spinning p50 {p50:6.2f} ms  p99 {p99:6.2f} ms", flush=True)

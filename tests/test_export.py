@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -131,6 +132,24 @@ def test_cuda_without_provider_is_an_error_not_a_fallback(exported: dict[tuple[s
     with pytest.raises(EncoderError, match=r"no CUDAExecutionProvider.*fastmarco\[gpu\]"):
         Encoder.open(exported["bert-mean-normalize", "fp32"], device="cuda")
     assert Encoder.open(exported["bert-mean-normalize", "fp32"], device="auto").device == "cpu"
+
+
+def test_busy_wait_off_stops_the_spin_when_a_run_returns_not_inside_it(
+    exported: dict[tuple[str, str], Path],
+) -> None:
+    """The Engine's setting: spinning inside a run keeps a short query fast; stopping it when the run
+    returns leaves the cores to the search and tokenizing around it."""
+
+    def entries(busy_wait: bool) -> dict[str, str]:
+        encoder = Encoder.open(exported["bert-mean-normalize", "fp32"], device="cpu", busy_wait=busy_wait)
+        options, found = encoder.session.get_session_options(), {}
+        for key in ("session.force_spinning_stop", "session.intra_op.allow_spinning"):
+            with contextlib.suppress(RuntimeError):  # ORT's answer for a key never set
+                found[key] = options.get_session_config_entry(key)
+        return found
+
+    assert entries(busy_wait=False) == {"session.force_spinning_stop": "1"}
+    assert entries(busy_wait=True) == {}
 
 
 def test_plan_batches_respects_the_token_budget() -> None:

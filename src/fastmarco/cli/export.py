@@ -20,7 +20,7 @@ from fastmarco.cli.app import main
 @click.option(
     "--int8-attention",
     is_flag=True,
-    help="With --int8, quantize the fused attention too: ~15%% faster, about twice the error.",
+    help="With --int8, quantize the fused attention too: ~15% faster, about twice the error.",
 )
 @click.option(
     "--optimize",

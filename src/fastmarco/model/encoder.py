@@ -128,9 +128,10 @@ class Encoder:
     ) -> Encoder:
         """Load the ONNX graph and tokenizer. `cuda` without CUDA is an error, never a CPU fallback.
 
-        busy_wait=False stops ONNX Runtime's CPU threads spinning after each run: right when other
-        work shares the cores between encodes (a query engine searches after each one), while bulk
-        encoding keeps the spin for back-to-back batches.
+        busy_wait=False stops ONNX Runtime's CPU threads spinning when each run returns (they still
+        spin inside it): right when other work shares the cores between encodes (a query engine
+        tokenizes before and searches after each one), while bulk encoding keeps the spin for
+        back-to-back batches.
         """
         root = Path(directory)
         model = ModelManifest.load(root)
