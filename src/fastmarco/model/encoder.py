@@ -25,7 +25,7 @@ from fastmarco.model.manifest import ModelManifest
 from fastmarco.model.runtime import Device, load_tokenizer, open_session
 
 # Per batch on CPU: a batch whose activations stay in cache is faster, and needs a third of the memory
-# (2 cores, 2026-12-02: 16,384 -> 4,096 took MiniLM int8 from 212 to 230-245 passages/s and its peak
+# (2 cores, 2026-12-02: 16,384 -> 4,096 took MiniLM int8 from 212 to 227-245 passages/s and its peak
 # RSS from 1.6 GB to 0.55 GB; 2,048 was faster still there, but leaves more cores short of work).
 # GPUs want far more.
 DEFAULT_MAX_TOKENS = 4_096
