@@ -292,7 +292,7 @@ def quantize_int8(path: Path, calibration: Iterable[Feeds], *, attention: bool =
             quantized,
             weight_type=QuantType.QInt8,
             per_channel=True,
-            reduce_range=True,  # 7-bit weights: without VNNI, x86's u8 x s8 kernels saturate at 8
+            reduce_range=True,  # 7-bit: without VNNI, x86 sums u8 x s8 pairs in int16; 8-bit overflows it
             op_types_to_quantize=list(ops),
             nodes_to_exclude=plan.fp32_nodes,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # the fused ops have no type rule
