@@ -79,7 +79,7 @@ CASES: list[tuple[str, list[str], str]] = [
     (
         "encode: bad line",
         ["encode", "--model", "{model}", "--corpus", "{bad.tsv}", "--out", "{out}", "--device", "cpu"],
-        "bad.tsv:2: no tab",
+        "bad.tsv:2: expected '<id><TAB><passage>', found no tab",
     ),
     (
         "encode: shard size 0",

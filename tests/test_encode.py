@@ -177,11 +177,10 @@ def stop_after_first_shard(rows: int, total: int, tokens: int, shard: int) -> No
 
 
 BAD_LINES = [
-    (b"7\tno problem\n8 no tab here\n", 2, "no tab between id and passage"),
+    (b"7\tno problem\n8 no tab here\n", 2, "expected '<id><TAB><passage>', found no tab"),
     (b"7\tno problem\n8\t   \n", 2, "empty passage for id 8"),
     (b"7\tno problem\n8\tbad \xff byte\n", 2, "invalid UTF-8 at byte 6"),
     (b"7\tno problem\n9\tfine\n7\tagain\n", 3, "duplicate id 7"),
-    (b"7\tno problem\nx8\tnot an int\n", 2, "id 'x8' is not an integer"),
 ]
 
 
@@ -238,7 +237,8 @@ def test_cli_reports_a_bad_line(model: Path, tmp_path: Path) -> None:
             "cpu",
         ],
     )
-    assert result.exit_code == 1 and f"{corpus}:2: no tab between id and passage" in result.output
+    assert result.exit_code == 1
+    assert f"{corpus}:2: expected '<id><TAB><passage>', found no tab" in result.output
     assert os.path.exists(tmp_path / "s" / "manifest.json")  # the (empty, incomplete) set stays resumable
 
 
@@ -312,7 +312,8 @@ def test_a_bad_line_in_a_worker_names_the_worker_file_and_line(model: Path, tmp_
     lines[250] = b"no tab in this line\n"
     corpus = tmp_path / "c.tsv"
     corpus.write_bytes(b"".join(lines))
-    with pytest.raises(WorkerError, match=rf"worker 1 \(cpu\): FormatError: {corpus}:251: no tab"):
+    reason = "expected '<id><TAB><passage>', found no tab"
+    with pytest.raises(WorkerError, match=rf"worker 1 \(cpu\): FormatError: {corpus}:251: {reason}"):
         encode_corpus_on_devices(model, corpus, tmp_path / "s", ["cpu", "cpu"], rows_per_shard=100)
 
 

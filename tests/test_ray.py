@@ -120,7 +120,8 @@ def test_a_bad_line_names_the_worker_and_the_global_line(
     lines[250] = b"no tab in this line\n"
     corpus = tmp_path / "c.tsv"
     corpus.write_bytes(b"".join(lines))
-    with pytest.raises(WorkerError, match=rf"Ray worker 1 \(cpu\): FormatError: {corpus}:251: no tab"):
+    reason = "expected '<id><TAB><passage>', found no tab"
+    with pytest.raises(WorkerError, match=rf"Ray worker 1 \(cpu\): FormatError: {corpus}:251: {reason}"):
         encode_corpus_on_devices(
             model, corpus, tmp_path / "s", ["cpu", "cpu"], rows_per_shard=100, runner=RayRunner()
         )

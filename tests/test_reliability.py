@@ -85,15 +85,14 @@ def test_an_index_over_shards_with_other_checksums_is_refused(tmp_path: Path) ->
         VectorIndex.open(tmp_path / "i")
 
 
-def test_an_id_beyond_int64_in_a_corpus_is_a_bad_line(model: Path, tmp_path: Path) -> None:
+def test_an_id_beyond_int64_keeps_the_corpus_ids_as_strings(model: Path, tmp_path: Path) -> None:
+    """Ids are never reinterpreted (fastmarco.corpus.ids): one that int64 cannot hold is still an id,
+    and the whole corpus keeps its ids as the strings they are."""
     corpus = tmp_path / "c.tsv"
     corpus.write_text(f"1\tone\n{2**64}\ttoo big\n{2**63}\tjust too big\n3\tthree\n")
-    encoder = Encoder.open(model, device="cpu")
-    with pytest.raises(FormatError, match=rf"c\.tsv:2: id {2**64} is beyond the int64 range"):
-        encode_corpus(encoder, corpus, tmp_path / "s")
-    summary = encode_corpus(encoder, corpus, tmp_path / "t", on_bad_line="skip")
-    assert (summary.rows, summary.skipped) == (2, 2)
-    assert ShardSet.open(tmp_path / "t").ids().tolist() == [1, 3]
+    summary = encode_corpus(Encoder.open(model, device="cpu"), corpus, tmp_path / "s")
+    assert (summary.rows, summary.skipped) == (4, 0)
+    assert ShardSet.open(tmp_path / "s").ids().tolist() == ["1", str(2**64), str(2**63), "3"]
 
 
 def test_another_export_of_the_same_model_cannot_resume_or_query(

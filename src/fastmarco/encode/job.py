@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastmarco import _native
+from fastmarco.corpus.ids import integer_key
+from fastmarco.corpus.msmarco_tsv import BOM
 from fastmarco.errors import EncodeMismatchError, InputError
 from fastmarco.model.manifest import ModelManifest
-from fastmarco.store.formats import BOM
 from fastmarco.store.shards import MANIFEST_NAME, DType, IdType, Manifest, ShardSet
 
 OnBadLine = Literal["error", "skip"]
@@ -44,9 +45,15 @@ def count_lines(path: Path) -> int:
 
 
 def detect_id_type(corpus: Path) -> IdType:
+    """'int' when every id of the corpus may be stored as an integer (fastmarco.corpus.ids), else
+    'str': `007` beside `7` keeps every id a string. A line without a tab has no id; the reader
+    judges it."""
     with open(corpus, "rb") as handle:
-        first = handle.readline().removeprefix(BOM).split(b"\t", 1)[0]
-    return "int" if first.isdigit() else "str"
+        for number, raw in enumerate(handle, 1):
+            head, tab, _ = (raw.removeprefix(BOM) if number == 1 else raw).partition(b"\t")
+            if tab and integer_key(head.decode("latin-1")) is None:
+                return "str"
+    return "int"
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import numpy as np
 
 from fastmarco._atomic import fsync_dir, write_bytes_atomic
 from fastmarco._locks import output_lock
+from fastmarco.corpus.msmarco_tsv import BOM
 from fastmarco.encode.job import (
     DEFAULT_CHUNK_ROWS,
     LOCK_NAME,
@@ -43,7 +44,6 @@ from fastmarco.encode.job import (
 from fastmarco.encode.reader import plan_parts
 from fastmarco.encode.runners import PartTask, ProcessRunner, Progress, Runner
 from fastmarco.errors import EncodeMismatchError, FormatError, InputError
-from fastmarco.store.formats import BOM
 from fastmarco.store.shards import MANIFEST_NAME, DType, Manifest, ShardEntry, ShardSet
 
 PARTS_NAME = ".parts"

@@ -10,10 +10,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from fastmarco.corpus.formats import corpus_format
 from fastmarco.encode.job import LineRange, OnBadLine, count_lines
 from fastmarco.errors import FormatError
-from fastmarco.store.formats import line_body
-from fastmarco.store.shards import INT64_MAX
 
 
 @dataclass
@@ -37,17 +36,9 @@ class CorpusReader:
         self.skipped = 0
         self.seen = seen
 
-    def problem(self, pid: str, text: str | None) -> str | None:
-        if text is None:
-            return "no tab between id and passage"
-        if not pid or pid != pid.strip():
-            return f"empty or space-padded id {pid!r}"
-        if not text.strip():
-            return f"empty passage for id {pid}"
-        if self.id_type == "int" and not (pid.isascii() and pid.isdigit()):
-            return f"id {pid!r} is not an integer like the corpus's other ids"
-        if self.id_type == "int" and int(pid) > INT64_MAX:
-            return f"id {pid} is beyond the int64 range of integer ids"
+    def problem(self, pid: str) -> str | None:
+        """A well-formed line's id seen before. Integer storage was chosen because every id of the
+        corpus is a canonical integer (encode.job.detect_id_type), so int(pid) is that id."""
         key = int(pid) if self.id_type == "int" else pid
         if key in self.seen:
             return f"duplicate id {pid}"
@@ -56,28 +47,22 @@ class CorpusReader:
 
     def lines(self, start_byte: int, start_line: int, stop_line: int | None = None) -> Iterator[CorpusLine]:
         with open(self.path, "rb") as handle:
-            handle.seek(start_byte)
-            offset, number = start_byte, start_line
-            for raw in handle:
-                if number == stop_line:
+            for line in corpus_format("msmarco-tsv").lines(
+                self.path, start_byte=start_byte, start_line=start_line
+            ):
+                if line.number - 1 == stop_line:
                     return
-                number += 1
-                offset += len(raw)
-                body = line_body(self.path, number, raw)
-                try:
-                    line = body.decode("utf-8")
-                    pid, tab, text = line.partition("\t")
-                    reason = self.problem(pid, text if tab else None)
-                except UnicodeDecodeError as exc:
-                    pid, text, reason = "", "", f"invalid UTF-8 at byte {exc.start} of the line"
-                if reason is None:
-                    yield CorpusLine(number, offset, pid, text)
+                reason = line.problem if line.record is None else self.problem(line.record.id)
+                if line.record is not None and reason is None:
+                    yield CorpusLine(line.number, line.end, line.record.id, line.record.text)
                     continue
                 if self.on_bad_line == "error" or self.skipped_file is None:
-                    raise FormatError(self.path, number, reason)
+                    raise FormatError(self.path, line.number, reason or "unreadable line")
                 self.skipped += 1
+                handle.seek(line.start)
+                body = handle.read(line.end - line.start).rstrip(b"\n")
                 shown = body.decode("utf-8", errors="backslashreplace").replace("\t", "\\t")
-                self.skipped_file.write(f"{number}\t{reason}\t{shown}\n")
+                self.skipped_file.write(f"{line.number}\t{reason}\t{shown}\n")
 
 
 def line_offsets(path: Path, lines: Sequence[int]) -> list[int]:

@@ -36,6 +36,7 @@ from fastmarco import __version__
 from fastmarco._atomic import write_bytes_atomic
 from fastmarco._locks import output_lock
 from fastmarco._pause import pause_if_asked
+from fastmarco.corpus.ids import all_integer
 from fastmarco.errors import InputError, MismatchError, OutputExistsError
 from fastmarco.mine.outputs import (
     HARD_NEGATIVES,
@@ -50,7 +51,7 @@ from fastmarco.mine.select import Selection, pick
 from fastmarco.mine.systems import BM25System, IndexSystem, Retrieved, System
 from fastmarco.model.runtime import Device
 from fastmarco.store.formats import load_qrels, load_queries
-from fastmarco.store.passages import PassageStore, canonical_int
+from fastmarco.store.passages import PassageStore
 
 # Testing aid, as encode's: pause (until killed) once this many blocks are written in this run.
 PAUSE_ENV = "FASTMARCO_DEBUG_PAUSE_AFTER_BLOCKS"
@@ -335,7 +336,7 @@ def mine(
 
         started = time.perf_counter()
         names = [s.name for s in systems]
-        integers = all(canonical_int(q.qid) for q in queries) and passages.integer_ids
+        integers = all_integer(q.qid for q in queries) and passages.integer_ids
         writers = OutputWriters(target, names, spec.selection.num_negatives, spec.train_format, integers)
         try:
             for number, block in enumerate(blocks):

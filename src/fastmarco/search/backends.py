@@ -60,6 +60,10 @@ class SearchIndex(Protocol):
         self, queries: npt.ArrayLike, k: int, *, refine: int | None = None, threads: int = 0
     ) -> SearchResult: ...
 
+    def stored_vectors(self) -> ShardSet:
+        """The shard set whose rows `search` returns: pid -> row -> vector lookups (mining)."""
+        ...
+
     def close(self) -> None:
         """Release what the index holds beyond this process's memory (remote actors)."""
         ...
@@ -209,6 +213,9 @@ class VectorIndex:
     def model_directory(self) -> str | None:
         directory = self.shard_set.metadata.get("model", {}).get("directory")
         return directory if isinstance(directory, str) else None
+
+    def stored_vectors(self) -> ShardSet:
+        return self.shard_set
 
     def close(self) -> None:
         """Nothing to release: the shards' memory maps go with the object."""

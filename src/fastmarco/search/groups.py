@@ -21,6 +21,7 @@ from fastmarco.errors import IndexMismatchError, InputError
 from fastmarco.search.backends import SearchResult, VectorIndex
 from fastmarco.search.index import GROUPS_MANIFEST, GroupsManifest, ShardGroup, check_shards_unchanged
 from fastmarco.search.kernels import MISSING_ID, as_queries, check_k, merge_topk
+from fastmarco.store.shards import ShardSet
 
 
 class GroupSearcher(Protocol):
@@ -97,6 +98,7 @@ class GroupedIndex:
         self.manifest = manifest
         self.searcher = searcher
         self.first_rows = [group.first_row for group in manifest.groups]
+        self._shard_set: ShardSet | None = None
 
     @classmethod
     def open(
@@ -168,6 +170,14 @@ class GroupedIndex:
         directory = Manifest.load(self.manifest.shard_directory(self.directory)).metadata.get("model", {})
         found = directory.get("directory")
         return found if isinstance(found, str) else None
+
+    def stored_vectors(self) -> ShardSet:
+        """The whole shard set behind the groups (opened on first use, its sizes and headers checked;
+        the groups verified their shards' checksums at open): rows here are the global rows search
+        returns."""
+        if self._shard_set is None:
+            self._shard_set = ShardSet.open(self.manifest.shard_directory(self.directory))
+        return self._shard_set
 
     def search(
         self, queries: npt.ArrayLike, k: int, *, refine: int | None = None, threads: int = 0

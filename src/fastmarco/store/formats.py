@@ -1,6 +1,7 @@
 """Streaming readers and atomic writers for the MS MARCO file formats.
 
-- collection.tsv / queries.tsv: ``id<TAB>text`` (the text is everything after the first tab);
+- collection.tsv / queries.tsv: ``id<TAB>text``, read by the registered corpus format
+  (fastmarco.corpus.msmarco_tsv);
 - qrels: ``qid iter pid grade`` whitespace separated (TREC ``qid Q0 pid grade`` and MS MARCO
   ``qid<TAB>0<TAB>pid<TAB>1`` alike);
 - runs: MS MARCO ``qid<TAB>pid<TAB>rank`` or TREC ``qid Q0 pid rank score tag``.
@@ -23,11 +24,12 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco._atomic import write_atomic
+from fastmarco.corpus.formats import read_records
+from fastmarco.corpus.msmarco_tsv import BOM, line_body
 from fastmarco.errors import FormatError, InputError
 
 RunFormat = Literal["msmarco", "trec"]
 _READ_BUFFER = 1 << 20
-BOM = b"\xef\xbb\xbf"
 
 
 class Judgement(NamedTuple):
@@ -43,23 +45,6 @@ class RunEntry(NamedTuple):
     score: float | None  # None in MS MARCO run files, which carry no score
 
 
-def line_body(path: str | os.PathLike[str], number: int, raw: bytes) -> bytes:
-    """A raw line without its newline, and without a UTF-8 byte order mark on line 1 (as Python's
-    utf-8-sig and pandas read it). A carriage return left inside the line means CR-only line endings
-    (the whole file would read as one line) or a stray CR: refused, naming the line. CRLF is fine."""
-    body = raw[:-1] if raw.endswith(b"\n") else raw
-    if number == 1:
-        body = body.removeprefix(BOM)
-    if b"\r" in body.rstrip(b"\r"):
-        raise FormatError(
-            path,
-            number,
-            "carriage return (CR, \\r) inside the line: the file uses CR line endings or holds a stray CR; "
-            "lines must end in LF (\\n) or CRLF",
-        )
-    return body
-
-
 def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
     """(line number, text without the trailing newline), strict UTF-8."""
     with open(path, "rb", buffering=_READ_BUFFER) as handle:
@@ -71,26 +56,14 @@ def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
                 raise FormatError(path, number, f"invalid UTF-8 at byte {exc.start} of the line") from exc
 
 
-def _read_id_text(path: str | os.PathLike[str], what: str) -> Iterator[tuple[str, str]]:
-    for number, line in _lines(path):
-        ident, tab, text = line.partition("\t")
-        if not tab:
-            raise FormatError(path, number, f"expected '<id><TAB><{what}>', found no tab")
-        if not ident.strip() or ident != ident.strip():
-            raise FormatError(path, number, f"empty or space-padded id {ident!r}")
-        if not text.strip():
-            raise FormatError(path, number, f"empty {what} for id {ident}")
-        yield ident, text
-
-
 def read_collection(path: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:
     """Stream (pid, passage) pairs from a collection.tsv."""
-    return _read_id_text(path, "passage")
+    return ((record.id, record.text) for record in read_records(path, what="passage"))
 
 
 def read_queries(path: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:
     """Stream (qid, query) pairs from a queries.tsv."""
-    return _read_id_text(path, "query")
+    return ((record.id, record.text) for record in read_records(path, what="query"))
 
 
 def load_queries(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -22,11 +22,12 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco._atomic import write_bytes_atomic
+from fastmarco.corpus.formats import corpus_format
+from fastmarco.corpus.ids import all_integer, lookup_keys
 from fastmarco.errors import FormatError, InputError, StoreIOError
-from fastmarco.store.formats import BOM, line_body
 
 OFFSETS_SUFFIX = ".offsets.npz"
-OFFSETS_VERSION = 1
+OFFSETS_VERSION = 2  # 2: integer keys by fastmarco.corpus.ids (19-digit ids within int64 included)
 
 
 def _stamp(path: Path) -> dict[str, int]:
@@ -34,38 +35,18 @@ def _stamp(path: Path) -> dict[str, int]:
     return {"version": OFFSETS_VERSION, "size": info.st_size, "mtime_ns": info.st_mtime_ns}
 
 
-def canonical_int(pid: str) -> bool:
-    """A pid that round-trips through int64 unchanged (MS MARCO's): stored as an integer key."""
-    return pid.isascii() and pid.isdigit() and len(pid) <= 18 and (pid == "0" or pid[0] != "0")
-
-
 def _scan(path: Path) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64]]:
-    """(pids sorted, line start of each); every line checked. Integer keys where every pid is one."""
+    """(keys sorted, line start of each); every line checked. Integer keys where every pid may be one
+    (fastmarco.corpus.ids)."""
     pids: list[str] = []
     starts: list[int] = []
-    offset = 0
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            start, body = offset, line_body(path, number, raw)
-            offset += len(raw)
-            if number == 1 and raw.startswith(BOM):
-                start += len(BOM)
-            pid_bytes, tab, text = body.partition(b"\t")
-            if not tab:
-                raise FormatError(path, number, "expected '<id><TAB><passage>', found no tab")
-            try:
-                pid = pid_bytes.decode("utf-8")
-                text.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise FormatError(path, number, f"invalid UTF-8 at byte {exc.start}") from exc
-            if not pid.strip() or pid != pid.strip():
-                raise FormatError(path, number, f"empty or space-padded id {pid!r}")
-            if not text.strip():
-                raise FormatError(path, number, f"empty passage for id {pid}")
-            pids.append(pid)
-            starts.append(start)
-    integer = all(canonical_int(pid) for pid in pids)
-    keys = np.array([int(pid) for pid in pids] if integer else pids, dtype=np.int64 if integer else str)
+    for line in corpus_format("msmarco-tsv").lines(path):
+        if line.record is None:
+            raise FormatError(path, line.number, line.problem or "unreadable line")
+        pids.append(line.record.id)
+        starts.append(line.start)
+    integer = all_integer(pids)
+    keys = lookup_keys(pids, integer) if integer else np.array(pids, dtype=str)
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1]) if len(keys) > 1 else np.empty(0, np.int64)
@@ -111,16 +92,11 @@ class PassageStore:
 
     @property
     def integer_ids(self) -> bool:
-        """Every pid is a canonical integer (MS MARCO's)."""
+        """Every pid may be stored as an integer (fastmarco.corpus.ids), as MS MARCO's may."""
         return bool(self._pids.dtype.kind == "i")
 
     def _position(self, pid: str) -> int:
-        if self._pids.dtype.kind == "i":
-            if not canonical_int(pid):
-                return -1
-            key: Any = int(pid)
-        else:
-            key = pid
+        key = lookup_keys([pid], self.integer_ids)[0]
         at = int(np.searchsorted(self._pids, key))
         return at if at < len(self._pids) and self._pids[at] == key else -1
 

@@ -29,6 +29,7 @@ import numpy.typing as npt
 from fastmarco import _native
 from fastmarco._atomic import write_bytes_atomic
 from fastmarco._json import read_json_document
+from fastmarco.corpus.ids import lookup_keys
 from fastmarco.errors import InputError, ShardChecksumError, ShardFormatError
 from fastmarco.search.kernels import Metric, as_queries, check_k, merge_topk
 
@@ -382,6 +383,7 @@ class ShardSet:
         self.first_row = first_row  # of a shard group: where its row 0 lies in the whole set
         self.offsets = np.cumsum([0] + [f.rows for f in files], dtype=np.int64)
         self._ids: npt.NDArray[Any] | None = None
+        self._id_order: npt.NDArray[np.int64] | None = None  # argsort of the ids, built by rows_of
 
     @classmethod
     def open(
@@ -520,6 +522,31 @@ class ShardSet:
             raise InputError(f"row numbers must lie in [0, {len(self)})")
         out = self._ids[np.where(missing, 0, index)] if len(self) else np.empty(index.shape, self._ids.dtype)
         out[missing] = -1 if self.manifest.id_type == "int" else ""
+        return out
+
+    def rows_of(self, pids: Sequence[str]) -> npt.NDArray[np.int64]:
+        """The row of each pid (by the project's id rule, fastmarco.corpus.ids); -1 where the shard
+        set has no such id."""
+        if self._id_order is None:
+            self._id_order = np.argsort(self.ids(), kind="stable")
+        sorted_ids = self.ids()[self._id_order]
+        keys = lookup_keys(pids, self.manifest.id_type == "int")
+        if not len(sorted_ids):
+            return np.full(len(keys), -1, dtype=np.int64)
+        where = np.minimum(np.searchsorted(sorted_ids, keys), len(sorted_ids) - 1)
+        found = sorted_ids[where] == keys
+        return np.where(found, self._id_order[where], -1).astype(np.int64)
+
+    def vectors_of(self, rows: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """(len(rows), dim) float32 copies of the given rows' stored vectors."""
+        index = np.asarray(rows, dtype=np.int64)
+        if ((index < 0) | (index >= len(self))).any():
+            raise InputError(f"row numbers must lie in [0, {len(self)})")
+        shard = np.searchsorted(self.offsets, index, side="right") - 1
+        out = np.empty((len(index), self.dim), dtype=np.float32)
+        for s in np.unique(shard):
+            picked = shard == s
+            out[picked] = self.files[s].vectors[index[picked] - self.offsets[s]]
         return out
 
     def _load_ids(self) -> npt.NDArray[Any]:
