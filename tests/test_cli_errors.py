@@ -15,7 +15,7 @@ from fastmarco.store.shards import write_shards
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory, exported: dict[tuple[str, str], Path]) -> dict[str, Path]:
     pytest.importorskip("faiss", reason="needs faiss (the cpu extra)")
-    from fastmarco.demo.bundled import demo_corpus_path
+    from fastmarco.corpus.bundled import demo_corpus_path
     from fastmarco.encode.local import encode_corpus
     from fastmarco.model.encoder import Encoder
     from fastmarco.search.index import build_index

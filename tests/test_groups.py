@@ -158,7 +158,7 @@ def test_ray_is_only_for_grouped_indexes(shards: Path, tmp_path: Path) -> None:
 def test_cli_grouped_index_answers_like_the_single_one(
     exported: dict[tuple[str, str], Path], tmp_path: Path
 ) -> None:
-    from fastmarco.demo.bundled import demo_corpus_path, demo_queries_path
+    from fastmarco.corpus.bundled import demo_corpus_path, demo_queries_path
     from fastmarco.encode.local import encode_corpus
     from fastmarco.model.encoder import Encoder
     from fastmarco.store.formats import load_queries

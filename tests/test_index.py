@@ -136,7 +136,7 @@ def test_plan_estimates_peak_rss_within_25_percent(tmp_path: Path) -> None:
 def test_engine_is_thread_safe_and_matches_serial(
     exported: dict[tuple[str, str], Path], tmp_path: Path
 ) -> None:
-    from fastmarco.demo.bundled import demo_corpus_path, demo_queries_path
+    from fastmarco.corpus.bundled import demo_corpus_path, demo_queries_path
     from fastmarco.encode.local import encode_corpus
     from fastmarco.model.encoder import Encoder
     from fastmarco.store.formats import load_queries
@@ -156,7 +156,7 @@ def test_engine_is_thread_safe_and_matches_serial(
 
 
 def test_engine_refuses_another_model(exported: dict[tuple[str, str], Path], tmp_path: Path) -> None:
-    from fastmarco.demo.bundled import demo_corpus_path
+    from fastmarco.corpus.bundled import demo_corpus_path
     from fastmarco.encode.local import encode_corpus
     from fastmarco.model.encoder import Encoder
 

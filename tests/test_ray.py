@@ -186,7 +186,7 @@ def test_a_group_that_cannot_open_is_named(cluster: object, grouped: Path, tmp_p
 def test_query_cli_on_ray_prints_what_one_process_prints(
     cluster: object, model: Path, tmp_path: Path
 ) -> None:
-    from fastmarco.demo.bundled import demo_corpus_path
+    from fastmarco.corpus.bundled import demo_corpus_path
     from fastmarco.encode.local import encode_corpus
     from fastmarco.model.encoder import Encoder
 

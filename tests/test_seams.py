@@ -115,7 +115,7 @@ def test_engine_threads_budget_reaches_onnx_runtime_and_keeps_results(
     exported: dict[tuple[str, str], Path], tmp_path: Path
 ) -> None:
     pytest.importorskip("faiss", reason="needs faiss (the cpu extra)")
-    from fastmarco.demo.bundled import demo_corpus_path
+    from fastmarco.corpus.bundled import demo_corpus_path
     from fastmarco.encode.local import encode_corpus
     from fastmarco.model.encoder import Encoder
     from fastmarco.search.engine import Engine

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from fastmarco._version import __version__
 from fastmarco.encode.local import encode_corpus
 from fastmarco.errors import (
     EncodeMismatchError,

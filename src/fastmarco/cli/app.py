@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-from fastmarco import __version__
+from fastmarco._version import __version__
 from fastmarco.errors import FastmarcoError
 
 FC = TypeVar("FC", bound=Callable[..., Any])

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from fastmarco import __version__
+from fastmarco._version import __version__
 from fastmarco.cli.app import DEVICE, POSITIVE, main
 
 

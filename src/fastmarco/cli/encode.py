@@ -51,7 +51,7 @@ def encode(
     quiet: bool,
 ) -> None:
     """Embed a whole corpus into memory-mapped shards; rerun the same command to resume."""
-    from fastmarco.demo.bundled import demo_corpus_path
+    from fastmarco.corpus.bundled import demo_corpus_path
     from fastmarco.encode.local import encode_corpus
     from fastmarco.encode.parallel import encode_corpus_on_devices, parse_devices
     from fastmarco.encode.progress import ProgressLine

@@ -107,7 +107,7 @@ def bundled_model_dir() -> Path:
 def run_pipeline(workdir: str | os.PathLike[str], device: str = "auto") -> PipelineReport:
     """The main job on embedded defaults: export the bundled all-MiniLM-L6-v2, encode the bundled
     demo corpus to shards, index them, answer the demo queries and score them against their qrels."""
-    from fastmarco.demo.bundled import demo_corpus_path, demo_qrels_path, demo_queries_path
+    from fastmarco.corpus.bundled import demo_corpus_path, demo_qrels_path, demo_queries_path
     from fastmarco.encode.local import encode_corpus
     from fastmarco.eval.metrics import evaluate
     from fastmarco.model.encoder import Encoder

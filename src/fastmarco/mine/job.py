@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fastmarco import __version__
 from fastmarco._atomic import write_bytes_atomic
 from fastmarco._locks import output_lock
 from fastmarco._pause import pause_if_asked
+from fastmarco._version import __version__
 from fastmarco.corpus.ids import all_integer
 from fastmarco.errors import InputError, MismatchError, OutputExistsError
 from fastmarco.mine.outputs import (

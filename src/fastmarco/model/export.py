@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fastmarco import __version__
 from fastmarco._atomic import publish_directory, refuse_existing, staging_directory
+from fastmarco._version import __version__
 from fastmarco.errors import ExportError
 from fastmarco.model.export_cross import CrossEncoderCard, export_cross_encoder, is_cross_encoder
 from fastmarco.model.manifest import MANIFEST_NAME, MODEL_FORMAT, MODEL_FORMAT_VERSION
@@ -398,7 +398,7 @@ def _optimize(
 def calibration_texts() -> list[str]:
     """What int8 calibration sees: the bundled demo passages and queries (written for fastmarco, not
     MS MARCO text, so no evaluated passage shapes the quantization)."""
-    from fastmarco.demo.bundled import demo_corpus_path, demo_queries_path, demo_texts
+    from fastmarco.corpus.bundled import demo_corpus_path, demo_queries_path, demo_texts
 
     return demo_texts(demo_corpus_path()) + demo_texts(demo_queries_path())
 
@@ -406,7 +406,7 @@ def calibration_texts() -> list[str]:
 def _check_texts(precision: str) -> list[str]:
     if precision != "int8":
         return list(PARITY_TEXTS)
-    from fastmarco.demo.bundled import demo_corpus_path, demo_texts
+    from fastmarco.corpus.bundled import demo_corpus_path, demo_texts
 
     return [*PARITY_TEXTS, *demo_texts(demo_corpus_path())]
 

@@ -147,7 +147,7 @@ def _score_head(path: Path, activation: str) -> None:
 def demo_pairs() -> tuple[list[str], list[str]]:
     """Every demo query against every demo passage (written for fastmarco, not MS MARCO text): int8's
     calibration pairs, and part of its check."""
-    from fastmarco.demo.bundled import demo_corpus_path, demo_queries_path, demo_texts
+    from fastmarco.corpus.bundled import demo_corpus_path, demo_queries_path, demo_texts
 
     pairs = list(product(demo_texts(demo_queries_path()), demo_texts(demo_corpus_path())))
     return [q for q, _ in pairs], [p for _, p in pairs]

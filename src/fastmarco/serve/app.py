@@ -26,7 +26,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fastmarco import __version__
+from fastmarco._version import __version__
 from fastmarco.errors import (
     FastmarcoError,
     FieldError,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def _data(name: str) -> Path:
-    return Path(str(resources.files("fastmarco.demo") / "data" / name))
+    return Path(str(resources.files("fastmarco.corpus") / "data" / name))
 
 
 def demo_corpus_path() -> Path:
