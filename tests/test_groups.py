@@ -14,9 +14,9 @@ from test_index import clustered, recall_at_10
 pytest.importorskip("faiss", reason="needs faiss (the cpu extra)")
 
 from fastmarco.cli.app import main
+from fastmarco.engine import Engine
 from fastmarco.errors import IndexMismatchError, InputError, ManifestError
 from fastmarco.search.backends import SearchResult, VectorIndex
-from fastmarco.search.engine import Engine
 from fastmarco.search.groups import GroupedIndex, merge_group_results
 from fastmarco.search.index import (
     GROUPS_MANIFEST,

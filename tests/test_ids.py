@@ -116,7 +116,7 @@ def test_serve_answers_each_passage_with_its_own_text(built: dict[str, Path]) ->
     pytest.importorskip("starlette", reason="needs the serve extra: pip install '.[serve]'")
     from starlette.testclient import TestClient
 
-    from fastmarco.search.engine import Engine
+    from fastmarco.engine import Engine
     from fastmarco.serve.app import ServeConfig, create_app
 
     engine = Engine.open(built["index"], device="cpu")

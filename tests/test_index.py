@@ -16,9 +16,9 @@ import pytest
 
 pytest.importorskip("faiss", reason="needs faiss (the cpu extra)")
 
+from fastmarco.engine import Engine
 from fastmarco.errors import IndexMismatchError, InputError, ManifestError
 from fastmarco.search.backends import VectorIndex
-from fastmarco.search.engine import Engine
 from fastmarco.search.index import IndexManifest, build_index, factory_for, plan_index
 from fastmarco.store.shards import ShardSet, write_shards
 

@@ -99,8 +99,8 @@ def test_another_export_of_the_same_model_cannot_resume_or_query(
     tiny: dict[str, Path], tmp_path: Path
 ) -> None:
     pytest.importorskip("faiss", reason="needs faiss (the cpu extra)")
+    from fastmarco.engine import Engine
     from fastmarco.model.export import export_model
-    from fastmarco.search.engine import Engine
     from fastmarco.search.index import build_index
 
     long = export_model(str(tiny["bert-mean-normalize"]), tmp_path / "m48")

@@ -117,8 +117,8 @@ def test_engine_threads_budget_reaches_onnx_runtime_and_keeps_results(
     pytest.importorskip("faiss", reason="needs faiss (the cpu extra)")
     from fastmarco.corpus.bundled import demo_corpus_path
     from fastmarco.encode.local import encode_corpus
+    from fastmarco.engine import Engine
     from fastmarco.model.encoder import Encoder
-    from fastmarco.search.engine import Engine
     from fastmarco.search.index import build_index
 
     model = exported["bert-mean-normalize", "fp32"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastmarco._version import __version__
 from fastmarco.encode.local import encode_corpus
+from fastmarco.engine import Engine
 from fastmarco.errors import (
     EncodeMismatchError,
     EncoderError,
@@ -20,7 +21,6 @@ from fastmarco.errors import (
 from fastmarco.model.encoder import Encoder
 from fastmarco.model.export import export_model
 from fastmarco.search.backends import SearchResult, VectorIndex
-from fastmarco.search.engine import Engine
 from fastmarco.search.index import build_index
 from fastmarco.search.kernels import MISSING_ID, exact_search, merge_topk
 from fastmarco.store.passages import PassageStore

@@ -132,8 +132,8 @@ def query(
     as_json: bool,
 ) -> None:
     """Search INDEX_DIR for TEXT, or for every query of --queries into --run."""
+    from fastmarco.engine import Engine
     from fastmarco.pipelines.retrieve import retrieve_run, search_hits
-    from fastmarco.search.engine import Engine
     from fastmarco.store.formats import load_queries, write_run
     from fastmarco.store.passages import PassageStore
 

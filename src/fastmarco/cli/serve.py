@@ -86,7 +86,7 @@ def serve(
         raise click.ClickException(
             f"fastmarco serve needs the serve extra ({exc.name} is missing): pip install 'fastmarco[serve]'"
         ) from exc
-    from fastmarco.search.engine import Engine
+    from fastmarco.engine import Engine
     from fastmarco.serve.schema import Limits
     from fastmarco.serve.server import bind
     from fastmarco.serve.server import serve as run_server

@@ -109,10 +109,10 @@ def run_pipeline(workdir: str | os.PathLike[str], device: str = "auto") -> Pipel
     demo corpus to shards, index them, answer the demo queries and score them against their qrels."""
     from fastmarco.corpus.bundled import demo_corpus_path, demo_qrels_path, demo_queries_path
     from fastmarco.encode.local import encode_corpus
+    from fastmarco.engine import Engine
     from fastmarco.eval.metrics import evaluate
     from fastmarco.model.encoder import Encoder
     from fastmarco.model.export import export_model
-    from fastmarco.search.engine import Engine
     from fastmarco.search.index import build_index
     from fastmarco.store.formats import load_qrels, load_queries, read_collection
 

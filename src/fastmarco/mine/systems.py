@@ -11,8 +11,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from fastmarco.engine import Engine
 from fastmarco.errors import InputError
-from fastmarco.search.engine import Engine
 
 
 @dataclass

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastmarco.engine import Engine
 from fastmarco.search.backends import SearchResult
-from fastmarco.search.engine import Engine
 from fastmarco.store.formats import RunEntry
 from fastmarco.store.passages import PassageStore
 

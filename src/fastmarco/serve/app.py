@@ -27,6 +27,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fastmarco._version import __version__
+from fastmarco.engine import Engine
 from fastmarco.errors import (
     FastmarcoError,
     FieldError,
@@ -37,7 +38,6 @@ from fastmarco.errors import (
     WorkerError,
 )
 from fastmarco.pipelines.retrieve import hits_of
-from fastmarco.search.engine import Engine
 from fastmarco.serve.batcher import Batcher, Job, JobResult
 from fastmarco.serve.metrics import Metrics
 from fastmarco.serve.schema import Limits, embeddings_request, parse_json, search_request

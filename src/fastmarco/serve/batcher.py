@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from fastmarco.engine import Engine
 from fastmarco.errors import OverloadedError
 from fastmarco.model.encoder import Tokenized
 from fastmarco.search.backends import SearchResult
-from fastmarco.search.engine import Engine
 from fastmarco.serve.metrics import Metrics
 
 
