@@ -32,14 +32,10 @@ from _common import environment, save
 
 from fastmarco import ShardSet, ShardWriter
 from fastmarco.search.backends import VectorIndex
-from fastmarco.search.index import (
-    KINDS,
-    IndexManifest,
-    build_index,
-    default_nprobe,
-    describe_factory,
-    plan_index,
-)
+from fastmarco.search.exact import search_shards
+from fastmarco.search.faiss_kinds import default_nprobe
+from fastmarco.search.index import IndexManifest, build_index, describe_factory, plan_index
+from fastmarco.search.kinds import kind_names
 
 PROFILE = Path(__file__).with_name("msmarco_profile.json")
 LATENT = 96
@@ -102,7 +98,7 @@ def percentile_ms(samples: list[float], q: float) -> float:
 
 
 def score_profile(shard_set: ShardSet, queries: np.ndarray) -> dict[str, float]:
-    scores, _ = shard_set.search(queries, 100)
+    scores, _ = search_shards(shard_set, queries, 100)
     return {f"top{k}": float(scores[:, k - 1].mean()) for k in (1, 10, 100)}
 
 
@@ -242,9 +238,9 @@ def main() -> None:
         return
 
     kinds = [k.strip() for k in args.kinds.split(",")]
-    unknown = set(kinds) - set(KINDS)
+    unknown = set(kinds) - set(kind_names())
     if unknown:
-        parser.error(f"--kinds: unknown {sorted(unknown)}; choose from {list(KINDS)}")
+        parser.error(f"--kinds: unknown {sorted(unknown)}; choose from {list(kind_names())}")
     shards = args.workdir / f"shards-{args.rows}x{args.dim}"
     if not (shards / "manifest.json").is_file():
         shutil.rmtree(shards, ignore_errors=True)
@@ -252,7 +248,7 @@ def main() -> None:
         write_synthetic_shards(shards, args.rows, args.dim, args.rows_per_shard)
     shard_set = ShardSet.open(shards)
     started = time.perf_counter()
-    _, truth = shard_set.search(queries, 100)
+    _, truth = search_shards(shard_set, queries, 100)
     exact_seconds = time.perf_counter() - started
     body: dict[str, Any] = {
         "rows": args.rows,

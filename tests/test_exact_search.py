@@ -8,6 +8,7 @@ import pytest
 from reference import assert_topk_matches, brute_force_scores, brute_force_topk
 
 from fastmarco import MISSING_ID, InputError, ShardSet, ShardWriter, _native, exact_search
+from fastmarco.search.exact import search_shards
 
 DTYPES = {"fp16": np.float16, "fp32": np.float32}
 
@@ -36,7 +37,7 @@ def test_integer_data_ids_identical_to_numpy(
     queries = rng.integers(-3, 4, size=(9, dim)).astype(np.float32)
     shard_set = write_set(tmp_path, rows, nshard, dtype)
     assert len(shard_set.files) == nshard
-    scores, ids = shard_set.search(queries, k, "ip")
+    scores, ids = search_shards(shard_set, queries, k, "ip")
     ref_scores, ref_ids = brute_force_topk(brute_force_scores(queries, rows, "ip"), k)
     np.testing.assert_array_equal(ids, ref_ids)
     np.testing.assert_array_equal(scores, ref_scores.astype(np.float32))
@@ -53,7 +54,7 @@ def test_gaussian_data_matches_numpy(tmp_path: Path, dtype: str, metric: str, di
     rows = rows.astype(DTYPES[dtype])
     queries = rng.standard_normal((7, dim)).astype(np.float32)
     shard_set = write_set(tmp_path, rows, 3, dtype)
-    scores, ids = shard_set.search(queries, k, metric)
+    scores, ids = search_shards(shard_set, queries, k, metric)
     atol = 1e-3 if dtype == "fp16" else 1e-4
     if metric == "ip":
         atol *= float(np.linalg.norm(queries, axis=1).max())

@@ -19,6 +19,7 @@ pytest.importorskip("faiss", reason="needs faiss (the cpu extra)")
 from fastmarco.engine import Engine
 from fastmarco.errors import IndexMismatchError, InputError, ManifestError
 from fastmarco.search.backends import VectorIndex
+from fastmarco.search.exact import search_shards
 from fastmarco.search.index import IndexManifest, build_index, factory_for, plan_index
 from fastmarco.store.shards import ShardSet, write_shards
 
@@ -56,7 +57,7 @@ def test_flat_index_is_the_native_exact_search_and_agrees_with_faiss(shards: Pat
     index = VectorIndex.open(tmp_path / "flat")
     queries = clustered(50, 64, 1)
     scores, rows, _ = index.search(queries, 10)
-    exact_scores, exact_rows = ShardSet.open(shards).search(queries, 10)
+    exact_scores, exact_rows = search_shards(ShardSet.open(shards), queries, 10)
     np.testing.assert_array_equal(rows, exact_rows)
     np.testing.assert_array_equal(scores, exact_scores)
     reference = faiss.IndexFlatIP(64)  # the fp16 rows, widened exactly, searched by faiss
@@ -72,7 +73,7 @@ def test_pq_indexes_with_refine_recall_exact_neighbours(shards: Path, tmp_path: 
     assert manifest.refine == 50 and manifest.build["index_bytes"] > 0
     index = VectorIndex.open(tmp_path / kind)
     queries = clustered(200, 64, 1)
-    _, exact = ShardSet.open(shards).search(queries, 10)
+    _, exact = search_shards(ShardSet.open(shards), queries, 10)
     refined = index.search(queries, 10).rows
     unrefined = index.search(queries, 10, refine=1).rows
     assert recall_at_10(refined, exact) >= 0.95
@@ -84,7 +85,7 @@ def test_hnsw_recall_holds_for_deep_k(shards: Path, tmp_path: Path) -> None:
     build_index(shards, tmp_path / "hnsw", kind="hnsw")
     index = VectorIndex.open(tmp_path / "hnsw")
     queries = clustered(200, 64, 1)
-    _, exact = ShardSet.open(shards).search(queries, 100)
+    _, exact = search_shards(ShardSet.open(shards), queries, 100)
     found10 = index.search(queries, 10).rows
     found100 = index.search(queries, 100).rows
     assert recall_at_10(found10, exact[:, :10]) >= 0.95
@@ -194,7 +195,7 @@ def test_custom_factories_plan_and_build_from_the_faiss_object(
     manifest = build_index(shards, tmp_path / "i", factory=factory)
     assert manifest.kind == "custom" and manifest.refine == refine
     queries = clustered(50, 64, 1)
-    exact = ShardSet.open(shards).search(queries, 10)[1]
+    exact = search_shards(ShardSet.open(shards), queries, 10)[1]
     assert recall_at_10(VectorIndex.open(tmp_path / "i").search(queries, 10).rows, exact) >= min_recall
 
 

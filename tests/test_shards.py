@@ -22,6 +22,7 @@ from fastmarco import (
     StoreIOError,
     _native,
 )
+from fastmarco.search.exact import search_shards
 from fastmarco.store.shards import write_shards
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -327,12 +328,12 @@ def test_a_shard_edited_in_place_while_open_is_refused_not_a_sigbus(tmp_path: Pa
     write_shards(tmp_path / "small", np.zeros((10, 8)), range(10))
     write_shards(tmp_path / "same", np.full((4000, 8), 2.0), range(4000))
     shard_set = ShardSet.open(tmp_path / "big")
-    assert shard_set.search(np.ones(8), 1)[0][0, 0] == 8.0
+    assert search_shards(shard_set, np.ones(8), 1)[0][0, 0] == 8.0
     big_file = tmp_path / "big" / "vectors-00000.fms"
     # `cp small big`: the same inode truncated and rewritten under the map
     big_file.write_bytes((tmp_path / "small" / "vectors-00000.fms").read_bytes())
     with pytest.raises(ShardFormatError, match="was modified in place since it was opened"):
-        shard_set.search(np.ones(8), 1)
+        search_shards(shard_set, np.ones(8), 1)
 
     write_shards(tmp_path / "big2", np.ones((4000, 8)), range(4000))
     shard_set = ShardSet.open(tmp_path / "big2")
@@ -341,13 +342,13 @@ def test_a_shard_edited_in_place_while_open_is_refused_not_a_sigbus(tmp_path: Pa
         (tmp_path / "same" / "vectors-00000.fms").read_bytes()
     )
     with pytest.raises(ShardFormatError, match="was modified in place"):
-        shard_set.search(np.ones(8), 1)
+        search_shards(shard_set, np.ones(8), 1)
 
     write_shards(tmp_path / "big3", np.ones((4000, 8)), range(4000))
     shard_set = ShardSet.open(tmp_path / "big3")
     os.replace(tmp_path / "same" / "vectors-00000.fms", tmp_path / "big3" / "vectors-00000.fms")
     with pytest.raises(ShardFormatError, match="was replaced or removed"):
-        shard_set.search(np.ones(8), 1)
+        search_shards(shard_set, np.ones(8), 1)
 
 
 def test_ids_beyond_int64_are_refused_never_wrapped_or_rounded(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from reference import row_cosines
 from fastmarco.cli import main
 from fastmarco.eval.metrics import evaluate
 from fastmarco.model.encoder import Encoder
+from fastmarco.search.exact import search_shards
 from fastmarco.store.formats import load_qrels, load_queries, read_collection
 from fastmarco.store.shards import ShardSet
 
@@ -65,7 +66,7 @@ def test_mini_collection_encoded_then_retrieved_like_sentence_transformers(
     encoder = Encoder.open(tmp_path / "m", device="cpu")
     queries = load_queries(mini / "queries.dl19.tsv")
     qids = list(queries)
-    _, rows = shard_set.search(encoder.encode([queries[q] for q in qids]), 1000)
+    _, rows = search_shards(shard_set, encoder.encode([queries[q] for q in qids]), 1000)
     ids = shard_set.ids(rows)
     exact_run = {qid: [str(pid) for pid in ids[i]] for i, qid in enumerate(qids)}
     qrels = load_qrels(mini / "qrels.dl19.txt")

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, main, ray_option, ray_target
+from fastmarco.search.kinds import kind_names
 
 
 @main.command()
@@ -15,10 +16,11 @@ from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, mai
 @click.option("--out", type=click.Path(file_okay=False), help="INDEX_DIR to create (not needed with --plan).")
 @click.option(
     "--kind",
-    type=click.Choice(["auto", "flat", "pq", "ivfpq", "opq-ivfpq", "hnsw"]),
+    type=click.Choice(kind_names()),
     default="auto",
     show_default=True,
-    help="Preset, sized from the shard set (see fastmarco.search.index); auto: flat below 200,000 rows, "
+    help="Preset, sized from the shard set (registered in fastmarco.search.kinds); auto: flat below "
+    "200,000 rows, "
     "else opq-ivfpq.",
 )
 @click.option("--factory", help="A faiss index_factory string instead of the preset.")
@@ -68,7 +70,7 @@ def index(
 
     if out is None and not plan_only:
         raise click.UsageError("--out is required to build")
-    plan = plan_index(shard_dir, kind, factory, train_size)  # type: ignore[arg-type]  # click.Choice has checked it
+    plan = plan_index(shard_dir, kind, factory, train_size)
     click.echo(f"plan: {plan.describe()}", err=not plan_only)
     if out is None:
         return

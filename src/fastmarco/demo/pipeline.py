@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fastmarco.errors import ModelError
+from fastmarco.search.exact import search_shards
 from fastmarco.store.shards import ShardSet, ShardWriter
 
 
@@ -64,7 +65,7 @@ def run_demo(
         query_vectors = all_rows[targets].astype(np.float32)
         query_vectors += 0.02 * rng.standard_normal(query_vectors.shape, dtype=np.float32)
         start = time.perf_counter()
-        _, found = shard_set.search(query_vectors, k=10, metric="cosine")
+        _, found = search_shards(shard_set, query_vectors, k=10, metric="cosine")
         search_seconds = time.perf_counter() - start
         rows64 = all_rows.astype(np.float64)
         cosine = (query_vectors @ rows64.T) / np.linalg.norm(query_vectors, axis=1, keepdims=True)

@@ -1,1 +1,3 @@
-"""Search: native kernels, index presets and build, search backends and the query engine."""
+"""Search over shard sets: the index kinds (kinds.py) and the families that register them."""
+
+from fastmarco.search import exact, faiss_kinds  # noqa: F401  (register the index families and kinds)

@@ -1,26 +1,25 @@
-"""Search backends over a shard set, and the opened INDEX_DIR that picks one.
+"""What is searched: `SearchResult`, the `SearchBackend` an index family opens, and `VectorIndex`,
+an opened INDEX_DIR whose family (fastmarco.search.kinds) the manifest's factory picks.
 
 Every backend answers a batch of query vectors with a `SearchResult`: exact scores, global row
-numbers and the corpus's ids, best first. `ExactBackend` is the native exact search over the shards;
-`FaissBackend` asks a faiss index for candidates and re-scores them exactly from the shards, so scores
-are comparable across kinds. A GPU exact backend fits the same seam.
+numbers and the corpus's ids, best first (exact.py re-scores nothing, faiss_kinds.py re-scores its
+candidates exactly from the shards), so scores are comparable across kinds.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from fastmarco import _native
-from fastmarco.errors import IndexMismatchError, InputError, ShardFormatError, StoreIOError
-from fastmarco.search.index import INDEX_FILE, IndexManifest, check_shards_unchanged
+from fastmarco.errors import IndexMismatchError
+from fastmarco.search.index import IndexManifest, check_shards_unchanged
 from fastmarco.search.kernels import as_queries, check_k
+from fastmarco.search.kinds import family_for
 from fastmarco.store.shards import ShardSet
 
 
@@ -70,66 +69,23 @@ class SearchIndex(Protocol):
 
 
 class SearchBackend(Protocol):
-    shard_set: ShardSet
-
-    def search(self, queries: npt.NDArray[np.float32], k: int, *, threads: int = 0) -> SearchResult:
-        """Top-k of checked (nq, dim) float32 queries."""
-        ...
-
-
-@dataclass
-class ExactBackend:
-    """Exact inner-product search over every shard by the native core."""
+    """What an index family's `open` returns (fastmarco.search.kinds)."""
 
     shard_set: ShardSet
-
-    def search(self, queries: npt.NDArray[np.float32], k: int, *, threads: int = 0) -> SearchResult:
-        scores, rows = self.shard_set.search(queries, k, threads=threads)
-        return SearchResult(scores, rows, self.shard_set.ids(rows))
-
-
-@dataclass
-class FaissBackend:
-    """faiss candidates (refine x k of them for lossy codes), re-scored exactly from the shards."""
-
-    shard_set: ShardSet
-    index: Any
-    refine: int
-    ef_search: int | None = None
-
-    def __post_init__(self) -> None:
-        self.shard_views = list(self.shard_set.shard_vectors())
 
     def search(
         self, queries: npt.NDArray[np.float32], k: int, *, threads: int = 0, refine: int | None = None
     ) -> SearchResult:
-        factor = self.refine if refine is None else refine
-        depth = min(max(k, k * factor), self.index.ntotal) if factor else min(k, self.index.ntotal)
-        params = None
-        if self.ef_search:  # HNSW: explore at least 4k candidates whatever k is asked
-            import faiss
-
-            params = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]  # missing from faiss's stubs
-                efSearch=max(self.ef_search, 4 * depth)
-            )
-        _, candidates = self.index.search(queries, max(depth, 1), params=params)
-        scores = np.empty((queries.shape[0], k), dtype=np.float32)
-        rows = np.empty((queries.shape[0], k), dtype=np.int64)
-        self.shard_set.check_unchanged()
-        # exact scores for every kind, so results and scores are comparable across index kinds
-        _native.refine_topk(
-            queries, self.shard_views, np.ascontiguousarray(candidates), k, "ip", scores, rows, threads
-        )
-        return SearchResult(scores, rows, self.shard_set.ids(rows))
+        """Top-k of checked (nq, dim) float32 queries; `refine` overrides the candidates a lossy index
+        re-scores (refine x k)."""
+        ...
 
 
 class VectorIndex:
     """An opened INDEX_DIR: its manifest, its shard set and the backend that searches them. Safe to
     share across threads (the id map is loaded at open, not lazily inside concurrent searches)."""
 
-    def __init__(
-        self, directory: Path, manifest: IndexManifest, backend: ExactBackend | FaissBackend
-    ) -> None:
+    def __init__(self, directory: Path, manifest: IndexManifest, backend: SearchBackend) -> None:
         self.directory = directory
         self.manifest = manifest
         self.backend = backend
@@ -165,29 +121,8 @@ class VectorIndex:
             raise IndexMismatchError(
                 f"{path}: built from shard files with other checksums; rebuild the index"
             )
-        if manifest.factory == "Flat":
-            return cls(root, manifest, ExactBackend(shard_set))
-        import faiss
-
-        index_path = root / INDEX_FILE
-        if not index_path.is_file():
-            raise StoreIOError(f"{index_path}: missing from the index directory; rebuild the index")
-        try:
-            index = faiss.read_index(str(index_path))
-        except RuntimeError as exc:
-            raise ShardFormatError(
-                f"{index_path}: faiss cannot read it (truncated or corrupt); rebuild the index"
-            ) from exc
-        if index.ntotal != len(shard_set) or index.d != shard_set.dim:
-            raise IndexMismatchError(
-                f"{path}: index holds {index.ntotal} x {index.d}, shards {len(shard_set)} x {shard_set.dim}"
-            )
-        if nprobe is not None and nprobe <= 0:
-            raise InputError(f"nprobe must be positive, got {nprobe}")
-        probes = nprobe or manifest.nprobe
-        if probes:
-            faiss.ParameterSpace().set_index_parameters(index, f"nprobe={probes}")  # type: ignore[arg-type]
-        return cls(root, manifest, FaissBackend(shard_set, index, manifest.refine, manifest.ef_search))
+        backend = family_for(manifest.factory).open(root, manifest, shard_set, nprobe)
+        return cls(root, manifest, backend)
 
     @property
     def rows(self) -> int:
@@ -226,6 +161,4 @@ class VectorIndex:
         """Top-k of (nq, dim) query vectors: exact scores, global rows and ids, best first."""
         q = as_queries(queries, self.shard_set.dim)
         check_k(k)
-        if isinstance(self.backend, FaissBackend):
-            return self.backend.search(q, k, threads=threads, refine=refine)
-        return self.backend.search(q, k, threads=threads)
+        return self.backend.search(q, k, threads=threads, refine=refine)

@@ -1,24 +1,9 @@
-"""faiss indexes built from a shard directory (presets, plan, build) and their `index.json` manifest.
+"""Index directories built from a shard directory: the plan and build of any registered index kind
+(fastmarco.search.kinds), and the `index.json` / `groups.json` manifests.
 
-Presets (inner product; cosine models store unit vectors, so inner product is cosine), for n rows
-of dimension d, m = d / 8 sub-quantizers (96 bytes a vector at d = 768) and nlist = the largest power
-of two at most 4 sqrt(n) that still leaves 39 training rows per list (8192 at 8.8M, 512 at 31k):
-
-- flat       `Flat`                       exact search over the fp16 shards by the native core: no
-  faiss copy (faiss's IndexFlat would hold n d 4 bytes, 27 GB at 8.8M x 768, and is slower);
-- pq         `PQ{m}`                      exhaustive over PQ codes;
-- ivfpq      `IVF{nlist},PQ{m}`           inverted lists of PQ codes;
-- opq-ivfpq  `OPQ{m}_{d},IVF{nlist},PQ{m}` an OPQ rotation first, since plain PQ loses much recall on
-  these anisotropic embeddings; 0.9 GB at 8.8M x 768;
-- hnsw       `HNSW32`                     graph over full vectors, n (4 d + 256) bytes;
-- auto       flat below 200,000 rows (exact, and a single query stays under ~40 ms on 2 cores),
-  opq-ivfpq from there on: the default.
-
-Any faiss `index_factory` string works too (`--factory`): the plan reads list counts and code sizes
-from the faiss index object it describes, never from the string. Results of every index whose codes
-are lossy (PQ, SQ, ...) are re-scored exactly from the fp16 shards over `refine` x k candidates (50 x k
-by default), so compression costs little recall. Training samples rows from the shards without loading
-them all; adding streams shard by shard, each memory map dropped after use.
+`--kind` names a registered kind (flat, pq, ivfpq, opq-ivfpq, hnsw; see exact.py and faiss_kinds.py)
+or auto: flat below 200,000 rows (exact, and a single query stays under ~40 ms on 2 cores),
+opq-ivfpq from there on, the default. Any faiss `index_factory` string works too (`--factory`).
 """
 
 from __future__ import annotations
@@ -26,7 +11,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import math
 import os
 import shutil
 import time
@@ -36,80 +20,34 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
 from fastmarco import _native
 from fastmarco._atomic import publish_directory, refuse_existing, staging_directory, write_bytes_atomic
 from fastmarco._json import read_field, read_json_document
 from fastmarco._locks import output_lock
 from fastmarco.errors import IndexMismatchError, InputError, ManifestError
+from fastmarco.search.kinds import AUTO, FactoryShape, current_rss, family_for, index_kind
 from fastmarco.store.shards import MANIFEST_NAME as SHARDS_MANIFEST
 from fastmarco.store.shards import ShardSet
 
-Kind = Literal["auto", "flat", "pq", "ivfpq", "opq-ivfpq", "hnsw"]
-KINDS: tuple[Kind, ...] = ("auto", "flat", "pq", "ivfpq", "opq-ivfpq", "hnsw")
-AUTO_FLAT_BELOW = 200_000
 INDEX_MANIFEST = "index.json"
-INDEX_FILE = "index.faiss"
 INDEX_FORMAT = "fastmarco-index"
 INDEX_VERSION = 2  # 1: absolute shard path; 2: shard path relative to the index directory
 GROUP_INDEX_VERSION = 3  # 2 plus 'shard_range': an index over one shard group (older readers refuse it)
 GROUPS_MANIFEST = "groups.json"
 GROUPS_FORMAT = "fastmarco-index-groups"
 GROUPS_VERSION = 1
-ADD_BATCH_ROWS = 65_536
 DEFAULT_REFINE = 50
-# HNSW: recall@10 0.97 on the test fixture at 256, 0.89 at 128
-DEFAULT_EF_SEARCH = 256
 
 
-@dataclass(frozen=True)
-class FactoryShape:
-    """What a factory string builds, read from the faiss index object it describes."""
-
-    factory: str
-    nlist: int  # IVF lists; 0 without an IVF stage
-    code_bytes: int  # bytes stored per vector (codes, list ids and graph links)
-    trains: bool  # needs training before adding
-    hnsw: bool
-    opq: bool
-    lossy: bool  # codes lose information: results are re-scored exactly from the shards
+def factory_for(kind: str, rows: int, dim: int) -> str:
+    """The factory string kind `kind` builds for rows x dim (auto resolved by the row count)."""
+    return index_kind(kind, rows).preset(rows, dim)
 
 
 def describe_factory(factory: str, dim: int) -> FactoryShape:
-    if factory == "Flat":  # the native exact search over the shards: nothing is built
-        return FactoryShape("Flat", 0, 0, False, False, False, False)
-    import faiss
-
-    try:
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise InputError(
-            f"factory {factory!r} is not a faiss index_factory string for dim {dim} ({reason})"
-        ) from exc
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        ivf = None
-    inner: Any = faiss.downcast_index(index.index if isinstance(index, faiss.IndexPreTransform) else index)
-    hnsw = hasattr(inner, "hnsw")
-    if ivf is not None:
-        code, full = ivf.code_size + 8, ivf.code_size  # + the 8-byte row id kept in each list
-    elif hnsw:
-        code = inner.storage.sa_code_size() + 4 * inner.hnsw.nb_neighbors(0)
-        full = inner.storage.sa_code_size()
-    else:
-        code = full = index.sa_code_size()
-    return FactoryShape(
-        factory,
-        nlist=ivf.nlist if ivf is not None else 0,
-        code_bytes=code,
-        trains=not index.is_trained,
-        hnsw=hnsw,
-        opq=factory.startswith("OPQ"),
-        lossy=full < 4 * dim,
-    )
+    """What `factory` builds, as the family that owns it reads it."""
+    return family_for(factory).describe(factory, dim)
 
 
 @dataclass(frozen=True)
@@ -133,48 +71,13 @@ class IndexPlan:
         )
 
 
-def pq_subquantizers(dim: int) -> int:
-    """8 dimensions per sub-quantizer where d allows it, else the largest divisor of d at most d / 8."""
-    target = max(1, dim // 8)
-    return next(m for m in range(target, 0, -1) if dim % m == 0)
-
-
-def ivf_lists(rows: int) -> int:
-    """The largest power of two at most 4 sqrt(rows) and at most rows / 39 (at least 1)."""
-    cap = max(1, min(4 * math.isqrt(max(rows, 1)), rows // 39))
-    return 1 << int(math.log2(cap))
-
-
-def factory_for(kind: Kind, rows: int, dim: int) -> str:
-    if kind == "auto":
-        kind = "flat" if rows < AUTO_FLAT_BELOW else "opq-ivfpq"
-    m, nlist = pq_subquantizers(dim), ivf_lists(rows)
-    presets = {
-        "flat": "Flat",
-        "pq": f"PQ{m}",
-        "ivfpq": f"IVF{nlist},PQ{m}",
-        "opq-ivfpq": f"OPQ{m}_{dim},IVF{nlist},PQ{m}",
-        "hnsw": "HNSW32",
-    }
-    if kind not in presets:
-        raise InputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    return presets[kind]
-
-
-def default_nprobe(nlist: int) -> int | None:
-    """An eighth of the lists, at least 64: on 1M x 768 synthetic rows (2048 lists) recall@10 after
-    refine is 0.876 at 64 probes, 0.925 at 128, 0.966 at 256, 0.991 at 512 (refine depth does not
-    matter there: what the probed lists miss, refine cannot find). None without IVF."""
-    return min(nlist, max(64, nlist // 8)) if nlist else None
-
-
 def _min_train_rows(shape: FactoryShape) -> int:
     """faiss refuses to train k-means with fewer points than centroids: 256 for 8-bit PQ/SQ codebooks."""
     return max(shape.nlist, 256) if shape.trains else 0
 
 
 def _resolve(
-    kind: Kind, factory: str | None, train_rows: int | None, rows: int, dim: int
+    kind: str, factory: str | None, train_rows: int | None, rows: int, dim: int
 ) -> tuple[FactoryShape, int]:
     """The factory a build uses and the rows it trains on; too few rows is an error saying what to do."""
     shape = describe_factory(factory or factory_for(kind, rows, dim), dim)
@@ -193,26 +96,9 @@ def _resolve(
     return shape, train
 
 
-def _index_bytes(shape: FactoryShape, rows: int, dim: int) -> int:
-    if shape.factory == "Flat":
-        return 0  # the shards are the index
-    centroids = shape.nlist * dim * 4
-    codebooks = 256 * dim * 4 if shape.lossy else 0
-    opq = dim * dim * 4 if shape.opq else 0
-    return rows * shape.code_bytes + centroids + codebooks + opq
-
-
-def _current_rss() -> int:
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
 def plan_index(
     shard_dir: str | os.PathLike[str],
-    kind: Kind = "auto",
+    kind: str = AUTO,
     factory: str | None = None,
     train_rows: int | None = None,
 ) -> IndexPlan:
@@ -222,91 +108,9 @@ def plan_index(
     shard_set = ShardSet.open(shard_dir)
     rows, dim = len(shard_set), shard_set.dim
     shape, train = _resolve(kind, factory, train_rows, rows, dim)
-    index_bytes = _index_bytes(shape, rows, dim)
-    itemsize = 2 if shard_set.dtype == "fp16" else 4
-    largest_shard = max((f.rows for f in shard_set.files), default=0) * dim * itemsize
-    opq = 2 if shape.opq else 1
-    # OPQ trains on up to 65,536 rows and keeps several rotated and reconstructed copies of them
-    opq_copies = min(train, 65_536) * dim * 4 * 4 if shape.opq else 0
-    training = train * dim * 4 * (opq + 1) + opq_copies + largest_shard
-    adding = index_bytes + ADD_BATCH_ROWS * dim * 4 * (opq + 1) + largest_shard
-    if shape.hnsw:
-        adding = index_bytes + ADD_BATCH_ROWS * dim * 4 + largest_shard
-    if shape.factory == "Flat":
-        training = adding = 0  # nothing is built: searches read the shards
-    nlist = shape.nlist or 1
-    cores = os.cpu_count() or 1
-    # k-means and assignment are GEMMs (~25 GFLOP/s a core); HNSW inserts and OPQ's 240 rounds of
-    # 256-centroid k-means on 8-wide sub-vectors run far below that (~6 GFLOP/s a core, measured)
-    gemm = 2.0 * dim * (train * nlist * 10 + rows * nlist)
-    slow = 200.0 * rows * dim * 32 if shape.hnsw else 0.0  # 406 s measured at 1M x 768, 2 cores
-    if shape.opq:
-        slow += 2.0 * min(train, 65_536) * 256 * dim * 240
-    return IndexPlan(
-        kind,
-        shape.factory,
-        rows,
-        dim,
-        train,
-        _current_rss() + max(training, adding),
-        index_bytes,
-        gemm / (25e9 * cores) + slow / (6e9 * cores) + rows * dim * 2 / 1e9,
-    )
-
-
-def _sample_rows(shard_set: ShardSet, count: int, seed: int = 0) -> npt.NDArray[np.float32]:
-    """`count` distinct rows, uniformly at random, read shard by shard as float32."""
-    picks = np.sort(np.random.default_rng(seed).choice(len(shard_set), size=count, replace=False))
-    out = np.empty((count, shard_set.dim), dtype=np.float32)
-    filled = 0
-    for s in range(len(shard_set.files)):
-        lo, hi = shard_set.offsets[s], shard_set.offsets[s + 1]
-        local = picks[(picks >= lo) & (picks < hi)] - lo
-        shard = _native.ShardFile(shard_set.files[s].path)  # a private map, released after this shard
-        out[filled : filled + len(local)] = shard.vectors[local]
-        filled += len(local)
-        del shard
-    return out
-
-
-def _skip_polysemous_training(index: Any) -> None:
-    """faiss's factory turns on polysemous training for PQ codes (a simulated-annealing reordering of
-    the centroids, ~75 s for PQ48 whatever the row count) so that Hamming distances between codes
-    approximate theirs. fastmarco never searches by Hamming distance (polysemous_ht stays 0): the ADC
-    scores, and so the results, are the same without it."""
-    import faiss
-
-    inner = faiss.downcast_index(index.index if isinstance(index, faiss.IndexPreTransform) else index)
-    if hasattr(inner, "do_polysemous_training"):
-        inner.do_polysemous_training = False
-
-
-def _train_and_fill(
-    shard_set: ShardSet, shape: FactoryShape, train: int, device: str, say: Callable[[str], None]
-) -> Any:
-    """A faiss index for the factory, trained on sampled rows and filled shard by shard."""
-    import faiss
-
-    index = faiss.index_factory(shard_set.dim, shape.factory, faiss.METRIC_INNER_PRODUCT)
-    _skip_polysemous_training(index)
-    try:
-        if shape.trains:
-            if device == "cuda" and shape.nlist:
-                ivf = faiss.extract_index_ivf(index)
-                ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(ivf.d))
-            say(f"training {shape.factory} on {train:,} sampled rows ({device})")
-            index.train(_sample_rows(shard_set, train))
-        for s, entry in enumerate(shard_set.files):
-            shard = _native.ShardFile(entry.path)
-            vectors = shard.vectors
-            for start in range(0, shard.rows, ADD_BATCH_ROWS):
-                index.add(np.ascontiguousarray(vectors[start : start + ADD_BATCH_ROWS], dtype=np.float32))
-            say(f"added shard {s + 1}/{len(shard_set.files)} ({index.ntotal:,} rows)")
-            del vectors, shard
-    except RuntimeError as exc:  # faiss refuses some factories only when used (e.g. IDMap needs ids)
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"faiss cannot build {shape.factory} from these shards ({reason})") from exc
-    return index
+    cost = family_for(shape.factory).cost(shard_set, shape, train)
+    ram = current_rss() + cost.ram_bytes
+    return IndexPlan(kind, shape.factory, rows, dim, train, ram, cost.disk_bytes, cost.seconds)
 
 
 @dataclass(frozen=True)
@@ -414,7 +218,7 @@ def build_index(
     shard_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    kind: Kind = "auto",
+    kind: str = AUTO,
     factory: str | None = None,
     train_rows: int | None = None,
     nprobe: int | None = None,
@@ -454,7 +258,7 @@ def build_index(
 class _BuildOptions:
     """What `build_index` and `build_index_groups` were asked, checked when made."""
 
-    kind: Kind
+    kind: str
     factory: str | None
     train_rows: int | None
     nprobe: int | None
@@ -494,13 +298,13 @@ def _build(
     shard_set = ShardSet.open(shard_root, verify="checksum" if options.verify else "size", shards=shard_range)
     rows, dim = len(shard_set), shard_set.dim
     shape, train = _resolve(options.kind, options.factory, options.train_rows, rows, dim)
-    started = time.perf_counter()
-    index = None if shape.factory == "Flat" else _train_and_fill(shard_set, shape, train, options.device, say)
     nprobe = options.nprobe
-    if index is not None and shape.nlist and nprobe is not None and nprobe > shape.nlist:
+    if shape.nlist and nprobe is not None and nprobe > shape.nlist:
         raise InputError(f"nprobe {nprobe} is more than the {shape.nlist} lists of {shape.factory}")
-    if index is not None:
-        faiss.write_index(index, str(staging / INDEX_FILE))
+    family = family_for(shape.factory)
+    started = time.perf_counter()
+    built = family.build(shard_set, shape, train, options.device, say, staging)
+    default_nprobe, ef_search = family.search_defaults(shape)
     manifest = IndexManifest(
         kind=options.kind if options.factory is None else "custom",
         factory=shape.factory,
@@ -509,8 +313,8 @@ def _build(
         # relative to the published directory: moving shards and index together keeps it valid
         shards=os.path.relpath(shard_root, target.resolve()),
         shards_manifest=shard_manifest_checksum(shard_root),
-        nprobe=nprobe or default_nprobe(shape.nlist),
-        ef_search=DEFAULT_EF_SEARCH if shape.hnsw else None,
+        nprobe=nprobe or default_nprobe,
+        ef_search=ef_search,
         refine=options.refine if shape.lossy else 0,
         model_fingerprint=shard_set.metadata.get("model", {}).get("fingerprint"),
         shard_checksums=[[e.checksum, e.ids_checksum] for e in shard_set.manifest.shards],
@@ -519,7 +323,7 @@ def _build(
             "train_rows": train,
             "faiss": faiss.__version__,
             "device": options.device,
-            "index_bytes": (staging / INDEX_FILE).stat().st_size if index is not None else 0,
+            **built,
         },
         version=INDEX_VERSION if shard_range is None else GROUP_INDEX_VERSION,
         shard_range=None if shard_range is None else list(shard_range),
@@ -634,7 +438,7 @@ def build_index_groups(
     out: str | os.PathLike[str],
     groups: int,
     *,
-    kind: Kind = "auto",
+    kind: str = AUTO,
     factory: str | None = None,
     train_rows: int | None = None,
     nprobe: int | None = None,
@@ -655,7 +459,7 @@ def build_index_groups(
         whole = ShardSet.open(shard_root)
         ranges = split_shard_groups([entry.rows for entry in whole.manifest.shards], groups)
         if kind == "auto" and factory is None:
-            options = replace(options, kind="flat" if len(whole) < AUTO_FLAT_BELOW else "opq-ivfpq")
+            options = replace(options, kind=index_kind(AUTO, len(whole)).name)
         say = progress or (lambda message: None)
         staging = staging_directory(target)
         try:

@@ -31,7 +31,6 @@ from fastmarco._atomic import write_bytes_atomic
 from fastmarco._json import read_json_document
 from fastmarco.corpus.ids import lookup_keys
 from fastmarco.errors import InputError, ShardChecksumError, ShardFormatError
-from fastmarco.search.kernels import Metric, as_queries, check_k, merge_topk
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "fastmarco-shards"
@@ -476,33 +475,6 @@ class ShardSet:
         """Zero-copy (rows, dim) views of each shard, in order."""
         for f in self.files:
             yield f.vectors
-
-    def search(
-        self, queries: npt.ArrayLike, k: int, metric: Metric = "ip", *, threads: int = 0
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """Exact top-k over all shards: (scores, global row numbers), each (nq, k), best first.
-
-        Missing slots (fewer than k rows) hold (-inf, MISSING_ID); map rows to ids with `ids()`.
-        """
-        q = as_queries(queries, self.dim)
-        check_k(k)
-        self.check_unchanged()
-        nshard = len(self.files)
-        scores = np.empty((max(nshard, 1), q.shape[0], k), dtype=np.float32)
-        rows = np.empty((max(nshard, 1), q.shape[0], k), dtype=np.int64)
-        if nshard == 0:
-            scores.fill(-np.inf)
-            rows.fill(_native.MISSING_ID)
-            return scores[0], rows[0]
-        for s, f in enumerate(self.files):
-            if f.rows == 0:
-                scores[s].fill(-np.inf)
-                rows[s].fill(_native.MISSING_ID)
-                continue
-            _native.exact_search(q, f.vectors, k, metric, scores[s], rows[s], threads)
-        if nshard == 1:
-            return scores[0], rows[0]
-        return merge_topk(scores, rows, self.offsets[:-1])
 
     def check_unchanged(self) -> None:
         """Refuse (ShardFormatError) if a shard file was edited in place or replaced since `open`:

@@ -1,0 +1,130 @@
+"""The index kind registry: each kind (`--kind`) names a preset factory of an index family, and each
+family owns what its indexes need end to end: describe a factory, plan a build, build it, and open it
+as a `SearchBackend`. Two families today: the native exact search over the shards (exact.py) and
+faiss (faiss_kinds.py). A new kind of an existing family is one `register_kind` call; a new family is
+one module that registers its family and kinds, imported by search/__init__.py."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from fastmarco.errors import InputError
+
+if TYPE_CHECKING:
+    from fastmarco.search.backends import SearchBackend
+    from fastmarco.search.index import IndexManifest
+    from fastmarco.store.shards import ShardSet
+
+AUTO = "auto"
+AUTO_FLAT_BELOW = 200_000  # auto: exact below this many rows, else AUTO_LARGE
+AUTO_LARGE = "opq-ivfpq"
+
+
+@dataclass(frozen=True)
+class FactoryShape:
+    """What a factory string builds, read from the index object it describes (never the string)."""
+
+    factory: str
+    nlist: int  # IVF lists; 0 without an IVF stage
+    code_bytes: int  # bytes stored per vector (codes, list ids and graph links)
+    trains: bool  # needs training before adding
+    hnsw: bool
+    opq: bool
+    lossy: bool  # codes lose information: results are re-scored exactly from the shards
+
+
+@dataclass(frozen=True)
+class BuildCost:
+    """A family's estimate of one build: RAM beyond the process's baseline, index bytes, seconds."""
+
+    ram_bytes: int
+    disk_bytes: int
+    seconds: float
+
+
+class IndexFamily(Protocol):
+    name: str
+
+    def claims(self, factory: str) -> bool:
+        """Whether this family builds and opens indexes of `factory`."""
+        ...
+
+    def describe(self, factory: str, dim: int) -> FactoryShape: ...
+
+    def cost(self, shard_set: ShardSet, shape: FactoryShape, train_rows: int) -> BuildCost: ...
+
+    def search_defaults(self, shape: FactoryShape) -> tuple[int | None, int | None]:
+        """(nprobe, ef_search) an index of this shape is searched with unless told otherwise."""
+        ...
+
+    def build(
+        self, shard_set: ShardSet, shape: FactoryShape, train_rows: int, device: str,
+        say: Callable[[str], None], out: Path,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Build into the folder `out`; returns what the manifest's 'build' record adds."""
+        ...
+
+    def open(
+        self, directory: Path, manifest: IndexManifest, shard_set: ShardSet, nprobe: int | None
+    ) -> SearchBackend: ...
+
+
+@dataclass(frozen=True)
+class IndexKind:
+    """A named preset: the factory its family builds for rows x dim."""
+
+    name: str
+    family: IndexFamily
+    preset: Callable[[int, int], str]
+
+
+INDEX_FAMILIES: list[IndexFamily] = []  # asked in order: the first that claims a factory owns it
+INDEX_KINDS: dict[str, IndexKind] = {}
+
+
+def register_family(family: IndexFamily) -> IndexFamily:
+    INDEX_FAMILIES.append(family)
+    return family
+
+
+def register_kind(kind: IndexKind) -> IndexKind:
+    if kind.name in INDEX_KINDS or kind.name == AUTO:
+        raise ValueError(f"index kind {kind.name!r} is registered twice")
+    INDEX_KINDS[kind.name] = kind
+    return kind
+
+
+def kind_names() -> tuple[str, ...]:
+    """What `--kind` accepts: auto, then every registered kind."""
+    return (AUTO, *INDEX_KINDS)
+
+
+def index_kind(name: str, rows: int) -> IndexKind:
+    """The registered kind `name`; auto resolves by the row count."""
+    if name == AUTO:
+        name = "flat" if rows < AUTO_FLAT_BELOW else AUTO_LARGE
+    try:
+        return INDEX_KINDS[name]
+    except KeyError:
+        raise InputError(f"kind must be one of {', '.join(kind_names())}, got {name!r}") from None
+
+
+def family_for(factory: str) -> IndexFamily:
+    """The family that owns indexes of `factory` (a preset's or a user's factory string)."""
+    for family in INDEX_FAMILIES:
+        if family.claims(factory):
+            return family
+    raise InputError(f"no index family builds factory {factory!r}")
+
+
+def current_rss() -> int:
+    """This process's resident memory now: the baseline a build's plan adds to."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
