@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco.errors import IndexMismatchError
-from fastmarco.search.index import IndexManifest, check_shards_unchanged
+from fastmarco.search.index import GROUPS_MANIFEST, IndexManifest, ShardGroup, check_shards_unchanged
 from fastmarco.search.kernels import as_queries, check_k
 from fastmarco.search.kinds import family_for
 from fastmarco.store.shards import ShardSet
@@ -162,3 +162,15 @@ class VectorIndex:
         q = as_queries(queries, self.shard_set.dim)
         check_k(k)
         return self.backend.search(q, k, threads=threads, refine=refine)
+
+
+def open_group(root: Path, group: ShardGroup, *, nprobe: int | None, verify: bool) -> VectorIndex:
+    """One group's INDEX_DIR, checked against what groups.json lists for it."""
+    index = VectorIndex.open(root / group.directory, nprobe=nprobe, verify=verify)
+    listed = list(group.shards)
+    if index.manifest.shard_range != listed or index.shard_set.first_row != group.first_row:
+        raise IndexMismatchError(
+            f"{root / group.directory / 'index.json'}: covers shards {index.manifest.shard_range}, but "
+            f"{root / GROUPS_MANIFEST} lists {group.describe()}; rebuild the grouped index"
+        )
+    return index

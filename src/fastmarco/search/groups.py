@@ -17,9 +17,9 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from fastmarco.errors import IndexMismatchError, InputError
-from fastmarco.search.backends import SearchResult, VectorIndex
-from fastmarco.search.index import GROUPS_MANIFEST, GroupsManifest, ShardGroup, check_shards_unchanged
+from fastmarco.errors import InputError
+from fastmarco.search.backends import SearchResult, VectorIndex, open_group
+from fastmarco.search.index import GROUPS_MANIFEST, GroupsManifest, check_shards_unchanged
 from fastmarco.search.kernels import MISSING_ID, as_queries, check_k, merge_topk
 from fastmarco.store.shards import ShardSet
 
@@ -49,18 +49,6 @@ class LocalGroups:
     def close(self) -> None:
         for index in self.indexes:
             index.close()
-
-
-def open_group(root: Path, group: ShardGroup, *, nprobe: int | None, verify: bool) -> VectorIndex:
-    """One group's INDEX_DIR, checked against what groups.json lists for it."""
-    index = VectorIndex.open(root / group.directory, nprobe=nprobe, verify=verify)
-    listed = list(group.shards)
-    if index.manifest.shard_range != listed or index.shard_set.first_row != group.first_row:
-        raise IndexMismatchError(
-            f"{root / group.directory / 'index.json'}: covers shards {index.manifest.shard_range}, but "
-            f"{root / GROUPS_MANIFEST} lists {group.describe()}; rebuild the grouped index"
-        )
-    return index
 
 
 def merge_group_results(results: Sequence[SearchResult], first_rows: Sequence[int]) -> SearchResult:

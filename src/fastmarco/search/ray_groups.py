@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from fastmarco._ray import NAMESPACE, describe_failure, import_ray
 from fastmarco.errors import WorkerError
-from fastmarco.search.backends import SearchResult
+from fastmarco.search.backends import SearchResult, open_group
 from fastmarco.search.index import ShardGroup
 
 ACTOR_NAME = "fastmarco-search-{job}-{group}"
@@ -30,8 +30,6 @@ class _GroupActor:
     kept and reported by `ready`, not raised, so it reaches the driver as the message it is."""
 
     def __init__(self, root: str, group: ShardGroup, nprobe: int | None, verify: bool, threads: int) -> None:
-        from fastmarco.search.groups import open_group
-
         self.threads = threads  # its share of the node's cores, used when a search asks for "all"
         self.error: str | None = None
         try:
