@@ -16,8 +16,9 @@ from reference import row_cosines
 from tiny_models import CORPUS, FAMILIES
 
 from fastmarco.errors import EncoderError, ExportError, InputError
+from fastmarco.model.bi_encoder_export import read_model_card
 from fastmarco.model.encoder import Encoder, plan_batches
-from fastmarco.model.export import export_model, read_model_card
+from fastmarco.model.export import export_model
 
 TEXTS = [
     *CORPUS,

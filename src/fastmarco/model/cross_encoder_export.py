@@ -1,6 +1,6 @@
-"""Export a sentence-transformers `CrossEncoder` (one-label sequence classification: the families of
-cross-encoder/ms-marco-MiniLM-L-6-v2 and ms-marco-electra-base) to one ONNX graph whose `score`
-output is what `CrossEncoder.predict` returns.
+"""The cross-encoder kind: a sentence-transformers `CrossEncoder` (one-label sequence classification:
+the families of cross-encoder/ms-marco-MiniLM-L-6-v2 and ms-marco-electra-base) exported to one ONNX
+graph whose `score` output is what `CrossEncoder.predict` returns.
 
 optimum traces the transformers model (output `logits`, (batch, 1)); the graph then gets the
 model's activation (a Sigmoid where `CrossEncoder` applies one; ms-marco cross-encoders declare
@@ -12,24 +12,18 @@ before it is published, atomically.
 from __future__ import annotations
 
 import json
-import logging
-import shutil
-import warnings
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from fastmarco._atomic import publish_directory, staging_directory
 from fastmarco.errors import ExportError
-from fastmarco.model.manifest import MANIFEST_NAME, MODEL_FORMAT, MODEL_FORMAT_VERSION
-
-if TYPE_CHECKING:
-    from fastmarco.model.export import OptimizeLevel
-
-log = logging.getLogger("fastmarco")
+from fastmarco.model.export_steps import PARITY_TEXTS, trace_to_onnx
+from fastmarco.model.kinds import Similarity, Source, register_model_kind
+from fastmarco.model.quantize import tokenized_batches
 
 OUTPUT_NAME = "score"
 SUPPORTED_ARCHITECTURES = ("bert", "electra", "distilbert", "roberta", "xlm-roberta")
@@ -40,7 +34,14 @@ ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity"}
 PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 5e-2}
 
 # Every manifest field that changes a score: two exports differing in any of them get two fingerprints.
-SCORE_SETTINGS = ("kind", "max_seq_length", "pad_token_id", "activation", "precision", "output")
+SCORE_SETTINGS: tuple[str, ...] = (
+    "kind",
+    "max_seq_length",
+    "pad_token_id",
+    "activation",
+    "precision",
+    "output",
+)
 
 
 @dataclass
@@ -156,8 +157,6 @@ def demo_pairs() -> tuple[list[str], list[str]]:
 def check_pairs(precision: str) -> tuple[list[str], list[str]]:
     """Every parity text against every other (short, long enough to truncate, empty), plus for int8 the
     demo pairs."""
-    from fastmarco.model.export import PARITY_TEXTS
-
     queries, passages = (
         [q for q, _ in product(PARITY_TEXTS, PARITY_TEXTS)],
         [*PARITY_TEXTS] * len(PARITY_TEXTS),
@@ -169,61 +168,52 @@ def check_pairs(precision: str) -> tuple[list[str], list[str]]:
     return queries, passages
 
 
-def export_cross_encoder(
-    folder: Path,
-    model: str,
-    target: Path,
-    *,
-    fp16: bool,
-    int8: bool,
-    int8_attention: bool,
-    optimize: OptimizeLevel | None,
-    max_seq_length: int | None,
-    opset: int | None,
-) -> tuple[CrossEncoderCard, str, str, dict[str, int], float, str]:
-    """Export the cross-encoder in FOLDER to TARGET (checked absent by the caller): (card, precision,
-    optimize level, fusions, parity as the largest |score difference|, fingerprint)."""
-    from optimum.exporters.onnx import onnx_export_from_model
-    from sentence_transformers import CrossEncoder
+class CrossEncoderKind:
+    name = "cross-encoder"
+    fallback = False
+    fingerprint_settings = SCORE_SETTINGS
 
-    from fastmarco.model.cross_encoder import CrossEncoderScorer
-    from fastmarco.model.export import _optimize, build_record, embedding_fingerprint
-    from fastmarco.model.quantize import quantize_int8, tokenized_batches
+    def claims(self, folder: Path) -> bool:
+        return is_cross_encoder(folder)
 
-    cross_encoder = CrossEncoder(str(folder), device="cpu", local_files_only=True)
-    card = _card(cross_encoder, folder, max_seq_length)
-    setattr(cross_encoder, _length_attribute(cross_encoder), card.max_seq_length)
-    staging = staging_directory(target)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            onnx_export_from_model(
-                cross_encoder.model,
-                staging,
-                task="text-classification",
-                library_name="transformers",
-                opset=opset,
-                do_validation=False,
-            )
-        for warning in caught:
-            log.debug("exporter warning: %s: %s", warning.category.__name__, warning.message)
-        cross_encoder.tokenizer.save_pretrained(str(staging))
-        if not (staging / "tokenizer.json").is_file():
-            raise ExportError(f"{folder}: no fast tokenizer (tokenizer.json) could be saved for this model")
-        onnx_path = staging / "model.onnx"
-        _score_head(onnx_path, card.activation)
-        level: OptimizeLevel = optimize or "O2"
-        fusions = _optimize(onnx_path, card.num_heads, card.hidden_size, level, fp16)
-        quantization = None
-        if int8:
-            queries, passages = demo_pairs()
-            calibration = tokenized_batches(cross_encoder.tokenizer, queries, card.max_seq_length, passages)
-            quantization = quantize_int8(onnx_path, calibration, attention=int8_attention)
-        precision = "int8" if int8 else "fp16" if fp16 or optimize == "O4" else "fp32"
-        manifest: dict[str, Any] = {
-            "format": MODEL_FORMAT,
-            "version": MODEL_FORMAT_VERSION,
-            "kind": "cross-encoder",
+    def load(self, folder: Path, *, max_seq_length: int | None, similarity: Similarity | None) -> Source:
+        from sentence_transformers import CrossEncoder
+
+        if similarity is not None:
+            raise ExportError(f"{folder} is a cross-encoder: it scores pairs, so --similarity does not apply")
+        cross_encoder = CrossEncoder(str(folder), device="cpu", local_files_only=True)
+        card = _card(cross_encoder, folder, max_seq_length)
+        setattr(cross_encoder, _length_attribute(cross_encoder), card.max_seq_length)
+        return Source(folder, card, cross_encoder)
+
+    def trace(self, source: Source, out: Path, opset: int | None) -> Path:
+        cross_encoder = source.reference
+        onnx_path = trace_to_onnx(
+            cross_encoder.model, out, task="text-classification", library="transformers", opset=opset
+        )
+        cross_encoder.tokenizer.save_pretrained(str(out))
+        assert isinstance(source.card, CrossEncoderCard)
+        _score_head(onnx_path, source.card.activation)
+        return onnx_path
+
+    def calibration(self, source: Source) -> list[dict[str, npt.NDArray[np.int64]]]:
+        queries, passages = demo_pairs()
+        return tokenized_batches(source.reference.tokenizer, queries, source.card.max_seq_length, passages)
+
+    def expected(self, source: Source, precision: str) -> npt.NDArray[Any]:
+        queries, passages = check_pairs(precision)
+        return np.asarray(
+            source.reference.predict(
+                list(zip(queries, passages, strict=True)), batch_size=8, show_progress_bar=False
+            ),
+            dtype=np.float64,
+        )
+
+    def manifest_fields(self, source: Source, expected: npt.NDArray[Any]) -> dict[str, Any]:
+        card = source.card
+        assert isinstance(card, CrossEncoderCard)
+        return {
+            "kind": self.name,
             "model": "model.onnx",
             "output": OUTPUT_NAME,
             "dim": 1,
@@ -232,20 +222,16 @@ def export_cross_encoder(
             "do_lower_case": False,
             "pad_token_id": card.pad_token_id,
             "architecture": card.architecture,
-            **build_record(onnx_path, model, folder, precision, level, fusions, quantization),
         }
-        manifest["fingerprint"] = fingerprint = embedding_fingerprint(
-            [onnx_path, staging / "tokenizer.json"], manifest, SCORE_SETTINGS
-        )
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+
+    def check(
+        self, source: Source, exported: Path, precision: str, expected: npt.NDArray[Any]
+    ) -> tuple[str, Any]:
+        """The same pairs through CrossEncoder.predict and the exported graph."""
+        from fastmarco.model.cross_encoder import CrossEncoderScorer
+
         queries, passages = check_pairs(precision)
-        expected = np.asarray(
-            cross_encoder.predict(
-                list(zip(queries, passages, strict=True)), batch_size=8, show_progress_bar=False
-            ),
-            dtype=np.float64,
-        )
-        got = CrossEncoderScorer.open(staging, device="cpu").score(queries, passages).astype(np.float64)
+        got = CrossEncoderScorer.open(exported, device="cpu").score(queries, passages).astype(np.float64)
         difference = float(np.abs(expected - got).max())
         allowed = PARITY_TOLERANCE[precision] * max(1.0, float(np.abs(expected).max()))
         if not difference <= allowed:  # also refuses NaN
@@ -254,10 +240,10 @@ def export_cross_encoder(
                 f"{len(queries)} check pairs: largest score difference {difference:.6g} > {allowed:.6g}; "
                 "nothing was published"
             )
-        manifest["parity_max_abs_diff"] = difference
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        publish_directory(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return card, precision, level, fusions, difference, fingerprint
+        return "parity_max_abs_diff", difference
+
+    def parity_words(self, value: Any) -> str:
+        return f"largest score difference from CrossEncoder.predict {value:.3g}"
+
+
+register_model_kind(CrossEncoderKind())

@@ -1,0 +1,256 @@
+"""The export steps every model kind shares (fastmarco.model.kinds): find the model, trace it to
+ONNX, make its shapes inferable, fuse and optimize, and record how the graph was built and what
+identifies it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from fastmarco._version import __version__
+from fastmarco.errors import ExportError
+
+log = logging.getLogger("fastmarco")
+
+OptimizeLevel = Literal["O1", "O2", "O3", "O4"]
+
+# Texts the export is parity-checked on: short, long, mixed case, MS MARCO-like mojibake.
+PARITY_TEXTS = (
+    "how big is london",
+    "The presence of communication amid scientific minds was equally important to the success of the "
+    "Manhattan Project as scientific intellect was.",
+    "Wi-Fi or WiFi (/ËwaÉª faÉª/) is a technology that allows electronic devices to connect to a "
+    "wireless LAN (WLAN) network, mainly using the 2.4 gigahertz (12 cm) UHF and 5 gigahertz (6 cm) "
+    "SHF ISM radio bands. " * 8,
+    "a",
+    "",
+)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+    if not isinstance(body, dict):
+        raise ExportError(f"{path}: expected a JSON object")
+    return body
+
+
+def resolve_model(model: str) -> Path:
+    """A local folder as is; otherwise a hub id, downloaded (or taken from the local hub cache)."""
+    path = Path(model)
+    if path.is_dir():
+        return path
+    if path.exists() or model.startswith((".", "/")):
+        raise ExportError(f"{model}: not a model folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model))
+    except Exception as exc:  # the hub client raises many types; all mean "not available here"
+        raise ExportError(f"cannot fetch '{model}' from the model hub ({type(exc).__name__}: {exc})") from exc
+
+
+def fingerprint_files(paths: list[Path]) -> str:
+    """sha256 over the names and bytes of the files: identifies an exported model."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(files: list[Path], manifest: dict[str, Any], settings_names: tuple[str, ...]) -> str:
+    """sha256 over the graph and tokenizer bytes plus the settings that change an output (an
+    embedding, or a cross-encoder's score): the same graph exported with --max-seq-length 128 and 256
+    gets two."""
+    settings = json.dumps({name: manifest.get(name) for name in settings_names}, sort_keys=True)
+    digest = hashlib.sha256(fingerprint_files(files).encode() + b"\0" + settings.encode())
+    return digest.hexdigest()
+
+
+def trace_to_onnx(model: Any, out: Path, *, task: str, library: str, opset: int | None) -> Path:
+    """optimum's exporter on a loaded model; returns OUT/model.onnx."""
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    # torch/optimum warn about their own internals (TorchScript exporter, tracer); not actionable
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        onnx_export_from_model(model, out, task=task, library_name=library, opset=opset, do_validation=False)
+    for warning in caught:
+        log.debug("exporter warning: %s: %s", warning.category.__name__, warning.message)
+    return out / "model.onnx"
+
+
+def build_record(
+    onnx_path: Path,
+    model: str,
+    folder: Path,
+    precision: str,
+    level: str,
+    fusions: dict[str, int],
+    quantization: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The manifest fields that say how a graph was built, for both kinds of model: precision,
+    optimization, quantization, opset, source and the exporting versions."""
+    import onnx
+
+    return {
+        "precision": precision,
+        "optimize": level,
+        "fusions": fusions,
+        **({"quantization": quantization} if quantization else {}),
+        "opset": int(onnx.load(str(onnx_path), load_external_data=False).opset_import[0].version),
+        "source": {"model": model, "fingerprint": _source_fingerprint(folder)},
+        "exported_by": {
+            "fastmarco": __version__,
+            **{
+                name: _version(name)
+                for name in ("optimum-onnx", "onnxruntime", "torch", "transformers", "sentence-transformers")
+            },
+        },
+    }
+
+
+def _source_fingerprint(folder: Path) -> str:
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.name not in ("README.md", ".gitattributes")
+    )
+    return fingerprint_files(files)
+
+
+def _constant_values(graph: Any) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _replace_node(graph: Any, node: Any, replacements: list[Any]) -> None:
+    position = list(graph.node).index(node)
+    graph.node.remove(node)
+    for offset, replacement in enumerate(replacements):
+        graph.node.insert(position + offset, replacement)
+
+
+def _make_shapes_inferable(path: Path) -> dict[str, int]:
+    """Rewrite two exporter idioms that stop ORT's symbolic shape inference, so fusions can take.
+
+    Without this the optimizer fuses only GELU and LayerNorm: attention and SkipLayerNorm fusion need
+    every shape. (1) BERT/RoBERTa's zero `token_type_ids` buffer becomes
+    `Expand(Slice(buffer, 0, seq_len), shape)`, whose length is `Min(512, seq_len)` to sympy and fails
+    to broadcast; it is replaced by `ConstantOfShape(Shape(input_ids))`, the same zeros. (2) Normalize's
+    `ReduceL2` with axes as an input (opset 18) has no shape rule; it becomes `Sqrt(ReduceSum(x*x))`.
+    The parity check after optimization guards both rewrites.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    constants = _constant_values(graph)
+    producer = {output: node for node in graph.node for output in node.output}
+    rewrites = {"token_type_zeros": 0, "reduce_l2": 0}
+    for node in list(graph.node):
+        if node.op_type == "Expand":
+            source = producer.get(node.input[0])
+            if source is None or source.op_type != "Slice" or source.input[0] not in constants:
+                continue
+            buffer = constants[source.input[0]]
+            if buffer.dtype.kind not in "iu" or buffer.any():
+                continue
+            shape_name = f"{node.output[0]}/input_ids_shape"
+            element = TensorProto.INT32 if buffer.dtype == np.int32 else TensorProto.INT64
+            _replace_node(
+                graph,
+                node,
+                [
+                    helper.make_node("Shape", ["input_ids"], [shape_name], name=f"{node.name}/Shape"),
+                    helper.make_node(
+                        "ConstantOfShape",
+                        [shape_name],
+                        [node.output[0]],
+                        name=f"{node.name}/Zeros",
+                        value=helper.make_tensor("value", element, [1], [0]),
+                    ),
+                ],
+            )
+            rewrites["token_type_zeros"] += 1
+        elif node.op_type == "ReduceL2":
+            result = node.output[0]
+            keepdims = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+            _replace_node(
+                graph,
+                node,
+                [
+                    helper.make_node(
+                        "Mul", [node.input[0]] * 2, [f"{result}/squared"], name=f"{node.name}/Square"
+                    ),
+                    helper.make_node(
+                        "ReduceSum",
+                        [f"{result}/squared", *node.input[1:]],
+                        [f"{result}/sum"],
+                        name=f"{node.name}/Sum",
+                        keepdims=keepdims,
+                    ),
+                    helper.make_node("Sqrt", [f"{result}/sum"], [result], name=f"{node.name}/Sqrt"),
+                ],
+            )
+            rewrites["reduce_l2"] += 1
+    onnx.save(model, str(path))
+    return rewrites
+
+
+def optimize_graph(
+    path: Path, num_heads: int, hidden_size: int, level: OptimizeLevel, fp16: bool
+) -> dict[str, int]:
+    """ORT transformer fusions (O2+), GELU approximation (O3+), fp16 (O4 or --fp16).
+
+    ORT's basic graph optimizations (opt_level 1: constant folding, provider-independent) run first so
+    the attention-mask arithmetic folds into the pattern the attention fusion matches.
+    """
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    if level != "O1":
+        log.debug("shape rewrites before fusion: %s", _make_shapes_inferable(path))
+
+    options = FusionOptions("bert")
+    if level == "O1":
+        for name in vars(options):
+            if name.startswith("enable_") and isinstance(getattr(options, name), bool):
+                setattr(options, name, False)
+    options.enable_gelu_approximation = level in ("O3", "O4")
+    optimized = optimize_model(
+        str(path),
+        model_type="bert",
+        num_heads=num_heads,
+        hidden_size=hidden_size,
+        optimization_options=options,
+        opt_level=0 if level == "O1" else 1,
+    )
+    fusions = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+    if fp16 or level == "O4":
+        optimized.convert_float_to_float16(keep_io_types=True)
+    optimized.save_model_to_file(str(path))
+    return fusions
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
