@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from fastmarco.cli.app import DEVICE, POSITIVE, main, ray_option
+from fastmarco.store.shards import DEFAULT_ROWS_PER_SHARD
 
 
 @main.command()
@@ -24,7 +25,9 @@ from fastmarco.cli.app import DEVICE, POSITIVE, main, ray_option
     "Run the --devices workers as Ray actors (on the cluster at ADDRESS; bare: RAY_ADDRESS or a "
     "local cluster). OUT must be on storage every node sees."
 )
-@click.option("--shard-size", type=POSITIVE, default=1_000_000, show_default=True, help="Rows per shard.")
+@click.option(
+    "--shard-size", type=POSITIVE, default=DEFAULT_ROWS_PER_SHARD, show_default=True, help="Rows per shard."
+)
 @click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True)
 @click.option(
     "--on-bad-line",

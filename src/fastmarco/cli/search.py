@@ -24,7 +24,12 @@ from fastmarco.search.kinds import kind_names
     "else opq-ivfpq.",
 )
 @click.option("--factory", help="A faiss index_factory string instead of the preset.")
-@click.option("--train-size", type=POSITIVE, help="Rows sampled for training (default: 64 per IVF list).")
+@click.option(
+    "--train-size",
+    type=POSITIVE,
+    help="Rows sampled for training (default: 64 per IVF list or 256 codebook centroids, at least "
+    "65,536, at most every row).",
+)
 @click.option("--nprobe", type=POSITIVE, help="IVF lists probed per query (default: nlist / 8, at least 64).")
 @click.option(
     "--refine",
@@ -158,16 +163,7 @@ def query(
             return
         hits = search_hits(engine, str(text), k, passages)
     if as_json:
-        rows = [
-            {
-                "rank": h.rank,
-                "pid": h.pid,
-                "score": h.score,
-                **({"text": h.text} if h.text is not None else {}),
-            }
-            for h in hits
-        ]
-        click.echo(json.dumps(rows, ensure_ascii=False))
+        click.echo(json.dumps([h.as_json(passages is not None) for h in hits], ensure_ascii=False))
         return
     for h in hits:
         click.echo(f"{h.rank:>3}  {h.score:8.4f}  {h.pid}" + (f"  {h.text}" if h.text is not None else ""))

@@ -17,7 +17,7 @@ from fastmarco.corpus.ids import integer_key
 from fastmarco.corpus.msmarco_tsv import BOM
 from fastmarco.errors import EncodeMismatchError, InputError
 from fastmarco.model.manifest import ModelManifest
-from fastmarco.store.shards import MANIFEST_NAME, DType, IdType, Manifest, ShardSet
+from fastmarco.store.shards import DEFAULT_ROWS_PER_SHARD, MANIFEST_NAME, DType, IdType, Manifest, ShardSet
 
 OnBadLine = Literal["error", "skip"]
 SKIPPED_NAME = "skipped-lines.tsv"
@@ -79,7 +79,7 @@ class JobSpec:
     corpus: str
     corpus_fingerprint: str
     id_type: IdType
-    rows_per_shard: int = 1_000_000
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
     dtype: DType = "fp16"
     on_bad_line: OnBadLine = "error"
     chunk_rows: int = DEFAULT_CHUNK_ROWS
@@ -91,7 +91,7 @@ class JobSpec:
         model_directory: str | os.PathLike[str],
         corpus: str | os.PathLike[str],
         *,
-        rows_per_shard: int = 1_000_000,
+        rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
         dtype: DType = "fp16",
         on_bad_line: OnBadLine = "error",
         chunk_rows: int = DEFAULT_CHUNK_ROWS,

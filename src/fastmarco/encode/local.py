@@ -35,7 +35,14 @@ from fastmarco.encode.job import (
 from fastmarco.encode.reader import CorpusReader
 from fastmarco.errors import StoreIOError
 from fastmarco.model.encoder import Encoder
-from fastmarco.store.shards import MANIFEST_NAME, DType, Manifest, ShardSet, ShardWriter
+from fastmarco.store.shards import (
+    DEFAULT_ROWS_PER_SHARD,
+    MANIFEST_NAME,
+    DType,
+    Manifest,
+    ShardSet,
+    ShardWriter,
+)
 
 Progress = Callable[[int, int, int, int], None]
 
@@ -48,7 +55,7 @@ def encode_corpus(
     corpus: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    rows_per_shard: int = 1_000_000,
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
     dtype: DType = "fp16",
     on_bad_line: OnBadLine = "error",
     restart: bool = False,

@@ -44,7 +44,14 @@ from fastmarco.encode.job import (
 from fastmarco.encode.reader import plan_parts
 from fastmarco.encode.runners import PartTask, ProcessRunner, Progress, Runner
 from fastmarco.errors import EncodeMismatchError, FormatError, InputError
-from fastmarco.store.shards import MANIFEST_NAME, DType, Manifest, ShardEntry, ShardSet
+from fastmarco.store.shards import (
+    DEFAULT_ROWS_PER_SHARD,
+    MANIFEST_NAME,
+    DType,
+    Manifest,
+    ShardEntry,
+    ShardSet,
+)
 
 PARTS_NAME = ".parts"
 PLAN_NAME = "plan.json"
@@ -164,7 +171,7 @@ def encode_corpus_on_devices(
     out: str | os.PathLike[str],
     devices: Sequence[str],
     *,
-    rows_per_shard: int = 1_000_000,
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
     dtype: DType = "fp16",
     on_bad_line: OnBadLine = "error",
     restart: bool = False,

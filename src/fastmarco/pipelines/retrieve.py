@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,13 @@ class Hit:
     pid: str
     score: float
     text: str | None = None  # with a passage store
+
+    def as_json(self, with_text: bool) -> dict[str, Any]:
+        """The hit as `query --json` prints it and `/search` answers it; `text` (null where the
+        collection lacks the pid) when a passage store was given."""
+        return {"rank": self.rank, "pid": self.pid, "score": self.score} | (
+            {"text": self.text} if with_text else {}
+        )
 
 
 def hits_of(result: SearchResult, query: int, passages: PassageStore | None = None) -> list[Hit]:

@@ -140,7 +140,7 @@ class IndexManifest:
         body = {"format": INDEX_FORMAT, **asdict(self)}
         if self.shard_range is None:
             del body["shard_range"]
-        (directory / INDEX_MANIFEST).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+        write_bytes_atomic(directory / INDEX_MANIFEST, (json.dumps(body, indent=2) + "\n").encode("utf-8"))
 
     @classmethod
     def load(cls, directory: Path) -> IndexManifest:

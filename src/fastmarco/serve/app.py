@@ -275,11 +275,7 @@ class Service:
             return [
                 {
                     "query": text,
-                    "hits": [
-                        {"rank": h.rank, "pid": h.pid, "score": h.score}
-                        | ({"text": h.text} if self.passages is not None else {})
-                        for h in hits_of(found, i, self.passages)
-                    ],
+                    "hits": [h.as_json(self.passages is not None) for h in hits_of(found, i, self.passages)],
                 }
                 for i, text in enumerate(asked.texts)
             ]
