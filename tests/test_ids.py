@@ -153,3 +153,23 @@ def test_mine_keeps_ids_as_strings_over_single_and_grouped_indexes(
     rows = [json.loads(line) for line in (out / "triplet.jsonl").read_text().splitlines()]
     assert rows and all(row["positive"] == PASSAGES["007"] for row in rows)
     assert {row["negative"] for row in rows} == {PASSAGES[p] for p in ("7", "0007", "70")}
+
+
+def test_engine_verbs_agree_and_look_up_vectors_by_the_id_rule(built: dict[str, Path]) -> None:
+    import numpy as np
+
+    from fastmarco.engine import Engine
+
+    with Engine.open(built["grouped"], device="cpu") as engine:
+        texts = list(PASSAGES.values())
+        vectors = engine.embed(texts)
+        assert np.array_equal(engine.embed(engine.tokenize(texts)), vectors)
+        by_text, by_vector = engine.search(texts, 2), engine.search_vectors(vectors, 2)
+        assert by_text.ids.tolist() == by_vector.ids.tolist()
+        stored, found = engine.vectors_of(["007", "7", "07", "0007"])
+        assert found.tolist() == [True, True, False, True]
+        assert not stored[2].any()
+        # the fp16 shards hold each passage's own embedding
+        assert np.allclose(stored[[0, 1, 3]], vectors[[1, 0, 2]], atol=2e-3)
+        info = engine.describe()
+        assert (info.rows, info.dim, info.index_kind) == (4, 384, "flat x 2 groups")

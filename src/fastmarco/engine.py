@@ -1,15 +1,43 @@
-"""The importable query engine: text in, ranked passages out, everything loaded once."""
+"""The importable query engine: text in, ranked passages out, everything loaded once.
+
+`Engine` is the one seam the front ends use (serve and its batcher, mine, the CLI, the demo): its
+verbs tokenize, embed, search by texts or vectors, look up stored vectors by pid and describe what is
+loaded; nothing above it reaches into the model or the index. `Tokenized` and `SearchResult` are
+re-exported here for them."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
 
 from fastmarco.errors import IndexMismatchError, InputError
-from fastmarco.model.encoder import Encoder
+from fastmarco.model.encoder import Encoder, Tokenized
 from fastmarco.model.runtime import Device
 from fastmarco.search.backends import SearchIndex, SearchResult
 from fastmarco.search.groups import open_search_index
+
+__all__ = ["Engine", "EngineInfo", "SearchResult", "Tokenized"]
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What an engine has loaded, for /info, the serve banner and the model name a server reports."""
+
+    model_directory: Path
+    model_source: str | None  # the hub id or folder the model was exported from
+    model_fingerprint: str
+    dim: int
+    similarity: str | None
+    max_seq_length: int
+    device: str
+    index_kind: str
+    index_factory: str
+    rows: int
 
 
 class Engine:
@@ -61,10 +89,52 @@ class Engine:
             raise
         return cls(encoder, index, threads)
 
+    def tokenize(self, texts: Sequence[str]) -> Tokenized:
+        """The model's tokens of each text, cut to its max_seq_length."""
+        return self.encoder.tokenize(texts)
+
+    def embed(self, texts: Sequence[str] | Tokenized) -> npt.NDArray[np.float32]:
+        """(len(texts), dim) float32 embeddings of texts, or of texts tokenized by `tokenize`."""
+        if isinstance(texts, Tokenized):
+            return self.encoder.encode_tokenized(texts).astype(np.float32, copy=False)
+        return self.encoder.encode(texts).astype(np.float32, copy=False)
+
     def search(self, texts: Sequence[str], k: int = 10, *, refine: int | None = None) -> SearchResult:
         """(len(texts), k) exact scores, rows and the corpus's pids, best first (see SearchResult)."""
-        vectors = self.encoder.encode(texts)
+        return self.search_vectors(self.embed(texts), k, refine=refine)
+
+    def search_vectors(
+        self, vectors: npt.ArrayLike, k: int = 10, *, refine: int | None = None
+    ) -> SearchResult:
+        """The same search for (nq, dim) query vectors already embedded (by `embed`)."""
         return self.index.search(vectors, k, refine=refine, threads=self.threads)
+
+    def vectors_of(self, pids: Sequence[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        """The stored vectors of `pids` (by the project's id rule) and which of them were found; a
+        missing pid's row is zeros."""
+        stored = self.index.stored_vectors()
+        rows = stored.rows_of(pids)
+        found = rows >= 0
+        vectors = np.zeros((len(pids), self.index.dim), dtype=np.float32)
+        vectors[found] = stored.vectors_of(rows[found])
+        return vectors, found
+
+    def describe(self) -> EngineInfo:
+        model = self.encoder.model
+        source = model.raw.get("source")
+        origin = source.get("model") if isinstance(source, dict) else None
+        return EngineInfo(
+            model_directory=Path(self.encoder.directory),
+            model_source=origin if isinstance(origin, str) else None,
+            model_fingerprint=model.fingerprint,
+            dim=model.dim,
+            similarity=model.similarity,
+            max_seq_length=model.max_seq_length,
+            device=self.encoder.device,
+            index_kind=self.index.kind,
+            index_factory=self.index.factory,
+            rows=self.index.rows,
+        )
 
     def close(self) -> None:
         """Release the index's actors, if it has any; the engine cannot search afterwards."""

@@ -101,7 +101,8 @@ def serve(
         ray=ray_target(ray_address),
     )
     passages = PassageStore.open(collection) if collection else None
-    name = served_model_name or default_model_name(engine.encoder.model.raw, engine.encoder.directory)
+    loaded = engine.describe()
+    name = served_model_name or default_model_name(loaded.model_source, loaded.model_directory)
     config = ServeConfig(
         name,
         max_batch_tokens=max_batch_tokens,
@@ -114,8 +115,8 @@ def serve(
     where = sock.getsockname()
     shown = f"[{where[0]}]" if ":" in where[0] else where[0]
     click.echo(
-        f"fastmarco serve: http://{shown}:{where[1]} ({name}, {engine.index.rows:,} rows, "
-        f"{engine.index.kind}, {engine.encoder.device})",
+        f"fastmarco serve: http://{shown}:{where[1]} ({name}, {loaded.rows:,} rows, "
+        f"{loaded.index_kind}, {loaded.device})",
         err=True,
     )
     with engine:
@@ -123,10 +124,8 @@ def serve(
     sys.exit(status)
 
 
-def default_model_name(manifest: dict[str, object], directory: Path) -> str:
+def default_model_name(source: str | None, directory: Path) -> str:
     """The hub id the model was exported from; for a local folder, the export directory's name."""
-    source = manifest.get("source")
-    model = source.get("model") if isinstance(source, dict) else None
-    if isinstance(model, str) and model and not Path(model).is_absolute() and not Path(model).exists():
-        return model
+    if source and not Path(source).is_absolute() and not Path(source).exists():
+        return source
     return directory.name

@@ -149,7 +149,7 @@ def _open_systems(spec: MineSpec, device: Device, show_progress: bool) -> list[S
     systems: list[System] = []
     for name, directory in spec.systems:
         system = IndexSystem.open(name, directory)
-        if device == "cuda" and not system.engine.encoder.device.startswith("cuda"):
+        if device == "cuda" and not system.engine.describe().device.startswith("cuda"):
             raise InputError(f"system '{name}': --device cuda asked for, but its encoder runs on the CPU")
         systems.append(system)
     if spec.bm25:

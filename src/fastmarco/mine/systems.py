@@ -43,7 +43,6 @@ class IndexSystem:
     def __init__(self, name: str, engine: Engine) -> None:
         self.name = name
         self.engine = engine
-        self.shard_set = engine.index.stored_vectors()
 
     @classmethod
     def open(cls, name: str, index_dir: str | os.PathLike[str], *, threads: int = 0) -> IndexSystem:
@@ -51,21 +50,21 @@ class IndexSystem:
 
     @property
     def fingerprint(self) -> str:
-        return self.engine.encoder.fingerprint
+        return self.engine.describe().model_fingerprint
 
     def _vectors(self, pids: Sequence[str]) -> npt.NDArray[np.float32]:
-        rows = self.shard_set.rows_of(pids)
-        if (rows < 0).any():
-            missing = [pids[i] for i in np.flatnonzero(rows < 0)[:3]]
+        vectors, found = self.engine.vectors_of(pids)
+        if not found.all():
+            missing = [pids[i] for i in np.flatnonzero(~found)[:3]]
             raise InputError(
                 f"system '{self.name}': positives {missing} are not in its shard set; encode the whole "
                 "collection (positives included) into it"
             )
-        return self.shard_set.vectors_of(rows)
+        return vectors
 
     def retrieve(self, texts: Sequence[str], k: int, positives: Sequence[Sequence[str]]) -> list[Retrieved]:
-        vectors = self.engine.encoder.encode(texts)
-        result = self.engine.index.search(vectors, k, threads=self.engine.threads)
+        vectors = self.engine.embed(texts)
+        result = self.engine.search_vectors(vectors, k)
         flat = [p for pids in positives for p in pids]
         positive_vectors = self._vectors(flat) if flat else np.zeros((0, vectors.shape[1]), np.float32)
         found: list[Retrieved] = []

@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from fastmarco.engine import Engine
-from fastmarco.search.backends import SearchResult
+from fastmarco.engine import Engine, SearchResult
 from fastmarco.store.formats import RunEntry
 from fastmarco.store.passages import PassageStore
 

@@ -134,6 +134,7 @@ class Service:
 
     def __init__(self, engine: Engine, passages: PassageStore | None, config: ServeConfig) -> None:
         self.engine = engine
+        self.loaded = engine.describe()
         self.passages = passages
         self.config = config
         self.metrics = Metrics()
@@ -188,9 +189,9 @@ class Service:
         assert self.batcher is not None, "the lifespan starts the batcher before any request"
         loop = asyncio.get_running_loop()
         if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:  # a query or two: cheaper than a thread hop
-            tokenized = self.engine.encoder.tokenize(texts)
+            tokenized = self.engine.tokenize(texts)
         else:
-            tokenized = await loop.run_in_executor(self.io, self.engine.encoder.tokenize, texts)
+            tokenized = await loop.run_in_executor(self.io, self.engine.tokenize, texts)
         truncated = int(tokenized.truncated.sum())
         if truncated:
             self.metrics.truncated.inc(truncated)
@@ -242,7 +243,7 @@ class Service:
     async def _embeddings(self, request: Request) -> Response:
         started = time.perf_counter()
         self.authorize(request)
-        asked = embeddings_request(await self.body(request), self.config.limits, self.engine.encoder.dim)
+        asked = embeddings_request(await self.body(request), self.config.limits, self.loaded.dim)
         result = await self.run(request, asked.texts, None)
         if result is None:
             return Response(status_code=CLIENT_CLOSED)
@@ -296,22 +297,21 @@ class Service:
 
     async def info(self, request: Request) -> Response:
         self.authorize(request)
-        model = self.engine.encoder.model
-        index = self.engine.index
+        loaded = self.loaded
         limits = self.config.limits
         return JSONResponse(
             {
                 "version": __version__,
                 "model": self.config.model_name,
-                "model_fingerprint": model.fingerprint,
-                "dim": model.dim,
-                "similarity": model.similarity,
-                "max_seq_length": model.max_seq_length,
-                "device": self.engine.encoder.device,
+                "model_fingerprint": loaded.model_fingerprint,
+                "dim": loaded.dim,
+                "similarity": loaded.similarity,
+                "max_seq_length": loaded.max_seq_length,
+                "device": loaded.device,
                 "index": {
-                    "kind": index.kind,
-                    "factory": index.factory,
-                    "rows": index.rows,
+                    "kind": loaded.index_kind,
+                    "factory": loaded.index_factory,
+                    "rows": loaded.rows,
                 },
                 "passages": self.passages is not None,
                 "limits": {

@@ -22,10 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from fastmarco.engine import Engine
+from fastmarco.engine import Engine, SearchResult, Tokenized
 from fastmarco.errors import OverloadedError
-from fastmarco.model.encoder import Tokenized
-from fastmarco.search.backends import SearchResult
 from fastmarco.serve.metrics import Metrics
 
 
@@ -150,7 +148,7 @@ class Batcher:
     def _run(self, batch: list[Job], started: float) -> list[JobResult]:
         """One encode of every text, then one search per distinct k; on the worker thread."""
         tokenized = Tokenized.concat([job.tokenized for job in batch])
-        vectors = self.engine.encoder.encode_tokenized(tokenized).astype(np.float32, copy=False)
+        vectors = self.engine.embed(tokenized)
         encoded = time.perf_counter()
         self.metrics.batch_rows.observe(len(tokenized))
         self.metrics.batch_tokens.observe(tokenized.tokens)
@@ -163,7 +161,7 @@ class Batcher:
             members = [i for i, job in enumerate(batch) if job.k == k]
             rows = np.concatenate([np.arange(*spans[i]) for i in members])
             before = time.perf_counter()
-            result = self.engine.index.search(vectors[rows], k, threads=self.engine.threads)
+            result = self.engine.search_vectors(vectors[rows], k)
             search_seconds[k] = time.perf_counter() - before
             self.metrics.search_seconds.observe(search_seconds[k])
             start = 0
