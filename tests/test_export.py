@@ -17,8 +17,9 @@ from tiny_models import CORPUS, FAMILIES
 
 from fastmarco.errors import EncoderError, ExportError, InputError
 from fastmarco.model.bi_encoder_export import read_model_card
-from fastmarco.model.encoder import Encoder, plan_batches
+from fastmarco.model.encoder import Encoder
 from fastmarco.model.export import export_model
+from fastmarco.model.runtime import TokenBudget
 
 TEXTS = [
     *CORPUS,
@@ -155,7 +156,7 @@ def test_busy_wait_off_stops_the_spin_when_a_run_returns_not_inside_it(
 
 def test_plan_batches_respects_the_token_budget() -> None:
     lengths = np.random.default_rng(0).integers(1, 300, size=1000)
-    batches = plan_batches(lengths, max_tokens=2048, max_batch=64)
+    batches = TokenBudget(max_tokens=2048, max_batch=64).plan(lengths)
     assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
     for rows in batches:
         assert len(rows) <= 64 and (len(rows) == 1 or len(rows) * lengths[rows].max() <= 2048)

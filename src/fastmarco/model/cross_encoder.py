@@ -8,70 +8,26 @@ and cut into batches under a token budget across queries; the scores come back i
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from fastmarco.errors import InputError, ModelError
-from fastmarco.model.encoder import DEFAULT_GPU_MAX_TOKENS, DEFAULT_MAX_TOKENS, plan_batches
-from fastmarco.model.manifest import ModelManifest
-from fastmarco.model.runtime import Device, load_tokenizer, open_session
+from fastmarco.errors import InputError
+from fastmarco.model.runtime import OnnxModel
 
 CHUNK_PAIRS = 8_192  # pairs tokenized at once: bounds the token lists held in memory
 
 
-class CrossEncoderScorer:
+class CrossEncoderScorer(OnnxModel):
     """The `Scorer` for a cross-encoder directory: `score` returns what `CrossEncoder.predict` returns
     (the manifest's `activation` says whether a sigmoid is applied to the logit)."""
 
-    def __init__(
-        self,
-        directory: Path,
-        model: ModelManifest,
-        session: Any,
-        tokenizer: Any,
-        device: str,
-        max_tokens: int,
-        max_batch: int,
-    ) -> None:
-        self.directory = directory
-        self.model = model
-        self.session = session
-        self.tokenizer = tokenizer
-        self.device = device
-        self.max_tokens = max_tokens
-        self.max_batch = max_batch
-        self.input_names = {i.name for i in session.get_inputs()}
-
-    @classmethod
-    def open(
-        cls,
-        directory: str | os.PathLike[str],
-        device: Device = "auto",
-        *,
-        device_id: int = 0,
-        threads: int = 0,
-        max_tokens: int | None = None,
-        max_batch: int = 1024,
-    ) -> CrossEncoderScorer:
-        root = Path(directory)
-        model = ModelManifest.load(root)
-        if model.kind != "cross-encoder":
-            raise ModelError(
-                f"{root} holds a {model.kind}, not a cross-encoder; export one with `fastmarco export` "
-                "from a sentence-transformers CrossEncoder"
-            )
-        session, chosen = open_session(root, model, device, device_id=device_id, threads=threads)
-        budget = max_tokens or (DEFAULT_GPU_MAX_TOKENS if chosen.startswith("cuda") else DEFAULT_MAX_TOKENS)
-        return cls(root, model, session, load_tokenizer(root, model), chosen, budget, max_batch)
-
-    @property
-    def fingerprint(self) -> str:
-        return self.model.fingerprint
+    kind = "cross-encoder"
+    wrong_kind = (
+        "{root} holds a {held}, not a cross-encoder; export one with `fastmarco export` from a "
+        "sentence-transformers CrossEncoder"
+    )
 
     def score(
         self,
@@ -96,24 +52,9 @@ class CrossEncoderScorer:
                 list(zip(queries[start:stop], passages[start:stop], strict=True))
             )
             lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-            for rows in plan_batches(lengths, self.max_tokens, self.max_batch):
-                scores[rows + start] = self._run([encodings[r] for r in rows], int(lengths[rows[0]]))
+            for rows in self.budget.plan(lengths):
+                feeds = self.pad([encodings[r] for r in rows], int(lengths[rows[0]]))
+                scores[rows + start] = self.run(feeds)
                 if progress is not None:
                     progress(len(rows))
         return scores
-
-    def _run(self, encodings: list[Any], width: int) -> npt.NDArray[np.float32]:
-        pad = self.model.pad_token_id
-        ids = np.full((len(encodings), width), pad, dtype=np.int64)
-        types = np.zeros((len(encodings), width), dtype=np.int64)
-        mask = np.zeros((len(encodings), width), dtype=np.int64)
-        for j, encoding in enumerate(encodings):
-            n = len(encoding.ids)
-            ids[j, :n] = encoding.ids
-            types[j, :n] = encoding.type_ids
-            mask[j, :n] = 1
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self.input_names:
-            feeds["token_type_ids"] = types
-        result: npt.NDArray[np.float32] = self.session.run([self.model.output], feeds)[0]
-        return result

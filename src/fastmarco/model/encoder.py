@@ -8,28 +8,19 @@ the following chunk is tokenized; results land in input order.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from fastmarco.errors import InputError, ModelError
-from fastmarco.model.manifest import ModelManifest
-from fastmarco.model.runtime import Device, load_tokenizer, open_session
+from fastmarco.errors import InputError
+from fastmarco.model.runtime import OnnxModel
 
-# Per batch on CPU: a batch whose activations stay in cache is faster, and needs a third of the memory
-# (2 cores, 2026-12-02: 16,384 -> 4,096 took MiniLM int8 from 212 to 227-245 passages/s and its peak
-# RSS from 1.6 GB to 0.55 GB; 2,048 was faster still there, but leaves more cores short of work).
-# GPUs want far more.
-DEFAULT_MAX_TOKENS = 4_096
-DEFAULT_GPU_MAX_TOKENS = 262_144
 CHUNK_TEXTS = 8_192
 
 
@@ -77,88 +68,21 @@ class Tokenized:
 @dataclass
 class _Batch:
     positions: npt.NDArray[np.int64]  # indexes into the caller's texts
-    input_ids: npt.NDArray[np.int64]
-    attention_mask: npt.NDArray[np.int64]
+    feeds: dict[str, npt.NDArray[np.int64]]
 
 
-def plan_batches(
-    lengths: npt.NDArray[np.int64], max_tokens: int, max_batch: int
-) -> list[npt.NDArray[np.int64]]:
-    """Longest first, greedily packed so rows x longest row <= max_tokens (at least one row each)."""
-    order = np.argsort(-lengths, kind="stable")
-    batches = []
-    start = 0
-    while start < len(order):
-        longest = max(1, int(lengths[order[start]]))
-        take = max(1, min(max_batch, max_tokens // longest))
-        batches.append(order[start : start + take])
-        start += take
-    return batches
+class Encoder(OnnxModel):
+    """A bi-encoder directory (see fastmarco.model.export) opened for inference."""
 
-
-class Encoder:
-    """An exported model directory (see fastmarco.export) opened for inference."""
-
-    def __init__(
-        self,
-        directory: Path,
-        model: ModelManifest,
-        session: Any,
-        tokenizer: Any,
-        device: str,
-        max_tokens: int,
-        max_batch: int,
-    ) -> None:
-        self.directory = directory
-        self.model = model
-        self.session = session
-        self.tokenizer = tokenizer
-        self.device = device
-        self.max_tokens = max_tokens
-        self.max_batch = max_batch
-        self.input_names = {i.name for i in session.get_inputs()}
-
-    @classmethod
-    def open(
-        cls,
-        directory: str | os.PathLike[str],
-        device: Device = "auto",
-        *,
-        device_id: int = 0,
-        threads: int = 0,
-        max_tokens: int | None = None,
-        max_batch: int = 1024,
-        busy_wait: bool = True,
-    ) -> Encoder:
-        """Load the ONNX graph and tokenizer. `cuda` without CUDA is an error, never a CPU fallback.
-
-        busy_wait=False stops ONNX Runtime's CPU threads spinning when each run returns (they still
-        spin inside it): right when other work shares the cores between encodes (a query engine
-        tokenizes before and searches after each one), while bulk encoding keeps the spin for
-        back-to-back batches.
-        """
-        root = Path(directory)
-        model = ModelManifest.load(root)
-        if model.kind != "bi-encoder":
-            raise ModelError(
-                f"{root} holds a {model.kind}: it scores (query, passage) pairs and embeds nothing; "
-                "use it with `fastmarco rerank` or `fastmarco mine --cross-encoder`"
-            )
-        session, chosen = open_session(
-            root, model, device, device_id=device_id, threads=threads, busy_wait=busy_wait
-        )
-        tokenizer = load_tokenizer(root, model)
-        use_cuda = chosen.startswith("cuda")
-        budget = max_tokens or (DEFAULT_GPU_MAX_TOKENS if use_cuda else DEFAULT_MAX_TOKENS)
-        return cls(root, model, session, tokenizer, chosen, budget, max_batch)
+    kind = "bi-encoder"
+    wrong_kind = (
+        "{root} holds a {held}: it scores (query, passage) pairs and embeds nothing; use it with "
+        "`fastmarco rerank` or `fastmarco mine --cross-encoder`"
+    )
 
     @property
     def dim(self) -> int:
         return self.model.dim
-
-    @property
-    def fingerprint(self) -> str:
-        return self.model.fingerprint
 
     @staticmethod
     def _check_texts(texts: Sequence[Any], offset: int) -> list[str]:
@@ -178,17 +102,10 @@ class Encoder:
 
     def _pack(self, tokenized: Tokenized, start: int) -> Iterator[_Batch]:
         """Padded batches under the token budget; positions are shifted by `start`."""
-        pad = self.model.pad_token_id
         lengths = tokenized.lengths
-        for rows in plan_batches(lengths, self.max_tokens, self.max_batch):
-            width = int(lengths[rows[0]])
-            ids = np.full((len(rows), width), pad, dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for j, row in enumerate(rows):
-                n = int(lengths[row])
-                ids[j, :n] = tokenized.encodings[row].ids
-                mask[j, :n] = 1
-            yield _Batch(rows + start, ids, mask)
+        for rows in self.budget.plan(lengths):
+            encodings = [tokenized.encodings[row] for row in rows]
+            yield _Batch(rows + start, self.pad(encodings, int(lengths[rows[0]])))
 
     def _batches(self, texts: Sequence[Any], stats: EncodeStats) -> Iterator[_Batch]:
         for start in range(0, len(texts), CHUNK_TEXTS):
@@ -203,23 +120,8 @@ class Encoder:
         """Embed already tokenized texts in their order, on the calling thread: (len(tokenized), dim)."""
         out = np.empty((len(tokenized), self.dim), dtype=dtype)
         for batch in self._pack(tokenized, 0):
-            out[batch.positions] = self._run(batch)
+            out[batch.positions] = self.run(batch.feeds)
         return out
-
-    def _run(self, batch: _Batch) -> npt.NDArray[np.float32]:
-        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        if "token_type_ids" in self.input_names:
-            feeds["token_type_ids"] = np.zeros_like(batch.input_ids)
-        if self.device.startswith("cuda"):
-            binding = self.session.io_binding()
-            for name, value in feeds.items():
-                binding.bind_cpu_input(name, value)
-            binding.bind_output(self.model.output, "cuda", int(self.device.split(":")[1]))
-            self.session.run_with_iobinding(binding)
-            result: npt.NDArray[np.float32] = binding.copy_outputs_to_cpu()[0]
-        else:
-            result = self.session.run([self.model.output], feeds)[0]
-        return result
 
     def encode(
         self,
@@ -272,7 +174,7 @@ class Encoder:
             while (item := pipe.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                out[item.positions] = self._run(item)
+                out[item.positions] = self.run(item.feeds)
                 stats.batches += 1
                 if progress is not None:
                     progress(len(item.positions))
