@@ -218,7 +218,8 @@ def test_unsupported_models_are_refused_clearly(
         read_model_card(folder)
     with pytest.raises(ExportError, match=message):
         export_model(str(folder), tmp_path / "out")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # nothing half-written
+    # nothing half-written: only the writer's (released) lock beside where OUT would be
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "m"]
 
 
 def test_old_style_pooling_config_is_read(tmp_path: Path) -> None:

@@ -20,10 +20,12 @@ import os
 import secrets
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from fastmarco._locks import output_lock
 from fastmarco.errors import OutputExistsError
 
 _AT_FDCWD = -100
@@ -153,3 +155,20 @@ def publish_directory(staging: Path, target: Path) -> None:
     else:
         os.replace(staging, target)
     fsync_dir(target.parent)
+
+
+@contextmanager
+def publishing(target: Path, *, overwrite: bool) -> Iterator[Path]:
+    """How every verb that writes a whole directory publishes it: one writer at a time (an flock on
+    `.<name>.lock` beside it), an existing TARGET refused unless `overwrite`, an empty staging folder
+    to build in, and on success an atomic swap into place; on any error nothing is published and the
+    staging folder is removed."""
+    with output_lock(target.parent / f".{target.name}.lock", str(target)):
+        refuse_existing(target, overwrite)
+        staging = staging_directory(target)
+        try:
+            yield staging
+            publish_directory(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise

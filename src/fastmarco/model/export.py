@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastmarco._atomic import publish_directory, refuse_existing, staging_directory
+from fastmarco._atomic import publishing
 from fastmarco.errors import ExportError
 from fastmarco.model import bi_encoder_export, cross_encoder_export  # noqa: F401  (register the kinds)
 from fastmarco.model.export_steps import (
@@ -65,12 +64,10 @@ def export_model(
             "int8_attention (--int8-attention) quantizes the attention of an int8 export: add int8"
         )
     target = Path(out)
-    refuse_existing(target, overwrite)
-    folder = resolve_model(model)
-    kind = model_kind_for(folder)
-    source = kind.load(folder, max_seq_length=max_seq_length, similarity=similarity)
-    staging = staging_directory(target)
-    try:
+    with publishing(target, overwrite=overwrite) as staging:
+        folder = resolve_model(model)
+        kind = model_kind_for(folder)
+        source = kind.load(folder, max_seq_length=max_seq_length, similarity=similarity)
         onnx_path = kind.trace(source, staging, opset)
         if not (staging / "tokenizer.json").is_file():
             raise ExportError(f"{folder}: no fast tokenizer (tokenizer.json) could be saved for this model")
@@ -94,10 +91,6 @@ def export_model(
         name, parity = kind.check(source, staging, precision, expected)
         manifest[name] = parity
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        publish_directory(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     words = kind.parity_words(parity)
     log.info("exported %s %s to %s (%s, fusions %s, %s)", kind.name, model, target, precision, fusions, words)
     return ExportReport(str(target), source.card, precision, level, fusions, words, identity)

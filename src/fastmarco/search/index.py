@@ -12,7 +12,6 @@ import functools
 import itertools
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -22,9 +21,8 @@ from typing import Any, Literal
 import numpy as np
 
 from fastmarco import _native
-from fastmarco._atomic import publish_directory, refuse_existing, staging_directory, write_bytes_atomic
+from fastmarco._atomic import publishing, write_bytes_atomic
 from fastmarco._json import read_field, read_json_document
-from fastmarco._locks import output_lock
 from fastmarco.errors import IndexMismatchError, InputError, ManifestError
 from fastmarco.search.kinds import AUTO, FactoryShape, current_rss, family_for, index_kind
 from fastmarco.store.shards import MANIFEST_NAME as SHARDS_MANIFEST
@@ -242,15 +240,8 @@ def build_index(
     """
     options = _BuildOptions(kind, factory, train_rows, nprobe, refine, device, verify, progress)
     target = Path(out)
-    with output_lock(target.parent / f".{target.name}.lock", str(target)):
-        refuse_existing(target, overwrite)
-        staging = staging_directory(target)
-        try:
-            manifest = _build(Path(shard_dir).resolve(), staging, target, options, shard_range)
-            publish_directory(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+    with publishing(target, overwrite=overwrite) as staging:
+        manifest = _build(Path(shard_dir).resolve(), staging, target, options, shard_range)
     return manifest
 
 
@@ -454,36 +445,29 @@ def build_index_groups(
     options = _BuildOptions(kind, factory, train_rows, nprobe, refine, device, verify, progress)
     shard_root = Path(shard_dir).resolve()
     target = Path(out)
-    with output_lock(target.parent / f".{target.name}.lock", str(target)):
-        refuse_existing(target, overwrite)
+    with publishing(target, overwrite=overwrite) as staging:
         whole = ShardSet.open(shard_root)
         ranges = split_shard_groups([entry.rows for entry in whole.manifest.shards], groups)
         if kind == "auto" and factory is None:
             options = replace(options, kind=index_kind(AUTO, len(whole)).name)
         say = progress or (lambda message: None)
-        staging = staging_directory(target)
-        try:
-            listed = []
-            for position, shard_range in enumerate(ranges):
-                name = f"group-{position:03d}"
-                (staging / name).mkdir()
-                say(f"group {position + 1}/{len(ranges)}: shards {shard_range[0]}-{shard_range[1] - 1}")
-                built = _build(shard_root, staging / name, target / name, options, shard_range)
-                first_row = int(whole.offsets[shard_range[0]])
-                listed.append(ShardGroup(name, shard_range, first_row, built.rows, built.factory))
-            manifest = GroupsManifest(
-                kind=kind if factory is None else "custom",
-                factory=factory,
-                rows=len(whole),
-                dim=whole.dim,
-                shards=os.path.relpath(shard_root, target.resolve()),
-                shards_manifest=shard_manifest_checksum(shard_root),
-                model_fingerprint=whole.metadata.get("model", {}).get("fingerprint"),
-                groups=listed,
-            )
-            manifest.save(staging)
-            publish_directory(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        listed = []
+        for position, shard_range in enumerate(ranges):
+            name = f"group-{position:03d}"
+            (staging / name).mkdir()
+            say(f"group {position + 1}/{len(ranges)}: shards {shard_range[0]}-{shard_range[1] - 1}")
+            built = _build(shard_root, staging / name, target / name, options, shard_range)
+            first_row = int(whole.offsets[shard_range[0]])
+            listed.append(ShardGroup(name, shard_range, first_row, built.rows, built.factory))
+        manifest = GroupsManifest(
+            kind=kind if factory is None else "custom",
+            factory=factory,
+            rows=len(whole),
+            dim=whole.dim,
+            shards=os.path.relpath(shard_root, target.resolve()),
+            shards_manifest=shard_manifest_checksum(shard_root),
+            model_fingerprint=whole.metadata.get("model", {}).get("fingerprint"),
+            groups=listed,
+        )
+        manifest.save(staging)
     return manifest
