@@ -254,3 +254,24 @@ def test_a_truncated_index_manifest_names_the_file_and_line(shards: Path, tmp_pa
     (tmp_path / "i" / "index.json").write_text(text[: len(text) // 2])
     with pytest.raises(ManifestError, match=r"index\.json:\d+: invalid JSON"):
         VectorIndex.open(tmp_path / "i")
+
+
+INDEX_FIXTURES = Path(__file__).parent / "fixtures" / "index-v2"
+
+
+@pytest.mark.parametrize("name", ["flat", "hnsw", "pq", "grouped"])
+def test_indexes_built_before_the_kind_registry_still_open(name: str) -> None:
+    """tests/fixtures/index-v2 was written by fastmarco 0.1.0 before index kinds were registered
+    (make_index_fixtures.py): each index opens and finds what exact search finds."""
+    from fastmarco.search.groups import open_search_index
+
+    vectors = np.random.default_rng(7).standard_normal((300, 8)).astype(np.float32)  # as the maker's
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[::10] + 0.01
+    expected = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :5] * 3 + 1
+    found = open_search_index(INDEX_FIXTURES / name).search(queries, 5)
+    assert found.ids.shape == (30, 5)
+    agree = np.mean(
+        [len(set(a) & set(b)) / 5 for a, b in zip(found.ids.tolist(), expected.tolist(), strict=True)]
+    )
+    assert agree >= (1.0 if name in ("flat", "grouped") else 0.9)
