@@ -5,14 +5,13 @@ to cluster actors) without anyone hashing the corpus again."""
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from fastmarco import _native
+from fastmarco import fingerprints
 from fastmarco.corpus.ids import integer_key
 from fastmarco.corpus.msmarco_tsv import BOM
 from fastmarco.errors import EncodeMismatchError, InputError
@@ -23,15 +22,6 @@ OnBadLine = Literal["error", "skip"]
 SKIPPED_NAME = "skipped-lines.tsv"
 LOCK_NAME = ".lock"
 DEFAULT_CHUNK_ROWS = 16_384
-
-
-def corpus_fingerprint(path: Path) -> str:
-    """Size and XXH3-64 of the whole file: an edited corpus cannot pass for the original."""
-    size = path.stat().st_size
-    if size == 0:
-        return "0:0"
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-        return f"{size}:{_native.checksum(view):016x}"
 
 
 def count_lines(path: Path) -> int:
@@ -113,7 +103,7 @@ class JobSpec:
             model_directory=str(directory),
             model=model or ModelManifest.load(directory),
             corpus=str(corpus_path),
-            corpus_fingerprint=corpus_fingerprint(corpus_path),
+            corpus_fingerprint=fingerprints.of_file(corpus_path),
             id_type=detect_id_type(corpus_path),
             rows_per_shard=rows_per_shard,
             dtype=dtype,

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fastmarco import fingerprints
 from fastmarco.errors import InputError
 from fastmarco.store.formats import RunEntry, read_collection
 
@@ -25,11 +26,14 @@ B = 0.4
 class BM25Index:
     """A collection indexed once in memory, searched in batches (a run, or mining's query blocks)."""
 
-    def __init__(self, pids: list[str], retriever: Any, stemmer: Any, show_progress: bool) -> None:
+    def __init__(
+        self, pids: list[str], retriever: Any, stemmer: Any, show_progress: bool, fingerprint: str
+    ) -> None:
         self.pids = pids
         self.retriever = retriever
         self.stemmer = stemmer
         self.show_progress = show_progress
+        self.fingerprint = fingerprint  # of the collection and every setting that changes a score
 
     @classmethod
     def build(
@@ -54,7 +58,11 @@ class BM25Index:
         del texts
         retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
         retriever.index(corpus_tokens, show_progress=show_progress)
-        return cls(pids, retriever, stemmer, show_progress)
+        settings = {"k1": k1, "b": b, "stopwords": "en", "stemmer": "english", "bm25s": bm25s.__version__}
+        fingerprint = fingerprints.combine(
+            fingerprints.of_file(collection), fingerprints.of_settings(settings)
+        )
+        return cls(pids, retriever, stemmer, show_progress, fingerprint)
 
     def search(self, texts: Sequence[str], k: int) -> list[tuple[list[str], npt.NDArray[np.float32]]]:
         """Per query: (pids best first, their scores); passages sharing no term with it are left out."""

@@ -17,7 +17,6 @@ one block's candidates and their texts; nothing grows with the number of blocks.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import resource
 import shutil
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fastmarco import fingerprints
 from fastmarco._atomic import write_bytes_atomic
 from fastmarco._locks import output_lock
 from fastmarco._pause import pause_if_asked
@@ -118,14 +118,6 @@ class _Query:
     positives: list[str]
 
 
-def _file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _queries_to_mine(spec: MineSpec, passages: PassageStore, summary: MineSummary) -> list[_Query]:
     texts = load_queries(spec.queries)
     qrels = load_qrels(spec.qrels)
@@ -158,7 +150,6 @@ def _open_systems(spec: MineSpec, device: Device, show_progress: bool) -> list[S
 
 
 def _fingerprint(spec: MineSpec, systems: list[System], cross_fingerprint: str | None) -> dict[str, Any]:
-    collection = Path(spec.collection).stat()
     return {
         "settings": {
             **asdict(spec.selection),
@@ -168,12 +159,10 @@ def _fingerprint(spec: MineSpec, systems: list[System], cross_fingerprint: str |
             "train_format": spec.train_format,
             "systems": [name for name, _ in spec.systems] + (["bm25"] if spec.bm25 else []),
         },
-        "queries_sha256": _file_digest(spec.queries),
-        "qrels_sha256": _file_digest(spec.qrels),
-        "collection": {"size": collection.st_size, "mtime_ns": collection.st_mtime_ns},
-        "models": {
-            s.name: s.fingerprint if isinstance(s, IndexSystem) else "bm25 k1 0.9 b 0.4" for s in systems
-        },
+        "queries": fingerprints.of_file(spec.queries),
+        "qrels": fingerprints.of_file(spec.qrels),
+        "collection": fingerprints.of_file(spec.collection),
+        "models": {system.name: system.fingerprint for system in systems},
         "cross_encoder": cross_fingerprint,
     }
 

@@ -29,6 +29,11 @@ class System(Protocol):
     name: str
     scores_positives: bool  # can it score passages it did not retrieve (the positives)?
 
+    @property
+    def fingerprint(self) -> str:
+        """What identifies the system's answers: a rerun with another one is another job."""
+        ...
+
     def retrieve(self, texts: Sequence[str], k: int, positives: Sequence[Sequence[str]]) -> list[Retrieved]:
         """Top k of each query; positives[i] are query i's positive pids (scored where possible)."""
         ...
@@ -94,6 +99,10 @@ class BM25System:
         from fastmarco.eval.bm25 import BM25Index
 
         self.index = BM25Index.build(collection, show_progress=show_progress)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.index.fingerprint
 
     def retrieve(self, texts: Sequence[str], k: int, positives: Sequence[Sequence[str]]) -> list[Retrieved]:
         return [Retrieved(pids, scores) for pids, scores in self.index.search(texts, k)]

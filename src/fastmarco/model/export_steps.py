@@ -4,7 +4,6 @@ identifies it."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import warnings
@@ -14,6 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fastmarco import fingerprints
 from fastmarco._version import __version__
 from fastmarco.errors import ExportError
 
@@ -59,24 +59,11 @@ def resolve_model(model: str) -> Path:
         raise ExportError(f"cannot fetch '{model}' from the model hub ({type(exc).__name__}: {exc})") from exc
 
 
-def fingerprint_files(paths: list[Path]) -> str:
-    """sha256 over the names and bytes of the files: identifies an exported model."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode() + b"\0")
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def fingerprint(files: list[Path], manifest: dict[str, Any], settings_names: tuple[str, ...]) -> str:
-    """sha256 over the graph and tokenizer bytes plus the settings that change an output (an
-    embedding, or a cross-encoder's score): the same graph exported with --max-seq-length 128 and 256
-    gets two."""
-    settings = json.dumps({name: manifest.get(name) for name in settings_names}, sort_keys=True)
-    digest = hashlib.sha256(fingerprint_files(files).encode() + b"\0" + settings.encode())
-    return digest.hexdigest()
+    """Of the graph and tokenizer files plus the settings that change an output (an embedding, or a
+    cross-encoder's score): the same graph exported with --max-seq-length 128 and 256 gets two."""
+    settings = {name: manifest.get(name) for name in settings_names}
+    return fingerprints.combine(fingerprints.of_files(files), fingerprints.of_settings(settings))
 
 
 def trace_to_onnx(model: Any, out: Path, *, task: str, library: str, opset: int | None) -> Path:
@@ -126,7 +113,7 @@ def _source_fingerprint(folder: Path) -> str:
     files = sorted(
         p for p in folder.rglob("*") if p.is_file() and p.name not in ("README.md", ".gitattributes")
     )
-    return fingerprint_files(files)
+    return fingerprints.of_files(files)
 
 
 def _constant_values(graph: Any) -> dict[str, np.ndarray]:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fastmarco import _native
+from fastmarco import fingerprints
 from fastmarco._atomic import publishing, write_bytes_atomic
 from fastmarco._json import read_field, read_json_document
 from fastmarco.errors import IndexMismatchError, InputError, ManifestError
@@ -193,7 +193,7 @@ class IndexManifest:
 
 
 def shard_manifest_checksum(shard_root: Path) -> str:
-    return f"{_native.checksum((shard_root / SHARDS_MANIFEST).read_bytes()):016x}"
+    return fingerprints.of_bytes((shard_root / SHARDS_MANIFEST).read_bytes())
 
 
 def check_shards_unchanged(manifest_path: Path, shard_root: Path, recorded: str) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from fastmarco import _native
+from fastmarco import _native, fingerprints
 from fastmarco._atomic import write_bytes_atomic
 from fastmarco._json import read_json_document
 from fastmarco.corpus.ids import lookup_keys
@@ -325,7 +325,7 @@ class ShardWriter:
         self._ids = []
         self.manifest.shards.append(
             ShardEntry(
-                vectors_name, ids_name, rows, _hex(checksum), _hex(_native.checksum(id_bytes)), self._cursor
+                vectors_name, ids_name, rows, _hex(checksum), fingerprints.of_bytes(id_bytes), self._cursor
             )
         )
         self._cursor = None
@@ -566,7 +566,7 @@ def open_entry(root: Path, manifest: Manifest, entry: ShardEntry, checksum: bool
     if not ids_path.is_file():
         raise ShardFormatError(f"id file '{ids_path}' is missing")
     if checksum:
-        actual = _hex(_native.checksum(ids_path.read_bytes()))
+        actual = fingerprints.of_bytes(ids_path.read_bytes())
         if actual != entry.ids_checksum:
             raise ShardChecksumError(
                 f"id file '{ids_path}' hashes to {actual}, but the manifest lists {entry.ids_checksum}"
