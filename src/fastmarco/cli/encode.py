@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from fastmarco.cli.app import DEVICE, POSITIVE, main, ray_option
+from fastmarco.cli.progress import Bar, encode_progress
 from fastmarco.store.shards import DEFAULT_ROWS_PER_SHARD
 
 
@@ -57,7 +58,6 @@ def encode(
     from fastmarco.corpus.bundled import demo_corpus_path
     from fastmarco.encode.local import encode_corpus
     from fastmarco.encode.parallel import encode_corpus_on_devices, parse_devices
-    from fastmarco.encode.progress import ProgressLine
     from fastmarco.model.encoder import Encoder
 
     if devices and ctx.get_parameter_source("device") is not click.core.ParameterSource.DEFAULT:
@@ -68,7 +68,8 @@ def encode(
         raise click.UsageError(
             "--ray runs the --devices workers: give --devices too (e.g. 0,1,2,3 or cpu,cpu)"
         )
-    progress = ProgressLine(enabled=False if quiet else None)
+    bar = Bar("passages", enabled=False if quiet else None)
+    progress = encode_progress(bar)
     corpus_path = demo_corpus_path() if corpus == "demo" else Path(corpus)
     options = {"rows_per_shard": shard_size, "dtype": dtype, "on_bad_line": on_bad_line, "restart": restart}
     try:
@@ -93,5 +94,5 @@ def encode(
                 click.echo(f"device auto: using {encoder.device}", err=True)
             summary = encode_corpus(encoder, corpus_path, out, progress=progress, **options)  # type: ignore[arg-type]
     finally:
-        progress.close()
+        bar.close()
     click.echo(summary.to_json())

@@ -7,6 +7,7 @@ import sys
 import click
 
 from fastmarco.cli.app import DEVICE, EXISTING_FILE, POSITIVE, main
+from fastmarco.cli.progress import Bar, count_progress
 
 
 def _system(value: str) -> tuple[str, str]:
@@ -83,7 +84,7 @@ def mine(
 ) -> None:
     """Mine hard negatives for training: candidates from each system, positives removed, scored by the
     cross-encoder, filtered by a margin, sampled (see fastmarco.mine)."""
-    from fastmarco.mine.job import MineSpec, mine, print_progress
+    from fastmarco.mine.job import MineSpec, mine
     from fastmarco.mine.select import Selection
 
     spec = MineSpec(
@@ -113,7 +114,7 @@ def mine(
         out,
         overwrite=overwrite,
         device=device,  # type: ignore[arg-type]
-        progress=print_progress(),
+        progress=count_progress(Bar("queries")),
         show_progress=sys.stderr.isatty(),
     )
     click.echo(

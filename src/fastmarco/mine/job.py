@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import resource
 import shutil
-import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -374,20 +373,3 @@ def outputs_of(out: str | Path, train_format: TrainFormat = "parquet") -> list[P
         + [root / f"{layout}.{train_format}" for layout in ("triplet", "n-tuple", "n-tuple-scores")]
         + [root / SUMMARY]
     )
-
-
-def print_progress(stream: Any = sys.stderr) -> Progress:
-    """A self-rewriting 'queries done, rate, ETA' line on a terminal."""
-    started = time.perf_counter()
-
-    def show(done: int, total: int) -> None:
-        if not stream.isatty():
-            return
-        rate = done / max(time.perf_counter() - started, 1e-9)
-        eta = (total - done) / rate if rate > 0 else float("inf")
-        stream.write(f"\r{done:,}/{total:,} queries  {rate:,.1f} queries/s  ETA {eta:,.0f} s   ")
-        if done == total:
-            stream.write("\n")
-        stream.flush()
-
-    return show
