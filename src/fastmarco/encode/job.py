@@ -47,6 +47,31 @@ def detect_id_type(corpus: Path) -> IdType:
 
 
 @dataclass(frozen=True)
+class Cursor:
+    """Where an encode stands after a finished shard: the corpus line and byte it has read to, and
+    the lines skipped so far with the size of the skipped-lines file then. Recorded with each shard
+    (its JSON object in manifest.json), so a rerun resumes exactly there."""
+
+    line: int
+    byte: int
+    skipped: int = 0
+    skipped_bytes: int = 0
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Cursor:
+        return cls(int(body["line"]), int(body["byte"]), int(body["skipped"]), int(body["skipped_bytes"]))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def after(self, skipped_lines: int, skipped_bytes: int) -> Cursor:
+        """This cursor of a part, made global: the parts before it skipped these."""
+        return replace(
+            self, skipped=self.skipped + skipped_lines, skipped_bytes=self.skipped_bytes + skipped_bytes
+        )
+
+
+@dataclass(frozen=True)
 class LineRange:
     """Corpus lines start_line+1 .. stop_line (1-based), the first at byte start_byte: one worker's part."""
 

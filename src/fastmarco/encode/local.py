@@ -26,6 +26,7 @@ from fastmarco.encode.job import (
     DEFAULT_CHUNK_ROWS,
     LOCK_NAME,
     SKIPPED_NAME,
+    Cursor,
     EncodeSummary,
     JobSpec,
     OnBadLine,
@@ -121,7 +122,8 @@ def _encode_locked(
         )
     line_range = spec.line_range
     start_line, start_byte = (line_range.start_line, line_range.start_byte) if line_range else (0, 0)
-    cursor = writer.last_cursor or {"line": start_line, "byte": start_byte, "skipped": 0, "skipped_bytes": 0}
+    recorded = writer.last_cursor
+    cursor = Cursor.from_json(recorded) if recorded else Cursor(start_line, start_byte)
     resumed_at = writer.manifest.rows
 
     skipped_path = out_path / SKIPPED_NAME
@@ -129,17 +131,17 @@ def _encode_locked(
     if spec.on_bad_line == "skip":
         with open(skipped_path, "a", encoding="utf-8"):
             pass
-        os.truncate(skipped_path, int(cursor["skipped_bytes"]))  # lines of the shard in flight come again
+        os.truncate(skipped_path, cursor.skipped_bytes)  # lines of the shard in flight come again
         skipped_file = open(skipped_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
     reader = CorpusReader(corpus_path, spec.id_type, spec.on_bad_line, skipped_file, seen)
-    reader.skipped = int(cursor["skipped"])
+    reader.skipped = cursor.skipped
     lines_total = count_lines(corpus_path) if line_range is None else line_range.lines
     total_estimate = lines_total - reader.skipped
     truncated = tokens = 0
     try:
         pause_if_asked(PAUSE_ENV, resumed_at, "rows")
         stop_line = None if line_range is None else line_range.stop_line
-        lines = reader.lines(int(cursor["byte"]), int(cursor["line"]), stop_line)
+        lines = reader.lines(cursor.byte, cursor.line, stop_line)
         while True:
             room = spec.rows_per_shard - (writer.rows - writer.manifest.rows)
             chunk = [line for _, line in zip(range(min(spec.chunk_rows, room)), lines, strict=False)]
@@ -154,13 +156,13 @@ def _encode_locked(
             chunk_ids = (
                 [int(line.pid) for line in chunk] if spec.id_type == "int" else [line.pid for line in chunk]
             )
-            end = {
-                "line": chunk[-1].number,
-                "byte": chunk[-1].end_byte,
-                "skipped": reader.skipped,
-                "skipped_bytes": skipped_path.stat().st_size if skipped_file is not None else 0,
-            }
-            writer.add(vectors, chunk_ids, cursor=end)
+            end = Cursor(
+                chunk[-1].number,
+                chunk[-1].end_byte,
+                reader.skipped,
+                skipped_path.stat().st_size if skipped_file is not None else 0,
+            )
+            writer.add(vectors, chunk_ids, cursor=end.to_json())
             if progress is not None:
                 progress(writer.rows, total_estimate, tokens, len(writer.manifest.shards))
             pause_if_asked(PAUSE_ENV, writer.manifest.rows, "rows")

@@ -36,6 +36,7 @@ from fastmarco.encode.job import (
     DEFAULT_CHUNK_ROWS,
     LOCK_NAME,
     SKIPPED_NAME,
+    Cursor,
     EncodeSummary,
     JobSpec,
     OnBadLine,
@@ -141,14 +142,13 @@ def merge_parts(out: Path, corpus: Path, directories: list[Path], metadata: dict
             ids_name = f"ids-{index:05d}{Path(entry.ids).suffix}"
             for source, target in ((entry.vectors, vectors_name), (entry.ids, ids_name)):
                 link_or_copy(part.directory / source, out / target)
-            cursor = dict(entry.cursor or {})
-            if cursor:
-                cursor["skipped"] = int(cursor["skipped"]) + skipped_before
-                cursor["skipped_bytes"] = int(cursor["skipped_bytes"]) + len(skipped_lines)
+            cursor = (
+                Cursor.from_json(entry.cursor).after(skipped_before, len(skipped_lines)).to_json()
+                if entry.cursor
+                else None
+            )
             entries.append(
-                ShardEntry(
-                    vectors_name, ids_name, entry.rows, entry.checksum, entry.ids_checksum, cursor or None
-                )
+                ShardEntry(vectors_name, ids_name, entry.rows, entry.checksum, entry.ids_checksum, cursor)
             )
         skipped_path = part.directory / SKIPPED_NAME
         if skipped_path.is_file():
