@@ -41,6 +41,7 @@ from fastmarco.mine.outputs import (
     HARD_NEGATIVES,
     SCORES,
     OutputWriters,
+    QueryRecord,
     TrainFormat,
     block_bytes,
     read_block,
@@ -204,7 +205,7 @@ def _mine_block(
     spec: MineSpec,
     depth: int,
     seconds: dict[str, float],
-) -> list[dict[str, Any]]:
+) -> list[QueryRecord]:
     texts = [q.text for q in block]
     positives = [q.positives for q in block]
     started = time.perf_counter()
@@ -244,7 +245,7 @@ def _mine_block(
     seconds["score"] = seconds.get("score", 0.0) + time.perf_counter() - started
 
     started = time.perf_counter()
-    records: list[dict[str, Any]] = []
+    records: list[QueryRecord] = []
     offset = 0
     for i, (query, (pids, by_system, system_scores)) in enumerate(zip(block, pools, strict=True)):
         if cross_encoder is not None:
@@ -260,17 +261,17 @@ def _mine_block(
             candidate_scores, by_system, positive_scores, spec.selection, _rng(spec.seed, query.qid)
         )
         records.append(
-            {
-                "qid": query.qid,
-                "pos": [[p, float(s)] for p, s in zip(query.positives, positive_scores, strict=True)],
-                "cand": [[p, float(s)] for p, s in zip(pids, candidate_scores, strict=True)],
-                "neg": {
+            QueryRecord(
+                qid=query.qid,
+                pos=[(p, float(s)) for p, s in zip(query.positives, positive_scores, strict=True)],
+                cand=[(p, float(s)) for p, s in zip(pids, candidate_scores, strict=True)],
+                neg={
                     system.name: [pids[j] for j in order if picked.kept[j]]
                     for system, order in zip(systems, by_system, strict=True)
                 },
-                "negatives": [pids[j] for j in picked.negatives],
-                "skipped": picked.skipped,
-            }
+                negatives=[pids[j] for j in picked.negatives],
+                skipped=picked.skipped,
+            )
         )
     seconds["select"] = seconds.get("select", 0.0) + time.perf_counter() - started
     return records
@@ -329,9 +330,9 @@ def mine(
         try:
             for number, block in enumerate(blocks):
                 records = read_block(target / BLOCKS / f"block-{number:06d}.json.gz")
-                if [r["qid"] for r in records] != [q.qid for q in block]:
+                if [r.qid for r in records] != [q.qid for q in block]:
                     raise MismatchError(f"{target / BLOCKS}: block {number} belongs to another job")
-                wanted = {p for r in records for p in [*(x[0] for x in r["pos"]), *r["negatives"]]}
+                wanted = {p for r in records for p in [*(pid for pid, _ in r.pos), *r.negatives]}
                 texts = passages.texts(wanted)
                 for record, query in zip(records, block, strict=True):
                     writers.add(record, texts, query.text)
@@ -354,12 +355,12 @@ def mine(
     return summary
 
 
-def _count(summary: MineSummary, record: dict[str, Any], wanted: int) -> None:
-    summary.positives += len(record["pos"])
-    summary.candidates_considered += len(record["cand"])
-    for rule, count in record["skipped"].items():
+def _count(summary: MineSummary, record: QueryRecord, wanted: int) -> None:
+    summary.positives += len(record.pos)
+    summary.candidates_considered += len(record.cand)
+    for rule, count in record.skipped.items():
         summary.skipped_by_rule[rule] = summary.skipped_by_rule.get(rule, 0) + count
-    found = len(record["negatives"])
+    found = len(record.negatives)
     summary.negatives += found
     summary.queries_with_too_few_negatives += found < wanted
     summary.queries_without_negatives += found == 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,19 +78,19 @@ class OutputWriters:
         self.files.append(handle)
         return handle
 
-    def add(self, record: dict[str, Any], texts: dict[str, str], query: str) -> None:
-        qid = id_value(record["qid"], self.integers)
-        pos = [pid for pid, _ in record["pos"]]
+    def add(self, record: QueryRecord, texts: dict[str, str], query: str) -> None:
+        qid = id_value(record.qid, self.integers)
+        pos = [pid for pid, _ in record.pos]
         line = {
             "qid": qid,
             "pos": [id_value(p, self.integers) for p in pos],
-            "neg": {name: [id_value(p, self.integers) for p in record["neg"][name]] for name in self.systems},
+            "neg": {name: [id_value(p, self.integers) for p in record.neg[name]] for name in self.systems},
         }
         self.hard_gzip.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
-        for pid, score in [*record["pos"], *((c[0], c[1]) for c in record["cand"])]:
+        for pid, score in [*record.pos, *record.cand]:
             self.pending_scores.append((qid, id_value(pid, self.integers), score))
-        negatives = record["negatives"]
-        scored = dict(record["pos"]) | {c[0]: c[1] for c in record["cand"]}
+        negatives = record.negatives
+        scored = dict(record.pos) | dict(record.cand)
         for pid in pos:
             for negative in negatives:
                 self.pending_rows["triplet"].append(
@@ -161,14 +162,49 @@ class OutputWriters:
             handle.abort()
 
 
-def read_block(path: Path) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class QueryRecord:
+    """What mining decided for one query, kept in its block file until the outputs are written:
+    positives and candidates with their scores, each system's kept candidates, the negatives picked
+    and how many candidates each margin rule dropped."""
+
+    qid: str
+    pos: list[tuple[str, float]]
+    cand: list[tuple[str, float]]
+    neg: dict[str, list[str]]
+    negatives: list[str]
+    skipped: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "qid": self.qid,
+            "pos": [list(pair) for pair in self.pos],
+            "cand": [list(pair) for pair in self.cand],
+            "neg": self.neg,
+            "negatives": self.negatives,
+            "skipped": self.skipped,
+        }
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> QueryRecord:
+        return cls(
+            body["qid"],
+            [(pid, score) for pid, score in body["pos"]],
+            [(pid, score) for pid, score in body["cand"]],
+            body["neg"],
+            body["negatives"],
+            body["skipped"],
+        )
+
+
+def read_block(path: Path) -> list[QueryRecord]:
     with gzip.open(path, "rb") as handle:
         body: list[dict[str, Any]] = json.loads(handle.read())
-    return body
+    return [QueryRecord.from_json(record) for record in body]
 
 
-def block_bytes(records: list[dict[str, Any]]) -> bytes:
+def block_bytes(records: list[QueryRecord]) -> bytes:
     buffer = io.BytesIO()
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as handle:
-        handle.write(json.dumps(records, separators=(",", ":")).encode())
+        handle.write(json.dumps([r.to_json() for r in records], separators=(",", ":")).encode())
     return buffer.getvalue()
