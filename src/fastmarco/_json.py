@@ -1,9 +1,11 @@
 """Reading the JSON manifests (shard sets, indexes, models): one place that turns a missing file,
-invalid JSON or a non-UTF-8 file into the caller's own error class, naming the file and line."""
+invalid JSON or a non-UTF-8 file into the caller's own error class, naming the file and line, checks
+a manifest's format and schema version, and brings an older schema to the current one."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +45,34 @@ def read_field(
     if isinstance(value, int) and not isinstance(value, bool) and value < 0:
         raise error(f"{path}: field '{name}' must not be negative, got {value}")
     return value
+
+
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def read_manifest(
+    path: Path,
+    error: type[FastmarcoError],
+    *,
+    format: str,
+    version: int,
+    migrations: Mapping[int, Migration] | None = None,
+    missing: str,
+    implicit: bool = False,
+) -> dict[str, Any]:
+    """A manifest's body at schema `version`: a JSON object whose 'format' is `format` and whose
+    'version' is `version` or one `migrations` can bring to it (migrations[v] turns version v into
+    v + 1, step by step). `implicit`: a manifest of the first schema may lack both fields."""
+    body: dict[str, Any] = read_json_document(path, error, missing=missing)
+    if not isinstance(body, dict) or body.get("format", format if implicit else None) != format:
+        raise error(f"{path}: field 'format' must be '{format}'")
+    steps = dict(migrations or {})
+    found = body.get("version", version if implicit else None)
+    readable = sorted({*steps, version})
+    if type(found) is not int or found not in readable:
+        shown = ", ".join(map(str, readable))
+        raise error(f"{path}: field 'version' is {found!r}; this fastmarco reads {shown}")
+    while found != version:
+        body = steps[found](body)
+        found += 1
+    return body

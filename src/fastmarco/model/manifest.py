@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastmarco._json import read_field, read_json_document
+from fastmarco._json import read_field, read_manifest
 from fastmarco.errors import ModelError
 
 MANIFEST_NAME = "fastmarco.json"
@@ -40,14 +40,14 @@ class ModelManifest:
         path = root / MANIFEST_NAME
         if not root.is_dir():
             raise ModelError(f"{root}: model directory not found")
-        body = read_json_document(path, ModelError, missing="export a model with `fastmarco export` first")
-        if not isinstance(body, dict) or body.get("format", MODEL_FORMAT) != MODEL_FORMAT:
-            raise ModelError(f"{path}: field 'format' must be '{MODEL_FORMAT}'")
-        if body.get("version", MODEL_FORMAT_VERSION) != MODEL_FORMAT_VERSION:
-            raise ModelError(
-                f"{path}: field 'version' is {body.get('version')!r}; "
-                f"this fastmarco reads {MODEL_FORMAT_VERSION}"
-            )
+        body = read_manifest(
+            path,
+            ModelError,
+            format=MODEL_FORMAT,
+            version=MODEL_FORMAT_VERSION,
+            missing="export a model with `fastmarco export` first",
+            implicit=True,
+        )
 
         need = functools.partial(read_field, body, path, ModelError)
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from fastmarco import fingerprints
 from fastmarco._atomic import publishing, write_bytes_atomic
-from fastmarco._json import read_field, read_json_document
+from fastmarco._json import read_field, read_manifest
 from fastmarco.errors import IndexMismatchError, InputError, ManifestError
 from fastmarco.search.kinds import AUTO, FactoryShape, current_rss, family_for, index_kind
 from fastmarco.store.shards import MANIFEST_NAME as SHARDS_MANIFEST
@@ -36,6 +36,13 @@ GROUPS_MANIFEST = "groups.json"
 GROUPS_FORMAT = "fastmarco-index-groups"
 GROUPS_VERSION = 1
 DEFAULT_REFINE = 50
+# Earlier index.json schemas and what brings each to the next. Version 1 recorded the shard directory
+# as an absolute path, which `shard_directory` still reads as it is; version 3 added 'shard_range'
+# (null: every shard). Single indexes are still written as version 2, which older readers open.
+INDEX_MIGRATIONS = {
+    1: lambda body: {**body, "version": 2},
+    2: lambda body: {**body, "version": 3, "shard_range": body.get("shard_range")},
+}
 
 
 def factory_for(kind: str, rows: int, dim: int) -> str:
@@ -143,14 +150,14 @@ class IndexManifest:
     @classmethod
     def load(cls, directory: Path) -> IndexManifest:
         path = directory / INDEX_MANIFEST
-        body = read_json_document(path, ManifestError, missing="build an index with `fastmarco index`")
-        if not isinstance(body, dict) or body.get("format") != INDEX_FORMAT:
-            raise ManifestError(f"{path}: field 'format' must be '{INDEX_FORMAT}'")
-        if body.get("version") not in (1, INDEX_VERSION, GROUP_INDEX_VERSION):
-            raise ManifestError(
-                f"{path}: field 'version' is {body.get('version')!r}; "
-                f"this fastmarco reads 1 to {GROUP_INDEX_VERSION}"
-            )
+        body = read_manifest(
+            path,
+            ManifestError,
+            format=INDEX_FORMAT,
+            version=GROUP_INDEX_VERSION,
+            migrations=INDEX_MIGRATIONS,
+            missing="build an index with `fastmarco index`",
+        )
 
         need = functools.partial(read_field, body, path, ManifestError)
 
@@ -176,9 +183,10 @@ class IndexManifest:
             model_fingerprint=need("model_fingerprint", str, optional=True),
             shard_checksums=checksums,
             build=need("build", dict, default={}),
-            version=body["version"],
             shard_range=need("shard_range", list, optional=True),
         )
+        if manifest.shard_range is not None:
+            manifest = replace(manifest, version=GROUP_INDEX_VERSION)  # the schema its writer wrote
         if manifest.shard_range is not None and (
             len(manifest.shard_range) != 2
             or not all(type(v) is int for v in manifest.shard_range)
@@ -364,13 +372,13 @@ class GroupsManifest:
     @classmethod
     def load(cls, directory: Path) -> GroupsManifest:
         path = directory / GROUPS_MANIFEST
-        body = read_json_document(path, ManifestError, missing="build one with `fastmarco index --groups`")
-        if not isinstance(body, dict) or body.get("format") != GROUPS_FORMAT:
-            raise ManifestError(f"{path}: field 'format' must be '{GROUPS_FORMAT}'")
-        if body.get("version") != GROUPS_VERSION:
-            raise ManifestError(
-                f"{path}: field 'version' is {body.get('version')!r}; this fastmarco reads {GROUPS_VERSION}"
-            )
+        body = read_manifest(
+            path,
+            ManifestError,
+            format=GROUPS_FORMAT,
+            version=GROUPS_VERSION,
+            missing="build one with `fastmarco index --groups`",
+        )
         need = functools.partial(read_field, body, path, ManifestError)
         groups: list[ShardGroup] = []
         next_shard = next_row = 0

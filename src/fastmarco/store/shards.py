@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from fastmarco import _native, fingerprints
 from fastmarco._atomic import write_bytes_atomic
-from fastmarco._json import read_json_document
+from fastmarco._json import read_manifest
 from fastmarco.corpus.ids import lookup_keys
 from fastmarco.errors import InputError, ShardChecksumError, ShardFormatError
 
@@ -88,15 +88,13 @@ class Manifest:
     @classmethod
     def load(cls, directory: Path) -> Manifest:
         path = directory / MANIFEST_NAME
-        body = read_json_document(
-            path, ShardFormatError, missing=f"'{directory}' is not a fastmarco shard directory"
+        body = read_manifest(
+            path,
+            ShardFormatError,
+            format=MANIFEST_FORMAT,
+            version=MANIFEST_VERSION,
+            missing=f"'{directory}' is not a fastmarco shard directory",
         )
-        if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT:
-            raise ShardFormatError(f"{path}: field 'format' must be '{MANIFEST_FORMAT}'")
-        if body.get("version") != MANIFEST_VERSION:
-            raise ShardFormatError(
-                f"{path}: field 'version' is {body.get('version')!r}; this fastmarco reads {MANIFEST_VERSION}"
-            )
 
         def need(name: str, kind: type, allowed: Sequence[Any] | None = None) -> Any:
             value = body.get(name)
