@@ -380,7 +380,8 @@ class ShardSet:
         self.first_row = first_row  # of a shard group: where its row 0 lies in the whole set
         self.offsets = np.cumsum([0] + [f.rows for f in files], dtype=np.int64)
         self._ids: npt.NDArray[Any] | None = None
-        self._id_order: npt.NDArray[np.int64] | None = None  # argsort of the ids, built by rows_of
+        # the ids' stable argsort and the ids in that order, built by the first rows_of
+        self._id_order: tuple[npt.NDArray[np.int64], npt.NDArray[Any]] | None = None
 
     @classmethod
     def open(
@@ -498,14 +499,15 @@ class ShardSet:
         """The row of each pid (by the project's id rule, fastmarco.corpus.ids); -1 where the shard
         set has no such id."""
         if self._id_order is None:
-            self._id_order = np.argsort(self.ids(), kind="stable")
-        sorted_ids = self.ids()[self._id_order]
+            order = np.argsort(self.ids(), kind="stable")
+            self._id_order = order, self.ids()[order]
+        order, sorted_ids = self._id_order
         keys = lookup_keys(pids, self.manifest.id_type == "int")
         if not len(sorted_ids):
             return np.full(len(keys), -1, dtype=np.int64)
         where = np.minimum(np.searchsorted(sorted_ids, keys), len(sorted_ids) - 1)
         found = sorted_ids[where] == keys
-        return np.where(found, self._id_order[where], -1).astype(np.int64)
+        return np.where(found, order[where], -1).astype(np.int64)
 
     def vectors_of(self, rows: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """(len(rows), dim) float32 copies of the given rows' stored vectors."""
