@@ -20,8 +20,7 @@ from fastmarco.search.kinds import kind_names
     default="auto",
     show_default=True,
     help="Preset, sized from the shard set (registered in fastmarco.search.kinds); auto: flat below "
-    "200,000 rows, "
-    "else opq-ivfpq.",
+    "200,000 rows, else opq-ivfpq.",
 )
 @click.option("--factory", help="A faiss index_factory string instead of the preset.")
 @click.option(

@@ -32,6 +32,12 @@ class Line:
     record: Record | None
     problem: str | None
 
+    def checked(self, path: str | os.PathLike[str]) -> Record:
+        """The record, or a FormatError naming this line of `path`."""
+        if self.record is None:
+            raise FormatError(path, self.number, self.problem or "unreadable line")
+        return self.record
+
 
 class CorpusFormat(Protocol):
     name: str
@@ -68,6 +74,4 @@ def read_records(
 ) -> Iterator[Record]:
     """Every record of a file in order; the first bad line is a FormatError naming it."""
     for line in corpus_format(format).lines(path, what=what):
-        if line.record is None:
-            raise FormatError(path, line.number, line.problem or "unreadable line")
-        yield line.record
+        yield line.checked(path)

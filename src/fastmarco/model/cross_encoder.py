@@ -24,6 +24,7 @@ class CrossEncoderScorer(OnnxModel):
     (the manifest's `activation` says whether a sigmoid is applied to the logit)."""
 
     kind = "cross-encoder"
+    pairs = True
     wrong_kind = (
         "{root} holds a {held}, not a cross-encoder; export one with `fastmarco export` from a "
         "sentence-transformers CrossEncoder"

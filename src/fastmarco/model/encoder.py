@@ -75,6 +75,7 @@ class Encoder(OnnxModel):
     """A bi-encoder directory (see fastmarco.model.export) opened for inference."""
 
     kind = "bi-encoder"
+    pairs = False
     wrong_kind = (
         "{root} holds a {held}: it scores (query, passage) pairs and embeds nothing; use it with "
         "`fastmarco rerank` or `fastmarco mine --cross-encoder`"

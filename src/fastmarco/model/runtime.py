@@ -136,6 +136,7 @@ class OnnxModel:
 
     kind: ClassVar[str]  # the manifest 'kind' this class runs
     wrong_kind: ClassVar[str]  # the error for a directory of another kind: {root}, {held} filled in
+    pairs: ClassVar[bool]  # inputs are (query, passage) pairs, whose segment ids say which is which
 
     def __init__(
         self,
@@ -191,17 +192,16 @@ class OnnxModel:
         """The graph's feeds for token encodings, padded to `width`."""
         ids = np.full((len(encodings), width), self.model.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(encodings), width), dtype=np.int64)
-        types = np.zeros((len(encodings), width), dtype=np.int64)
-        with_types = "token_type_ids" in self.input_names
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = np.zeros((len(encodings), width), dtype=np.int64)
+        segments = feeds.get("token_type_ids") if self.pairs else None  # one text: every segment id is 0
         for j, encoding in enumerate(encodings):
             n = len(encoding.ids)
             ids[j, :n] = encoding.ids
             mask[j, :n] = 1
-            if with_types:
-                types[j, :n] = encoding.type_ids
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if with_types:
-            feeds["token_type_ids"] = types
+            if segments is not None:
+                segments[j, :n] = encoding.type_ids
         return feeds
 
     def run(self, feeds: dict[str, npt.NDArray[np.int64]]) -> npt.NDArray[np.float32]:

@@ -24,7 +24,7 @@ from fastmarco import fingerprints
 from fastmarco._atomic import publishing, write_bytes_atomic
 from fastmarco._json import read_field, read_manifest
 from fastmarco.errors import IndexMismatchError, InputError, ManifestError
-from fastmarco.search.kinds import AUTO, FactoryShape, current_rss, family_for, index_kind
+from fastmarco.search.kinds import AUTO, FactoryShape, family_for, index_kind
 from fastmarco.store.shards import MANIFEST_NAME as SHARDS_MANIFEST
 from fastmarco.store.shards import ShardSet
 
@@ -101,6 +101,15 @@ def _resolve(
     return shape, train
 
 
+def _current_rss() -> int:
+    """This process's resident memory now: the baseline a build's plan adds to."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
 def plan_index(
     shard_dir: str | os.PathLike[str],
     kind: str = AUTO,
@@ -114,7 +123,7 @@ def plan_index(
     rows, dim = len(shard_set), shard_set.dim
     shape, train = _resolve(kind, factory, train_rows, rows, dim)
     cost = family_for(shape.factory).cost(shard_set, shape, train)
-    ram = current_rss() + cost.ram_bytes
+    ram = _current_rss() + cost.ram_bytes
     return IndexPlan(kind, shape.factory, rows, dim, train, ram, cost.disk_bytes, cost.seconds)
 
 

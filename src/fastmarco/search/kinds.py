@@ -6,7 +6,6 @@ one module that registers its family and kinds, imported by search/__init__.py."
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,12 +118,3 @@ def family_for(factory: str) -> IndexFamily:
         if family.claims(factory):
             return family
     raise InputError(f"no index family builds factory {factory!r}")
-
-
-def current_rss() -> int:
-    """This process's resident memory now: the baseline a build's plan adds to."""
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0

@@ -41,9 +41,7 @@ def _scan(path: Path) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64]]:
     pids: list[str] = []
     starts: list[int] = []
     for line in corpus_format("msmarco-tsv").lines(path):
-        if line.record is None:
-            raise FormatError(path, line.number, line.problem or "unreadable line")
-        pids.append(line.record.id)
+        pids.append(line.checked(path).id)
         starts.append(line.start)
     integer = all_integer(pids)
     keys = lookup_keys(pids, integer) if integer else np.array(pids, dtype=str)
