@@ -112,7 +112,7 @@ CASES: list[tuple[str, list[str], str]] = [
         "is truncated",
     ),
     ("query: missing", ["query", "{missing}", "x"], "does not exist"),
-    ("query: bad manifest", ["query", "{bad-index}", "x"], "field 'kind' must be str"),
+    ("query: bad manifest", ["query", "{bad-index}", "x"], "field 'kind' is missing"),
     ("query: truncated shard", ["query", "{truncated-index}", "x"], "is truncated"),
     ("query: not an index", ["query", "{shards}", "x"], "index.json: not found"),
     (
@@ -133,7 +133,7 @@ CASES: list[tuple[str, list[str], str]] = [
         "bad.tsv:2: expected '<id><TAB><passage>'",
     ),
     ("serve: missing", ["serve", "{missing}"], "does not exist"),
-    ("serve: bad manifest", ["serve", "{bad-index}"], "field 'kind' must be str"),
+    ("serve: bad manifest", ["serve", "{bad-index}"], "field 'kind' is missing"),
     ("serve: truncated shard", ["serve", "{truncated-index}"], "is truncated"),
     ("serve: not an index", ["serve", "{shards}"], "index.json: not found"),
     ("serve: wrong model", ["serve", "{index}", "--model", "{not-a-model}"], "fastmarco.json: not found"),

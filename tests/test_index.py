@@ -231,10 +231,12 @@ def test_version_1_index_with_an_absolute_path_still_opens(shards: Path, tmp_pat
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda body: body.pop("factory"), r"index\.json: field 'factory' must be str, got None"),
-        (lambda body: body.update(rows="many"), r"index\.json: field 'rows' must be int, got 'many'"),
+        (lambda body: body.pop("factory"), r"index\.json: field 'factory' is missing"),
+        (lambda body: body.update(rows="many"), r"index\.json: field 'rows' must be int, got str"),
+        (lambda body: body.update(rows=-1), r"index\.json: field 'rows' must be int >= 0"),
+        (lambda body: body.update(metric="l2"), r"field 'metric' must be one of \['ip'\], got 'l2'"),
         (lambda body: body.update(version=9), r"index\.json: field 'version' is 9"),
-        (lambda body: body.update(shard_checksums=[1]), r"index\.json: field 'shard_checksums' must be"),
+        (lambda body: body.update(shard_checksums=[1]), r"field 'shard_checksums\[0\]' must be array"),
     ],
 )
 def test_a_bad_index_manifest_names_the_file_and_field(

@@ -365,6 +365,9 @@ def test_another_job_in_the_same_directory_is_refused(small_job: dict, tmp_path:
         CliRunner().invoke(main, mine_command(small_job, out, "--range-min", "1", "--overwrite")).exit_code
         == 0
     )
+    (out / "mine.json").write_text('{"format": "fastmarco-mine", "version": 1, "job": []}')
+    broken = CliRunner().invoke(main, mine_command(small_job, out))
+    assert broken.exit_code == 1 and "mine.json: field 'job' must be object, got array" in broken.output
 
 
 @pytest.mark.parametrize(

@@ -32,11 +32,12 @@ import numpy.typing as npt
 
 from fastmarco import fingerprints
 from fastmarco._atomic import write_bytes_atomic
+from fastmarco._json import load_manifest, save_manifest
 from fastmarco._locks import output_lock
 from fastmarco._pause import pause_if_asked
 from fastmarco._version import __version__
 from fastmarco.corpus.ids import all_integer
-from fastmarco.errors import InputError, MismatchError, OutputExistsError
+from fastmarco.errors import InputError, ManifestError, MismatchError, OutputExistsError
 from fastmarco.mine.outputs import (
     HARD_NEGATIVES,
     SCORES,
@@ -57,6 +58,35 @@ from fastmarco.store.passages import PassageStore
 PAUSE_ENV = "FASTMARCO_DEBUG_PAUSE_AFTER_BLOCKS"
 
 STATE = "mine.json"
+STATE_FORMAT = "fastmarco-mine"
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class JobState:
+    """`mine.json`: what the job mines (fingerprints of its inputs, its settings) and whether it is done;
+    a rerun with the same job resumes, one with another job refuses or (--overwrite) starts over."""
+
+    job: dict[str, Any]
+    complete: bool = False
+    fastmarco: str | None = None  # the version that completed it
+
+    def save(self, out: Path) -> None:
+        save_manifest(out / STATE, self, format=STATE_FORMAT, version=STATE_VERSION)
+
+    @classmethod
+    def load(cls, out: Path) -> JobState:
+        return load_manifest(
+            out / STATE,
+            cls,
+            ManifestError,
+            format=STATE_FORMAT,
+            version=STATE_VERSION,
+            missing="",
+            implicit=True,  # written before the format was named
+        )
+
+
 BLOCKS = "blocks"
 SUMMARY = "summary.json"
 
@@ -171,8 +201,7 @@ def _prepare(out: Path, job: dict[str, Any], overwrite: bool) -> int:
     """Create or resume OUT; the number of finished blocks found."""
     state_path = out / STATE
     if state_path.is_file():
-        previous = json.loads(state_path.read_text("utf-8"))
-        if previous.get("job") != job:
+        if JobState.load(out).job != job:
             if not overwrite:
                 raise MismatchError(
                     f"{out} holds a mining job with other inputs or settings; pass --overwrite to replace "
@@ -188,7 +217,7 @@ def _prepare(out: Path, job: dict[str, Any], overwrite: bool) -> int:
             )
         shutil.rmtree(out / BLOCKS, ignore_errors=True)
     (out / BLOCKS).mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(state_path, json.dumps({"job": job, "complete": False}, indent=2).encode())
+    JobState(job).save(out)
     return 0
 
 
@@ -349,9 +378,8 @@ def mine(
             "total": round(time.perf_counter() - wall, 3)
         }
         summary.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        state = {"job": job, "complete": True, "fastmarco": __version__}
         write_bytes_atomic(target / SUMMARY, (json.dumps(asdict(summary), indent=2) + "\n").encode())
-        write_bytes_atomic(target / STATE, json.dumps(state, indent=2).encode())
+        JobState(job, complete=True, fastmarco=__version__).save(target)
     return summary
 
 

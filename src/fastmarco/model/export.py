@@ -8,13 +8,14 @@ sentence-transformers -> publish the directory atomically. Nothing is published 
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastmarco._atomic import publishing
+from fastmarco._json import manifest_bytes
 from fastmarco.errors import ExportError
 from fastmarco.model import bi_encoder_export, cross_encoder_export  # noqa: F401  (register the kinds)
 from fastmarco.model.export_steps import (
@@ -79,18 +80,17 @@ def export_model(
         precision = "int8" if int8 else "fp16" if fp16 or optimize == "O4" else "fp32"
         expected = kind.expected(source, precision)
         manifest = {
-            "format": MODEL_FORMAT,
-            "version": MODEL_FORMAT_VERSION,
             **kind.manifest_fields(source, expected),
             **build_record(onnx_path, model, folder, precision, level, fusions, quantization),
         }
         manifest["fingerprint"] = identity = fingerprint(
             [onnx_path, staging / "tokenizer.json"], manifest, kind.fingerprint_settings
         )
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        document = functools.partial(manifest_bytes, format=MODEL_FORMAT, version=MODEL_FORMAT_VERSION)
+        (staging / MANIFEST_NAME).write_bytes(document(manifest))
         name, parity = kind.check(source, staging, precision, expected)
         manifest[name] = parity
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        (staging / MANIFEST_NAME).write_bytes(document(manifest))
     words = kind.parity_words(parity)
     log.info("exported %s %s to %s (%s, fusions %s, %s)", kind.name, model, target, precision, fusions, words)
     return ExportReport(str(target), source.card, precision, level, fusions, words, identity)

@@ -109,14 +109,13 @@ class VectorIndex:
         path = root / "index.json"
         shard_root = manifest.shard_directory(root)
         check_shards_unchanged(path, shard_root, manifest.shards_manifest)
-        shard_range = None if manifest.shard_range is None else tuple(manifest.shard_range)
         shard_set = ShardSet.open(
             shard_root,
             verify="checksum" if verify else "size",
             progress=progress,
-            shards=shard_range,  # type: ignore[arg-type]  # a pair, checked by IndexManifest.load
+            shards=manifest.shard_range,
         )
-        recorded = [[e.checksum, e.ids_checksum] for e in shard_set.manifest.shards]
+        recorded = [(e.checksum, e.ids_checksum) for e in shard_set.manifest.shards]
         if manifest.shard_checksums and manifest.shard_checksums != recorded:
             raise IndexMismatchError(
                 f"{path}: built from shard files with other checksums; rebuild the index"
@@ -167,10 +166,10 @@ class VectorIndex:
 def open_group(root: Path, group: ShardGroup, *, nprobe: int | None, verify: bool) -> VectorIndex:
     """One group's INDEX_DIR, checked against what groups.json lists for it."""
     index = VectorIndex.open(root / group.directory, nprobe=nprobe, verify=verify)
-    listed = list(group.shards)
-    if index.manifest.shard_range != listed or index.shard_set.first_row != group.first_row:
+    covered = index.manifest.shard_range
+    if covered != group.shards or index.shard_set.first_row != group.first_row:
         raise IndexMismatchError(
-            f"{root / group.directory / 'index.json'}: covers shards {index.manifest.shard_range}, but "
+            f"{root / group.directory / 'index.json'}: covers shards {list(covered or ())}, but "
             f"{root / GROUPS_MANIFEST} lists {group.describe()}; rebuild the grouped index"
         )
     return index

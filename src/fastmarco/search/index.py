@@ -8,21 +8,20 @@ opq-ivfpq from there on, the default. Any faiss `index_factory` string works too
 
 from __future__ import annotations
 
-import functools
 import itertools
-import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
 import numpy as np
 
 from fastmarco import fingerprints
-from fastmarco._atomic import publishing, write_bytes_atomic
-from fastmarco._json import read_field, read_manifest
+from fastmarco._atomic import publishing
+from fastmarco._json import Count, Positive, load_manifest, save_manifest
 from fastmarco.errors import IndexMismatchError, InputError, ManifestError
 from fastmarco.search.kinds import AUTO, FactoryShape, family_for, index_kind
 from fastmarco.store.shards import MANIFEST_NAME as SHARDS_MANIFEST
@@ -133,80 +132,48 @@ class IndexManifest:
 
     kind: str
     factory: str
-    rows: int
-    dim: int
+    rows: Count
+    dim: Positive
     shards: str  # the shard directory, relative to the index directory (absolute in version 1)
     shards_manifest: str  # XXH3-64 of the shard set's manifest.json when the index was built
-    nprobe: int | None = None
-    ef_search: int | None = None
-    refine: int = 0
-    metric: str = "ip"
+    nprobe: Count | None = None
+    ef_search: Count | None = None
+    refine: Count = 0
+    metric: Literal["ip"] = "ip"
     model_fingerprint: str | None = None
-    shard_checksums: list[list[str]] = field(default_factory=list)  # [vectors, ids] per shard
+    shard_checksums: list[tuple[str, str]] = field(default_factory=list)  # [vectors, ids] per shard
     build: dict[str, Any] = field(default_factory=dict)
     version: int = INDEX_VERSION
-    shard_range: list[int] | None = None  # [start, stop): a shard group's index; None: every shard
+    shard_range: tuple[Count, Count] | None = None  # [start, stop): a shard group's index; None: every shard
+
+    def __post_init__(self) -> None:
+        if self.shard_range is not None and not self.shard_range[0] < self.shard_range[1]:
+            raise ValueError("field 'shard_range' must be [start, stop) with 0 <= start < stop")
 
     def shard_directory(self, index_dir: Path) -> Path:
         return Path(self.shards) if Path(self.shards).is_absolute() else index_dir / self.shards
 
     def save(self, directory: Path) -> None:
-        body = {"format": INDEX_FORMAT, **asdict(self)}
+        body = msgspec.to_builtins(self)
         if self.shard_range is None:
             del body["shard_range"]
-        write_bytes_atomic(directory / INDEX_MANIFEST, (json.dumps(body, indent=2) + "\n").encode("utf-8"))
+        save_manifest(directory / INDEX_MANIFEST, body, format=INDEX_FORMAT)
 
     @classmethod
     def load(cls, directory: Path) -> IndexManifest:
-        path = directory / INDEX_MANIFEST
-        body = read_manifest(
-            path,
+        manifest = load_manifest(
+            directory / INDEX_MANIFEST,
+            cls,
             ManifestError,
             format=INDEX_FORMAT,
             version=GROUP_INDEX_VERSION,
             migrations=INDEX_MIGRATIONS,
             missing="build an index with `fastmarco index`",
         )
-
-        need = functools.partial(read_field, body, path, ManifestError)
-
-        checksums = need("shard_checksums", list, default=[])
-        if not all(
-            isinstance(pair, list) and len(pair) == 2 and all(isinstance(c, str) for c in pair)
-            for pair in checksums
-        ):
-            raise ManifestError(
-                f"{path}: field 'shard_checksums' must be a list of [vectors, ids] checksum pairs"
-            )
-        manifest = cls(
-            kind=need("kind", str),
-            factory=need("factory", str),
-            rows=need("rows", int),
-            dim=need("dim", int),
-            shards=need("shards", str),
-            shards_manifest=need("shards_manifest", str),
-            nprobe=need("nprobe", int, optional=True),
-            ef_search=need("ef_search", int, optional=True),
-            refine=need("refine", int, default=0),
-            metric=need("metric", str, default="ip"),
-            model_fingerprint=need("model_fingerprint", str, optional=True),
-            shard_checksums=checksums,
-            build=need("build", dict, default={}),
-            shard_range=need("shard_range", list, optional=True),
+        # The schema its writer wrote: a single index is still version 2, a group's index version 3.
+        return replace(
+            manifest, version=INDEX_VERSION if manifest.shard_range is None else GROUP_INDEX_VERSION
         )
-        if manifest.shard_range is not None:
-            manifest = replace(manifest, version=GROUP_INDEX_VERSION)  # the schema its writer wrote
-        if manifest.shard_range is not None and (
-            len(manifest.shard_range) != 2
-            or not all(type(v) is int for v in manifest.shard_range)
-            or not 0 <= manifest.shard_range[0] < manifest.shard_range[1]
-        ):
-            raise ManifestError(f"{path}: field 'shard_range' must be [start, stop) with 0 <= start < stop")
-        if manifest.metric != "ip":
-            raise ManifestError(f"{path}: field 'metric' must be 'ip', got {manifest.metric!r}")
-        if manifest.dim == 0:
-            raise ManifestError(f"{path}: field 'dim' must be positive")
-        return manifest
 
 
 def shard_manifest_checksum(shard_root: Path) -> str:
@@ -325,7 +292,7 @@ def _build(
         ef_search=ef_search,
         refine=options.refine if shape.lossy else 0,
         model_fingerprint=shard_set.metadata.get("model", {}).get("fingerprint"),
-        shard_checksums=[[e.checksum, e.ids_checksum] for e in shard_set.manifest.shards],
+        shard_checksums=[(e.checksum, e.ids_checksum) for e in shard_set.manifest.shards],
         build={
             "seconds": time.perf_counter() - started,
             "train_rows": train,
@@ -334,7 +301,7 @@ def _build(
             **built,
         },
         version=INDEX_VERSION if shard_range is None else GROUP_INDEX_VERSION,
-        shard_range=None if shard_range is None else list(shard_range),
+        shard_range=shard_range,
     )
     manifest.save(staging)
     return manifest
@@ -345,10 +312,14 @@ class ShardGroup:
     """One group of a grouped index: its index directory (relative), shards [start, stop), rows."""
 
     directory: str
-    shards: tuple[int, int]
-    first_row: int
-    rows: int
+    shards: tuple[Count, Count]
+    first_row: Count
+    rows: Count
     factory: str
+
+    def __post_init__(self) -> None:
+        if Path(self.directory).name != self.directory:
+            raise ValueError(f"field 'directory' must be a folder name, got {self.directory!r}")
 
     def describe(self) -> str:
         start, stop = self.shards
@@ -363,65 +334,42 @@ class GroupsManifest:
 
     kind: str
     factory: str | None
-    rows: int
-    dim: int
+    rows: Count
+    dim: Positive
     shards: str  # the shard directory, relative to the grouped index directory
     shards_manifest: str
     model_fingerprint: str | None
     groups: list[ShardGroup]
     version: int = GROUPS_VERSION
 
+    def __post_init__(self) -> None:
+        next_shard = next_row = 0
+        for position, group in enumerate(self.groups):
+            start, stop = group.shards
+            if start != next_shard or group.first_row != next_row or stop <= start:
+                raise ValueError(
+                    f"field 'groups[{position}]' does not follow the previous group (shards, rows in order)"
+                )
+            next_shard, next_row = stop, group.first_row + group.rows
+        if not self.groups or next_row != self.rows:
+            raise ValueError(f"field 'groups' must cover all {self.rows:,} rows")
+
     def shard_directory(self, directory: Path) -> Path:
         return directory / self.shards
 
     def save(self, directory: Path) -> None:
-        body = {"format": GROUPS_FORMAT, **asdict(self)}
-        write_bytes_atomic(directory / GROUPS_MANIFEST, (json.dumps(body, indent=2) + "\n").encode("utf-8"))
+        save_manifest(directory / GROUPS_MANIFEST, self, format=GROUPS_FORMAT)
 
     @classmethod
     def load(cls, directory: Path) -> GroupsManifest:
-        path = directory / GROUPS_MANIFEST
-        body = read_manifest(
-            path,
+        return load_manifest(
+            directory / GROUPS_MANIFEST,
+            cls,
             ManifestError,
             format=GROUPS_FORMAT,
             version=GROUPS_VERSION,
             missing="build one with `fastmarco index --groups`",
         )
-        need = functools.partial(read_field, body, path, ManifestError)
-        groups: list[ShardGroup] = []
-        next_shard = next_row = 0
-        for position, raw in enumerate(need("groups", list)):
-            where = f"{path}: field 'groups[{position}]'"
-            try:
-                group = ShardGroup(
-                    directory=raw["directory"],
-                    shards=(raw["shards"][0], raw["shards"][1]),
-                    first_row=raw["first_row"],
-                    rows=raw["rows"],
-                    factory=raw["factory"],
-                )
-            except (KeyError, TypeError, IndexError) as exc:
-                raise ManifestError(f"{where} is malformed ({exc!r} missing or wrong)") from exc
-            if not isinstance(group.directory, str) or Path(group.directory).name != group.directory:
-                raise ManifestError(f"{where}.directory must be a folder name inside {directory}")
-            if group.shards[0] != next_shard or group.first_row != next_row or group.shards[1] <= next_shard:
-                raise ManifestError(f"{where} does not follow the previous group (shards and rows in order)")
-            groups.append(group)
-            next_shard, next_row = group.shards[1], group.first_row + group.rows
-        manifest = cls(
-            kind=need("kind", str),
-            factory=need("factory", str, optional=True),
-            rows=need("rows", int),
-            dim=need("dim", int),
-            shards=need("shards", str),
-            shards_manifest=need("shards_manifest", str),
-            model_fingerprint=need("model_fingerprint", str, optional=True),
-            groups=groups,
-        )
-        if not groups or next_row != manifest.rows:
-            raise ManifestError(f"{path}: field 'groups' must cover all {manifest.rows:,} rows")
-        return manifest
 
 
 def split_shard_groups(shard_rows: list[int], groups: int) -> list[tuple[int, int]]:

@@ -14,7 +14,6 @@ true only when the writer is closed. Files not listed in the manifest are ignore
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,12 +22,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
 from fastmarco import _native, fingerprints
 from fastmarco._atomic import write_bytes_atomic
-from fastmarco._json import read_manifest
+from fastmarco._json import Count, Positive, load_manifest, manifest_bytes
 from fastmarco.corpus.ids import lookup_keys
 from fastmarco.errors import InputError, ShardChecksumError, ShardFormatError
 
@@ -50,7 +50,7 @@ class ShardEntry:
 
     vectors: str
     ids: str
-    rows: int
+    rows: Count
     checksum: str
     ids_checksum: str
     cursor: dict[str, Any] | None = None  # where the producer stands after this shard (for resuming)
@@ -58,10 +58,12 @@ class ShardEntry:
 
 @dataclass
 class Manifest:
-    dim: int
+    """`manifest.json`: the shard set's shape and its shards in order (`complete` once the writer closed)."""
+
+    dim: Positive
     dtype: DType
     id_type: IdType
-    rows_per_shard: int
+    rows_per_shard: Positive
     metadata: dict[str, Any] = field(default_factory=dict)
     shards: list[ShardEntry] = field(default_factory=list)
     complete: bool = False
@@ -70,77 +72,34 @@ class Manifest:
     def rows(self) -> int:
         return sum(entry.rows for entry in self.shards)
 
-    def to_json(self) -> str:
-        body = {
-            "format": MANIFEST_FORMAT,
-            "version": MANIFEST_VERSION,
-            "dim": self.dim,
-            "dtype": self.dtype,
-            "id_type": self.id_type,
-            "rows_per_shard": self.rows_per_shard,
-            "rows": self.rows,
-            "complete": self.complete,
-            "metadata": self.metadata,
-            "shards": [entry.__dict__ for entry in self.shards],
-        }
-        return json.dumps(body, indent=2, ensure_ascii=False) + "\n"
+    def __post_init__(self) -> None:
+        suffix = ".npy" if self.id_type == "int" else ".txt"
+        for position, entry in enumerate(self.shards):
+            if not entry.ids.endswith(suffix):
+                raise ValueError(
+                    f"field 'shards[{position}].ids' is {entry.ids!r}, but {self.id_type} ids live in "
+                    f"'{suffix}' files (field 'id_type')"
+                )
+
+    def to_json(self) -> bytes:
+        fields = msgspec.to_builtins(self)
+        shape = {name: fields[name] for name in ("dim", "dtype", "id_type", "rows_per_shard")}
+        document = {**shape, "rows": self.rows, "complete": self.complete, **fields}
+        return manifest_bytes(document, format=MANIFEST_FORMAT, version=MANIFEST_VERSION)
 
     @classmethod
     def load(cls, directory: Path) -> Manifest:
-        path = directory / MANIFEST_NAME
-        body = read_manifest(
-            path,
+        return load_manifest(
+            directory / MANIFEST_NAME,
+            cls,
             ShardFormatError,
             format=MANIFEST_FORMAT,
             version=MANIFEST_VERSION,
             missing=f"'{directory}' is not a fastmarco shard directory",
         )
 
-        def need(name: str, kind: type, allowed: Sequence[Any] | None = None) -> Any:
-            value = body.get(name)
-            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-                raise ShardFormatError(f"{path}: field '{name}' must be {kind.__name__}, got {value!r}")
-            if allowed is not None and value not in allowed:
-                raise ShardFormatError(
-                    f"{path}: field '{name}' must be one of {list(allowed)}, got {value!r}"
-                )
-            return value
-
-        shards = []
-        for position, raw in enumerate(need("shards", list)):
-            try:
-                entry = ShardEntry(**raw)
-                if not all(
-                    isinstance(getattr(entry, f), str) for f in ("vectors", "ids", "checksum", "ids_checksum")
-                ):
-                    raise TypeError("file names and checksums must be strings")
-                if not isinstance(entry.rows, int) or entry.rows < 0:
-                    raise TypeError("rows must be a non-negative integer")
-                if entry.cursor is not None and not isinstance(entry.cursor, dict):
-                    raise TypeError("cursor must be an object")
-            except TypeError as exc:
-                raise ShardFormatError(f"{path}: field 'shards[{position}]' is malformed ({exc})") from exc
-            shards.append(entry)
-        id_type = need("id_type", str, ("int", "str"))
-        suffix = ".npy" if id_type == "int" else ".txt"
-        for position, entry in enumerate(shards):
-            if not entry.ids.endswith(suffix):
-                raise ShardFormatError(
-                    f"{path}: field 'shards[{position}].ids' is {entry.ids!r}, but {id_type} ids live in "
-                    f"'{suffix}' files (field 'id_type')"
-                )
-        return cls(
-            dim=need("dim", int),
-            dtype=need("dtype", str, ("fp16", "fp32")),
-            id_type=id_type,
-            rows_per_shard=need("rows_per_shard", int),
-            metadata=need("metadata", dict),
-            shards=shards,
-            complete=need("complete", bool),
-        )
-
     def save(self, directory: Path) -> None:
-        write_bytes_atomic(directory / MANIFEST_NAME, self.to_json().encode("utf-8"))
+        write_bytes_atomic(directory / MANIFEST_NAME, self.to_json())
 
 
 def _hex(value: int) -> str:
