@@ -31,6 +31,7 @@ import numpy as np
 from _common import environment, save
 
 from fastmarco import ShardSet, ShardWriter
+from fastmarco.cli.progress import Reporter
 from fastmarco.search.backends import VectorIndex
 from fastmarco.search.exact import search_shards
 from fastmarco.search.faiss_kinds import default_nprobe
@@ -114,9 +115,8 @@ def bench_kind(
         print(f"  reusing {target} (built in {build_seconds:.0f} s)", flush=True)
     else:
         started = time.perf_counter()
-        manifest = build_index(
-            shards, target, kind=kind, overwrite=True, progress=lambda m: print(f"  {m}", flush=True)
-        )  # type: ignore[arg-type]
+        notes = Reporter(bars=False)
+        manifest = build_index(shards, target, kind=kind, overwrite=True, progress=notes)  # type: ignore[arg-type]
         build_seconds = time.perf_counter() - started
     nlist = describe_factory(manifest.factory, manifest.dim).nlist
     nprobe = args.nprobe or default_nprobe(nlist)

@@ -21,6 +21,7 @@ from fastmarco.encode.parallel import encode_corpus_on_devices, parse_devices
 from fastmarco.encode.reader import line_offsets, plan_parts
 from fastmarco.errors import EncodeMismatchError, WorkerError
 from fastmarco.model.encoder import Encoder
+from fastmarco.progress import Update
 from fastmarco.store.formats import FormatError, read_collection
 from fastmarco.store.shards import ShardSet
 
@@ -171,8 +172,8 @@ def test_resume_refuses_another_model_or_corpus(
     assert summary.rows == 101 and summary.resumed_at_row == 0
 
 
-def stop_after_first_shard(rows: int, total: int, tokens: int, shard: int) -> None:
-    if shard >= 1:
+def stop_after_first_shard(update: Update) -> None:
+    if int(update.detail["shards"]) >= 1:
         raise RuntimeError("stop")
 
 

@@ -18,6 +18,7 @@ from test_index import clustered
 from fastmarco.cli.app import main
 from fastmarco.encode.parallel import encode_corpus_on_devices
 from fastmarco.errors import WorkerError
+from fastmarco.progress import Update
 from fastmarco.search.backends import VectorIndex
 from fastmarco.search.groups import GroupedIndex
 from fastmarco.search.index import build_index, build_index_groups
@@ -63,8 +64,9 @@ def test_an_actor_killed_mid_part_is_restarted_and_the_result_is_unchanged(
     encode_cli(model, corpus, tmp_path / "one", "--device", "cpu", "--shard-size", "100")
     killed = threading.Event()
 
-    def kill_part_0_once(rows: int, total: int, tokens: int, shards: int) -> None:
-        if shards >= 1 and not killed.is_set():  # some shards written, the parts still running
+    def kill_part_0_once(update: Update) -> None:
+        # some shards written, the parts still running
+        if int(update.detail["shards"]) >= 1 and not killed.is_set():
             killed.set()
             ray.kill(wait_for_actor(0), no_restart=False)
 
@@ -89,9 +91,9 @@ def test_a_stopped_driver_resumes_from_finished_parts(cluster: object, model: Pa
     corpus = write_corpus(tmp_path / "c.tsv", 2000, seed=9)
     encode_cli(model, corpus, tmp_path / "one", "--device", "cpu", "--shard-size", "100")
 
-    def stop_after_a_shard(rows: int, total: int, tokens: int, shards: int) -> None:
+    def stop_after_a_shard(update: Update) -> None:
         # both parts started (an actor can start late on a busy machine), some shards finished
-        if shards >= 2 and len(list((tmp_path / "ray" / ".parts").glob("part-*"))) == 2:
+        if int(update.detail["shards"]) >= 2 and len(list((tmp_path / "ray" / ".parts").glob("part-*"))) == 2:
             raise StopDriver
 
     with pytest.raises(StopDriver):

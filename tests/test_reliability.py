@@ -21,6 +21,7 @@ from fastmarco.errors import (
 )
 from fastmarco.eval.metrics import evaluate, rank_columns
 from fastmarco.model.encoder import Encoder
+from fastmarco.progress import Update
 from fastmarco.store.formats import load_qrels, load_queries, read_collection, read_run_columns
 from fastmarco.store.shards import ShardSet, write_shards
 
@@ -109,8 +110,8 @@ def test_another_export_of_the_same_model_cannot_resume_or_query(
     corpus = tmp_path / "c.tsv"
     corpus.write_text("".join(f"{i}\tpassage number {i} " + "word " * 40 + "\n" for i in range(40)))
 
-    def stop(rows: int, total: int, tokens: int, shard: int) -> None:
-        if shard >= 1:
+    def stop(update: Update) -> None:
+        if int(update.detail["shards"]) >= 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from fastmarco.cli.app import DEVICE, POSITIVE, main, ray_option
-from fastmarco.cli.progress import Bar, encode_progress
+from fastmarco.cli.progress import Reporter
 from fastmarco.store.shards import DEFAULT_ROWS_PER_SHARD
 
 
@@ -68,8 +68,7 @@ def encode(
         raise click.UsageError(
             "--ray runs the --devices workers: give --devices too (e.g. 0,1,2,3 or cpu,cpu)"
         )
-    bar = Bar("passages", enabled=False if quiet else None)
-    progress = encode_progress(bar)
+    progress = Reporter(bars=False if quiet else None)
     corpus_path = demo_corpus_path() if corpus == "demo" else Path(corpus)
     options = {"rows_per_shard": shard_size, "dtype": dtype, "on_bad_line": on_bad_line, "restart": restart}
     try:
@@ -94,5 +93,5 @@ def encode(
                 click.echo(f"device auto: using {encoder.device}", err=True)
             summary = encode_corpus(encoder, corpus_path, out, progress=progress, **options)  # type: ignore[arg-type]
     finally:
-        bar.close()
+        progress.close()
     click.echo(summary.to_json())

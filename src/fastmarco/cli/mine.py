@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from fastmarco.cli.app import DEVICE, EXISTING_FILE, POSITIVE, main
-from fastmarco.cli.progress import Bar, count_progress
+from fastmarco.cli.progress import Reporter
 
 
 def _system(value: str) -> tuple[str, str]:
@@ -109,14 +107,15 @@ def mine(
         block_queries=block_queries,
         train_format=train_format,  # type: ignore[arg-type]
     )
-    summary = mine(
-        spec,
-        out,
-        overwrite=overwrite,
-        device=device,  # type: ignore[arg-type]
-        progress=count_progress(Bar("queries")),
-        show_progress=sys.stderr.isatty(),
-    )
+    with Reporter() as progress:
+        summary = mine(
+            spec,
+            out,
+            overwrite=overwrite,
+            device=device,  # type: ignore[arg-type]
+            progress=progress,
+            show_progress=progress.bars_enabled,
+        )
     click.echo(
         f"mined {summary.queries_mined:,} of {summary.queries_in_file:,} queries "
         f"({summary.resumed_blocks} blocks resumed) -> {out}"

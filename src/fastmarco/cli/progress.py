@@ -1,57 +1,68 @@
-"""How the CLI shows long work: one tqdm bar on stderr, only where stderr is a terminal. The API's
-progress callbacks report counts (encode: rows of a total, with tokens and the shard; mine: queries
-of a total); these adapters draw them, so no verb writes its own status line."""
+"""How the CLI shows long work: the one renderer of the API's progress `Update`s. Counts become a tqdm
+bar per task on stderr, only where stderr is a terminal; notes (an index build's steps) are lines on
+stderr, always, printed above a running bar."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import Any
 
+import click
 
-class Bar:
-    """A tqdm bar of `unit`s moved to an absolute count; silent (and free) when not `enabled`."""
+from fastmarco.progress import Update
 
-    def __init__(self, unit: str, *, enabled: bool | None = None) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.bar: Any = None
-        self.unit = unit
 
-    def show(self, done: int, total: int, **postfix: Any) -> None:
-        if not self.enabled:
+class Reporter:
+    """A `Progress` callback for the CLI. `bars`: draw count bars (default: stderr is a terminal);
+    `notes`: print notes. `close` ends any bar still open (a verb calls it when it stops)."""
+
+    def __init__(self, *, bars: bool | None = None, notes: bool = True) -> None:
+        self.bars_enabled = sys.stderr.isatty() if bars is None else bars
+        self.notes_enabled = notes
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, update: Update) -> None:
+        if update.note:
+            if self.notes_enabled:
+                self._write(update.note)
             return
-        if self.bar is None:
+        if not self.bars_enabled:
+            return
+        bar = self.bars.get(update.task)
+        if bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(
-                total=total, unit=f" {self.unit}", unit_scale=True, file=sys.stderr, dynamic_ncols=True
+            bar = self.bars[update.task] = tqdm(
+                total=update.total,
+                unit=f" {update.unit}" if update.unit else "it",
+                unit_scale=True,
+                desc=update.task,
+                file=sys.stderr,
+                dynamic_ncols=True,
             )
-        self.bar.total = total
-        self.bar.update(done - self.bar.n)
-        if postfix:
-            self.bar.set_postfix(postfix, refresh=False)
+        bar.total = update.total
+        bar.update(update.done - bar.n)
+        if update.detail:
+            bar.set_postfix({k: f"{v:,}" if isinstance(v, int) else v for k, v in update.detail.items()})
+        if update.finished:
+            bar.close()
+            del self.bars[update.task]
+
+    def _write(self, line: str) -> None:
+        if self.bars:
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+        else:
+            click.echo(line, err=True)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def encode_progress(bar: Bar) -> Callable[[int, int, int, int], None]:
-    """encode's callback: (rows done, rows in all, tokens so far, shards written)."""
-
-    def show(rows: int, total: int, tokens: int, shard: int) -> None:
-        bar.show(rows, total, tokens=f"{tokens:,}", shard=shard)
-
-    return show
-
-
-def count_progress(bar: Bar) -> Callable[[int, int], None]:
-    """mine's callback: (done, total)."""
-
-    def show(done: int, total: int) -> None:
-        bar.show(done, total)
-        if done >= total:
+        for bar in self.bars.values():
             bar.close()
+        self.bars.clear()
 
-    return show
+    def __enter__(self) -> Reporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

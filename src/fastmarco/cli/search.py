@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, main, ray_option, ray_target
+from fastmarco.cli.progress import Reporter
 from fastmarco.search.kinds import kind_names
 
 
@@ -85,7 +86,7 @@ def index(
         "nprobe": nprobe,
         "refine": refine,
         "overwrite": overwrite,
-        "progress": lambda message: click.echo(message, err=True),
+        "progress": Reporter(),
         "device": device,
         "verify": not no_verify,
     }

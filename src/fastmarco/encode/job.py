@@ -16,6 +16,7 @@ from fastmarco.corpus.ids import integer_key
 from fastmarco.corpus.msmarco_tsv import BOM
 from fastmarco.errors import EncodeMismatchError, InputError
 from fastmarco.model.manifest import ModelManifest
+from fastmarco.progress import Update
 from fastmarco.store.shards import DEFAULT_ROWS_PER_SHARD, MANIFEST_NAME, DType, IdType, Manifest, ShardSet
 
 OnBadLine = Literal["error", "skip"]
@@ -211,3 +212,8 @@ def remove_shard_set(out: Path) -> None:
     for path in out.iterdir():
         if path.name.startswith(("vectors-", "ids-", MANIFEST_NAME, SKIPPED_NAME)):
             path.unlink() if path.is_file() else shutil.rmtree(path)
+
+
+def encode_update(rows: int, total: int, tokens: int, shards: int) -> Update:
+    """Where an encode stands: rows of an estimated total, with the tokens so far and shards written."""
+    return Update("encode", rows, total, "rows", detail={"tokens": tokens, "shards": shards})

@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,13 @@ from fastmarco.encode.job import (
     JobSpec,
     OnBadLine,
     count_lines,
+    encode_update,
     remove_shard_set,
 )
 from fastmarco.encode.reader import CorpusReader
 from fastmarco.errors import StoreIOError
 from fastmarco.model.encoder import Encoder
+from fastmarco.progress import Progress
 from fastmarco.store.shards import (
     DEFAULT_ROWS_PER_SHARD,
     MANIFEST_NAME,
@@ -44,8 +45,6 @@ from fastmarco.store.shards import (
     ShardSet,
     ShardWriter,
 )
-
-Progress = Callable[[int, int, int, int], None]
 
 # Testing aid: pause (until killed) once this many rows are in finished shards (fastmarco._pause).
 PAUSE_ENV = "FASTMARCO_DEBUG_PAUSE_AFTER_ROWS"
@@ -65,7 +64,7 @@ def encode_corpus(
 ) -> EncodeSummary:
     """Encode every passage of `corpus` into the shard directory `out` (see the module docstring).
 
-    progress(rows_done, rows_total_estimate, tokens_done, shard_index) is called after each chunk.
+    `progress` gets an `encode_update` after each chunk (rows of an estimated total, tokens, shards).
     """
     spec = JobSpec.create(
         encoder.directory,
@@ -164,7 +163,7 @@ def _encode_locked(
             )
             writer.add(vectors, chunk_ids, cursor=end.to_json())
             if progress is not None:
-                progress(writer.rows, total_estimate, tokens, len(writer.manifest.shards))
+                progress(encode_update(writer.rows, total_estimate, tokens, len(writer.manifest.shards)))
             pause_if_asked(PAUSE_ENV, writer.manifest.rows, "rows")
         writer.close()
     except OSError as exc:

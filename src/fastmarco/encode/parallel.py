@@ -43,8 +43,9 @@ from fastmarco.encode.job import (
     remove_shard_set,
 )
 from fastmarco.encode.reader import plan_parts
-from fastmarco.encode.runners import PartTask, ProcessRunner, Progress, Runner
+from fastmarco.encode.runners import PartTask, ProcessRunner, Runner
 from fastmarco.errors import EncodeMismatchError, FormatError, InputError
+from fastmarco.progress import Progress
 from fastmarco.store.shards import (
     DEFAULT_ROWS_PER_SHARD,
     MANIFEST_NAME,

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastmarco._ray import NAMESPACE, describe_failure, import_ray
-from fastmarco.encode.job import EncodeSummary
-from fastmarco.encode.runners import PartTask, Progress, run_part
+from fastmarco.encode.job import EncodeSummary, encode_update
+from fastmarco.encode.runners import PartTask, run_part
 from fastmarco.errors import WorkerError
+from fastmarco.progress import Progress
 
 ACTOR_NAME = "fastmarco-encode-part-{index}"
 
@@ -95,7 +96,7 @@ class RayRunner:
                     summaries[task.index] = EncodeSummary(**result["summary"])
                 if progress is not None:
                     rows, tokens, shards = self._progress(ray, actors, tasks, summaries)
-                    progress(rows, total, tokens, shards)
+                    progress(encode_update(rows, total, tokens, shards))
         finally:
             for actor in actors:
                 ray.kill(actor, no_restart=True)

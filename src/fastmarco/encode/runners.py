@@ -11,10 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from fastmarco.encode.job import EncodeSummary, JobSpec
+from fastmarco.encode.job import EncodeSummary, JobSpec, encode_update
 from fastmarco.errors import WorkerError
-
-Progress = Callable[[int, int, int, int], None]
+from fastmarco.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,9 @@ def run_part(task: PartTask, report: Callable[[int, int, int], None]) -> EncodeS
         encoder,
         task.spec,
         task.directory,
-        progress=lambda rows, _total, tokens, shards: report(rows, tokens, shards),
+        progress=lambda update: report(
+            update.done, int(update.detail["tokens"]), int(update.detail["shards"])
+        ),
     )
 
 
@@ -101,7 +102,7 @@ class ProcessRunner:
                 if kind == "progress":
                     rows[index], tokens[index], shards[index] = message[2], message[3], message[4]
                     if progress is not None:
-                        progress(sum(rows), total, sum(tokens), sum(shards))
+                        progress(encode_update(sum(rows), total, sum(tokens), sum(shards)))
                 elif kind == "done":
                     summaries[index] = EncodeSummary(**message[2])
                 else:

@@ -22,7 +22,6 @@ import resource
 import shutil
 import time
 import zlib
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from fastmarco.mine.outputs import (
 from fastmarco.mine.select import Selection, pick
 from fastmarco.mine.systems import BM25System, IndexSystem, Retrieved, System
 from fastmarco.model.runtime import Device
+from fastmarco.progress import Progress, Update
 from fastmarco.store.formats import load_qrels, load_queries
 from fastmarco.store.passages import PassageStore
 
@@ -89,8 +89,6 @@ class JobState:
 
 BLOCKS = "blocks"
 SUMMARY = "summary.json"
-
-Progress = Callable[[int, int], None]  # (queries done, queries to mine)
 
 
 @dataclass(frozen=True)
@@ -350,7 +348,7 @@ def mine(
                 pause_if_asked(PAUSE_ENV, written, "blocks")
             done += len(block)
             if progress is not None:
-                progress(done, len(queries))
+                progress(Update("mine", done, len(queries), "queries"))
 
         started = time.perf_counter()
         names = [s.name for s in systems]

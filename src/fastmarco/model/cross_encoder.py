@@ -8,13 +8,14 @@ and cut into batches under a token budget across queries; the scores come back i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from fastmarco.errors import InputError
 from fastmarco.model.runtime import OnnxModel
+from fastmarco.progress import Progress, Update
 
 CHUNK_PAIRS = 8_192  # pairs tokenized at once: bounds the token lists held in memory
 
@@ -35,7 +36,7 @@ class CrossEncoderScorer(OnnxModel):
         queries: Sequence[str],
         passages: Sequence[str],
         *,
-        progress: Callable[[int], None] | None = None,
+        progress: Progress | None = None,
     ) -> npt.NDArray[np.float32]:
         """Score pair i = (queries[i], passages[i]): (n,) float32 in input order."""
         if isinstance(queries, str) or isinstance(passages, str):
@@ -47,6 +48,7 @@ class CrossEncoderScorer(OnnxModel):
                 if not isinstance(text, str):
                     raise InputError(f"{name}[{i}] is {type(text).__name__}, expected str")
         scores = np.empty(len(queries), dtype=np.float32)
+        scored = 0
         for start in range(0, len(queries), CHUNK_PAIRS):
             stop = min(start + CHUNK_PAIRS, len(queries))
             encodings = self.tokenizer.encode_batch(
@@ -56,6 +58,7 @@ class CrossEncoderScorer(OnnxModel):
             for rows in self.budget.plan(lengths):
                 feeds = self.pad([encodings[r] for r in rows], int(lengths[rows[0]]))
                 scores[rows + start] = self.run(feeds)
+                scored += len(rows)
                 if progress is not None:
-                    progress(len(rows))
+                    progress(Update("score", scored, len(queries), "pairs"))
         return scores

@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from fastmarco.errors import InputError
 from fastmarco.model.runtime import OnnxModel
+from fastmarco.progress import Progress, Update
 
 CHUNK_TEXTS = 8_192
 
@@ -129,7 +130,7 @@ class Encoder(OnnxModel):
         texts: Sequence[str],
         *,
         dtype: type[np.floating[Any]] = np.float32,
-        progress: Callable[[int], None] | None = None,
+        progress: Progress | None = None,
     ) -> npt.NDArray[np.floating[Any]]:
         """Embed texts in input order: (len(texts), dim). Over-long texts are truncated (see
         `encode_with_stats` for the count); an empty string embeds as sentence-transformers embeds it."""
@@ -140,7 +141,7 @@ class Encoder(OnnxModel):
         texts: Sequence[str],
         *,
         dtype: type[np.floating[Any]] = np.float32,
-        progress: Callable[[int], None] | None = None,
+        progress: Progress | None = None,
     ) -> tuple[npt.NDArray[np.floating[Any]], EncodeStats]:
         """`encode`, plus token, truncation and batch counts for this call (safe across threads)."""
         if isinstance(texts, str):
@@ -171,14 +172,16 @@ class Encoder(OnnxModel):
 
         producer = threading.Thread(target=produce, name="fastmarco-tokenize", daemon=True)
         producer.start()
+        embedded = 0
         try:
             while (item := pipe.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
                 out[item.positions] = self.run(item.feeds)
                 stats.batches += 1
+                embedded += len(item.positions)
                 if progress is not None:
-                    progress(len(item.positions))
+                    progress(Update("embed", embedded, len(texts), "texts"))
         finally:
             stop.set()
             producer.join()

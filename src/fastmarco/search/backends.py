@@ -9,7 +9,6 @@ candidates exactly from the shards), so scores are comparable across kinds.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -17,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco.errors import IndexMismatchError
+from fastmarco.progress import Progress
 from fastmarco.search.index import GROUPS_MANIFEST, IndexManifest, ShardGroup, check_shards_unchanged
 from fastmarco.search.kernels import as_queries, check_k
 from fastmarco.search.kinds import family_for
@@ -99,9 +99,9 @@ class VectorIndex:
         *,
         nprobe: int | None = None,
         verify: bool = True,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Progress | None = None,
     ) -> VectorIndex:
-        """verify=True hashes every shard and id file (multithreaded; progress(bytes_done, bytes_total))
+        """verify=True hashes every shard and id file (multithreaded; `progress` gets "verify" updates)
         and refuses a corrupt one. verify=False trusts the files (for those who verify elsewhere);
         sizes, headers and the index's record of the shards' checksums are checked either way."""
         root = Path(directory)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -23,9 +22,10 @@ from fastmarco import fingerprints
 from fastmarco._atomic import publishing
 from fastmarco._json import Count, Positive, load_manifest, save_manifest
 from fastmarco.errors import IndexMismatchError, InputError, ManifestError
+from fastmarco.progress import Progress, noting
 from fastmarco.search.kinds import AUTO, FactoryShape, family_for, index_kind
 from fastmarco.store.shards import MANIFEST_NAME as SHARDS_MANIFEST
-from fastmarco.store.shards import ShardSet
+from fastmarco.store.shards import ShardSet, Verify
 
 INDEX_MANIFEST = "index.json"
 INDEX_FORMAT = "fastmarco-index"
@@ -206,7 +206,7 @@ def build_index(
     nprobe: int | None = None,
     refine: int = DEFAULT_REFINE,
     overwrite: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
     device: Literal["cpu", "cuda"] = "cpu",
     verify: bool = True,
     shard_range: tuple[int, int] | None = None,
@@ -240,7 +240,7 @@ class _BuildOptions:
     refine: int
     device: str
     verify: bool
-    progress: Callable[[str], None] | None
+    progress: Progress | None
 
     def __post_init__(self) -> None:
         import faiss
@@ -267,10 +267,11 @@ def _build(
     """Build into the empty folder `staging`, to be published as `target`."""
     import faiss
 
-    say = options.progress or (lambda message: None)
+    say = noting(options.progress, "index")
     if options.verify:
         say("verifying shard checksums")
-    shard_set = ShardSet.open(shard_root, verify="checksum" if options.verify else "size", shards=shard_range)
+    check: Verify = "checksum" if options.verify else "size"
+    shard_set = ShardSet.open(shard_root, verify=check, shards=shard_range, progress=options.progress)
     rows, dim = len(shard_set), shard_set.dim
     shape, train = _resolve(options.kind, options.factory, options.train_rows, rows, dim)
     nprobe = options.nprobe
@@ -400,7 +401,7 @@ def build_index_groups(
     nprobe: int | None = None,
     refine: int = DEFAULT_REFINE,
     overwrite: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
     device: Literal["cpu", "cuda"] = "cpu",
     verify: bool = True,
 ) -> GroupsManifest:
@@ -415,7 +416,7 @@ def build_index_groups(
         ranges = split_shard_groups([entry.rows for entry in whole.manifest.shards], groups)
         if kind == "auto" and factory is None:
             options = replace(options, kind=index_kind(AUTO, len(whole)).name)
-        say = progress or (lambda message: None)
+        say = noting(progress, "index")
         listed = []
         for position, shard_range in enumerate(ranges):
             name = f"group-{position:03d}"

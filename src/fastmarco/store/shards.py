@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,6 +31,7 @@ from fastmarco._atomic import write_bytes_atomic
 from fastmarco._json import Count, Positive, load_manifest, manifest_bytes
 from fastmarco.corpus.ids import lookup_keys
 from fastmarco.errors import InputError, ShardChecksumError, ShardFormatError
+from fastmarco.progress import Progress, Update
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "fastmarco-shards"
@@ -350,14 +351,14 @@ class ShardSet:
         verify: Verify = "size",
         allow_incomplete: bool = False,
         threads: int = 0,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Progress | None = None,
         shards: tuple[int, int] | None = None,
     ) -> ShardSet:
         """Open and check a shard directory.
 
         verify="size" checks headers, sizes and the manifest (cheap); "checksum" also hashes every
-        payload and id file, `threads` shards at a time (0: one per core), calling
-        progress(bytes_done, bytes_total) as each shard is done. A directory whose writer did not
+        payload and id file, `threads` shards at a time (0: one per core), reporting bytes hashed to
+        `progress` (task "verify") as each shard is done. A directory whose writer did not
         finish is refused unless allow_incomplete, in which case only its finished shards are visible.
         shards=(start, stop) opens only those shards (a shard group): its rows are numbered from 0 and
         `first_row` says where they start in the whole set.
@@ -396,7 +397,7 @@ class ShardSet:
                 files.append(shard)
                 done += sizes[position]
                 if progress is not None:
-                    progress(done, sum(sizes))
+                    progress(Update("verify", done, sum(sizes), "B"))
         return cls(root, manifest, files, first_row)
 
     @staticmethod
