@@ -116,7 +116,7 @@ def bench_kind(
     else:
         started = time.perf_counter()
         notes = Reporter(bars=False)
-        manifest = build_index(shards, target, kind=kind, overwrite=True, progress=notes)  # type: ignore[arg-type]
+        manifest = build_index(shards, target, kind=kind, overwrite=True, progress=notes)
         build_seconds = time.perf_counter() - started
     nlist = describe_factory(manifest.factory, manifest.dim).nlist
     nprobe = args.nprobe or default_nprobe(nlist)
