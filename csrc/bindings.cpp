@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "exact_search.hpp"
+#include "hamming.hpp"
 #include "refine.hpp"
 #include "shard_file.hpp"
 #include "topk.hpp"
@@ -145,6 +146,20 @@ void refine_topk_py(const py::array& queries, const std::vector<py::array>& shar
   fastmarco::refine_topk(q, nq, dim, blocks, c, ncand, k, m, threads, s, i);
 }
 
+void hamming_topk_py(const py::array& queries, const py::array& codes, std::int64_t k, const py::array& out_distances,
+                     const py::array& out_ids, int threads, const std::string& kernel) {
+  const auto* q = checked<std::uint8_t>(queries, "queries", {kAny, kAny});
+  const py::ssize_t nq = queries.shape(0), nbytes = queries.shape(1);
+  if (nbytes == 0) bad_input("queries must have a positive width in bytes");
+  const auto* c = checked<std::uint8_t>(codes, "codes", {kAny, nbytes});
+  check_k(k);
+  auto* d = checked<std::int32_t>(out_distances, "out_distances", {nq, k}, true);
+  auto* i = checked<std::int64_t>(out_ids, "out_ids", {nq, k}, true);
+  const auto chosen = fastmarco::hamming_kernel_from_name(kernel);
+  py::gil_scoped_release release;
+  fastmarco::hamming_topk(q, nq, c, codes.shape(0), nbytes, k, threads, chosen, d, i);
+}
+
 // Raises the fastmarco.errors class `name` (the one error hierarchy) with the C++ message.
 void raise_fastmarco_error(const char* name, const char* message) {
   const py::object error_class = py::module_::import("fastmarco.errors").attr(name);
@@ -242,6 +257,19 @@ PYBIND11_MODULE(_native, m) {
         "Exactly re-scores candidate global rows (nq, ncand) against the shards' rows (a list of (n, dim)\n"
         "float16/float32 arrays, concatenated in order) and keeps the k best per query, best-first;\n"
         "ties go to the lower id, missing results are (-inf, -1).");
+  m.def("hamming_topk", &hamming_topk_py, "queries"_a, "codes"_a, "k"_a, "out_distances"_a, "out_ids"_a,
+        "threads"_a = 0, "kernel"_a = "auto",
+        "Exhaustive Hamming top-k of packed uint8 query codes (nq, nbytes) against codes (n, nbytes).\n"
+        "Fills out_distances (nq, k) int32 and out_ids (nq, k) int64 nearest first; ties go to the lower row;\n"
+        "missing results are (-1, -1). kernel: auto or one of hamming_kernels().");
+  m.def(
+      "hamming_kernels",
+      [] {
+        std::vector<std::string> names;
+        for (const auto kernel : fastmarco::hamming_kernels()) names.push_back(fastmarco::hamming_kernel_name(kernel));
+        return names;
+      },
+      "The Hamming kernels this CPU runs, fastest first ('auto' picks the first).");
   m.def(
       "checksum",
       [](const py::buffer& data) {

@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import typing
 import typing_extensions
-__all__: list[str] = ['FORMAT_VERSION', 'HEADER_BYTES', 'MISSING_ID', 'ShardFile', 'ShardFileWriter', 'checksum', 'exact_search', 'merge_topk', 'refine_topk', 'simd_fp16_enabled']
+__all__: list[str] = ['FORMAT_VERSION', 'HEADER_BYTES', 'MISSING_ID', 'ShardFile', 'ShardFileWriter', 'checksum', 'exact_search', 'hamming_kernels', 'hamming_topk', 'merge_topk', 'refine_topk', 'simd_fp16_enabled']
 class ShardFileWriter:
     """
     Appends rows to '<path>.tmp' and publishes '<path>' atomically on finalize().
@@ -86,6 +86,16 @@ def exact_search(queries: numpy.ndarray, rows: numpy.ndarray, k: typing.Supports
     Exact top-k of float32 queries (nq, dim) against float16/float32 rows (n, dim).
     Fills out_scores (nq, k) float32 and out_ids (nq, k) int64 best-first; ties go to the lower row;
     missing results are (-inf, -1). threads=0 uses every hardware thread.
+    """
+def hamming_kernels() -> list[str]:
+    """
+    The Hamming kernels this CPU runs, fastest first ('auto' picks the first).
+    """
+def hamming_topk(queries: numpy.ndarray, codes: numpy.ndarray, k: typing.SupportsInt | typing.SupportsIndex, out_distances: numpy.ndarray, out_ids: numpy.ndarray, threads: typing.SupportsInt | typing.SupportsIndex = 0, kernel: str = 'auto') -> None:
+    """
+    Exhaustive Hamming top-k of packed uint8 query codes (nq, nbytes) against codes (n, nbytes).
+    Fills out_distances (nq, k) int32 and out_ids (nq, k) int64 nearest first; ties go to the lower row;
+    missing results are (-1, -1). kernel: auto or one of hamming_kernels().
     """
 def merge_topk(scores: numpy.ndarray, ids: numpy.ndarray, id_offsets: numpy.ndarray, out_scores: numpy.ndarray, out_ids: numpy.ndarray) -> None:
     """

@@ -252,7 +252,7 @@ class FaissFamily:
         return FaissBackend(shard_set, index, manifest.refine, manifest.ef_search)
 
 
-FAISS = register_family(FaissFamily())
+FAISS = register_family(FaissFamily(), fallback=True)
 
 
 def _pq(rows: int, dim: int) -> str:

@@ -1,8 +1,9 @@
 """The index kind registry: each kind (`--kind`) names a preset factory of an index family, and each
 family owns what its indexes need end to end: describe a factory, plan a build, build it, and open it
-as a `SearchBackend`. Two families today: the native exact search over the shards (exact.py) and
-faiss (faiss_kinds.py). A new kind of an existing family is one `register_kind` call; a new family is
-one module that registers its family and kinds, imported by search/__init__.py."""
+as a `SearchBackend`. Three families today: the native exact search over the shards (exact.py),
+sign-bit codes searched by Hamming distance (binary_kinds.py) and faiss (faiss_kinds.py; int8_kinds.py
+names its scalar-quantizer presets). A new kind of an existing family is one `register_kind` call; a
+new family is one module that registers its family and kinds, imported by search/__init__.py."""
 
 from __future__ import annotations
 
@@ -82,11 +83,13 @@ class IndexKind:
 
 
 INDEX_FAMILIES: list[IndexFamily] = []  # asked in order: the first that claims a factory owns it
+FALLBACK_FAMILIES: list[IndexFamily] = []  # asked after every other family (faiss claims any string)
 INDEX_KINDS: dict[str, IndexKind] = {}
 
 
-def register_family(family: IndexFamily) -> IndexFamily:
-    INDEX_FAMILIES.append(family)
+def register_family(family: IndexFamily, *, fallback: bool = False) -> IndexFamily:
+    """Add `family`; a `fallback` one is asked only when no other claims a factory."""
+    (FALLBACK_FAMILIES if fallback else INDEX_FAMILIES).append(family)
     return family
 
 
@@ -114,7 +117,7 @@ def index_kind(name: str, rows: int) -> IndexKind:
 
 def family_for(factory: str) -> IndexFamily:
     """The family that owns indexes of `factory` (a preset's or a user's factory string)."""
-    for family in INDEX_FAMILIES:
+    for family in (*INDEX_FAMILIES, *FALLBACK_FAMILIES):
         if family.claims(factory):
             return family
     raise InputError(f"no index family builds factory {factory!r}")
