@@ -25,6 +25,34 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# The instruction sets the native kernels and ONNX Runtime pick from: figures are kept per CPU family.
+CPU_FLAGS = (
+    "popcnt",
+    "f16c",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx512_vpopcntdq",
+    "amx_tile",
+)
+
+
+def cpu_flags() -> list[str]:
+    """The CPU_FLAGS this machine has (from /proc/cpuinfo)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [flag for flag in CPU_FLAGS if flag in have]
+    except OSError:
+        pass
+    return []
+
+
 def environment(packages: list[str]) -> dict[str, Any]:
     versions = {}
     for name in packages:
@@ -34,6 +62,7 @@ def environment(packages: list[str]) -> dict[str, Any]:
             versions[name] = None
     return {
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),

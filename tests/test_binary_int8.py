@@ -174,3 +174,12 @@ def test_a_damaged_code_file_is_named(
     (tmp_path / "b" / CODES_FILE).write_bytes(b"not numpy")
     with pytest.raises(Exception, match=r"codes\.npy: not a readable code file"):
         VectorIndex.open(tmp_path / "b")
+
+
+@pytest.mark.parametrize(("kind", "refine"), [("binary", 10), ("binary-ivf", 10), ("int8", 4), ("pq", 50)])
+def test_each_kind_refines_as_deep_as_its_first_pass_needs_unless_told(
+    clustered: tuple[Path, npt.NDArray[np.float32]], tmp_path: Path, kind: str, refine: int
+) -> None:
+    shards, _ = clustered
+    assert build_index(shards, tmp_path / "default", kind=kind).refine == refine
+    assert build_index(shards, tmp_path / "told", kind=kind, refine=3).refine == 3

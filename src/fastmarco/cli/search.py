@@ -34,9 +34,7 @@ from fastmarco.search.kinds import kind_names
 @click.option(
     "--refine",
     type=click.IntRange(min=0),
-    default=50,
-    show_default=True,
-    help="Re-score refine x k candidates.",
+    help="Re-score refine x k candidates exactly (default: the kind's; 50 for a --factory string).",
 )
 @click.option(
     "--plan", "plan_only", is_flag=True, help="Print the RAM, disk and time a build needs; build nothing."
@@ -63,7 +61,7 @@ def index(
     factory: str | None,
     train_size: int | None,
     nprobe: int | None,
-    refine: int,
+    refine: int | None,
     plan_only: bool,
     overwrite: bool,
     no_verify: bool,

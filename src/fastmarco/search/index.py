@@ -23,7 +23,7 @@ from fastmarco._atomic import publishing
 from fastmarco._json import Count, Positive, load_manifest, save_manifest
 from fastmarco.errors import IndexMismatchError, InputError, ManifestError
 from fastmarco.progress import Progress, noting
-from fastmarco.search.kinds import AUTO, FactoryShape, family_for, index_kind
+from fastmarco.search.kinds import AUTO, DEFAULT_REFINE, FactoryShape, family_for, index_kind
 from fastmarco.store.shards import MANIFEST_NAME as SHARDS_MANIFEST
 from fastmarco.store.shards import ShardSet, Verify
 
@@ -34,7 +34,6 @@ GROUP_INDEX_VERSION = 3  # 2 plus 'shard_range': an index over one shard group (
 GROUPS_MANIFEST = "groups.json"
 GROUPS_FORMAT = "fastmarco-index-groups"
 GROUPS_VERSION = 1
-DEFAULT_REFINE = 50
 # Earlier index.json schemas and what brings each to the next. Version 1 recorded the shard directory
 # as an absolute path, which `shard_directory` still reads as it is; version 3 added 'shard_range'
 # (null: every shard). Single indexes are still written as version 2, which older readers open.
@@ -204,7 +203,7 @@ def build_index(
     factory: str | None = None,
     train_rows: int | None = None,
     nprobe: int | None = None,
-    refine: int = DEFAULT_REFINE,
+    refine: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
     device: Literal["cpu", "cuda"] = "cpu",
@@ -237,7 +236,7 @@ class _BuildOptions:
     factory: str | None
     train_rows: int | None
     nprobe: int | None
-    refine: int
+    refine: int | None  # None: the kind's default (DEFAULT_REFINE for a --factory string)
     device: str
     verify: bool
     progress: Progress | None
@@ -247,7 +246,7 @@ class _BuildOptions:
 
         if self.device not in ("cpu", "cuda"):
             raise InputError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
-        if self.refine < 0 or (self.nprobe is not None and self.nprobe <= 0):
+        if (self.refine is not None and self.refine < 0) or (self.nprobe is not None and self.nprobe <= 0):
             raise InputError(f"refine must be >= 0 and nprobe positive, got {self.refine} and {self.nprobe}")
         gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
         if self.device == "cuda" and gpus == 0:
@@ -255,6 +254,12 @@ class _BuildOptions:
                 "device 'cuda' asked for, but the installed faiss sees no GPU (faiss.get_num_gpus() is 0); "
                 "install faiss-gpu-cu12 (pip install 'fastmarco[gpu]') or build with --device cpu"
             )
+
+
+def _refine(options: _BuildOptions, rows: int) -> int:
+    if options.refine is not None:
+        return options.refine
+    return DEFAULT_REFINE if options.factory is not None else index_kind(options.kind, rows).refine
 
 
 def _build(
@@ -291,7 +296,7 @@ def _build(
         shards_manifest=shard_manifest_checksum(shard_root),
         nprobe=nprobe or default_nprobe,
         ef_search=ef_search,
-        refine=options.refine if shape.lossy else 0,
+        refine=_refine(options, rows) if shape.lossy else 0,
         model_fingerprint=shard_set.metadata.get("model", {}).get("fingerprint"),
         shard_checksums=[(e.checksum, e.ids_checksum) for e in shard_set.manifest.shards],
         build={
@@ -399,7 +404,7 @@ def build_index_groups(
     factory: str | None = None,
     train_rows: int | None = None,
     nprobe: int | None = None,
-    refine: int = DEFAULT_REFINE,
+    refine: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
     device: Literal["cpu", "cuda"] = "cpu",

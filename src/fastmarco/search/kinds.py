@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 AUTO = "auto"
 AUTO_FLAT_BELOW = 200_000  # auto: exact below this many rows, else AUTO_LARGE
 AUTO_LARGE = "opq-ivfpq"
+DEFAULT_REFINE = 50  # candidates re-scored per result for kinds (and --factory strings) not saying
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,14 @@ class IndexFamily(Protocol):
 
 @dataclass(frozen=True)
 class IndexKind:
-    """A named preset: the factory its family builds for rows x dim."""
+    """A named preset: the factory its family builds for rows x dim, and how many candidates per
+    result its searches re-score exactly unless told (what its first pass needs for recall@10 >= 0.95
+    on the calibrated synthetic data; benchmarks/bench_scale.py measures it)."""
 
     name: str
     family: IndexFamily
     preset: Callable[[int, int], str]
+    refine: int = DEFAULT_REFINE
 
 
 INDEX_FAMILIES: list[IndexFamily] = []  # asked in order: the first that claims a factory owns it
