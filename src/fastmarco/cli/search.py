@@ -20,8 +20,15 @@ from fastmarco.search.kinds import kind_names
     type=click.Choice(kind_names()),
     default="auto",
     show_default=True,
-    help="Preset, sized from the shard set (registered in fastmarco.search.kinds); auto: flat below "
-    "200,000 rows, else opq-ivfpq.",
+    help="Preset, sized from the shard set (registered in fastmarco.search.kinds); auto: the planner's "
+    "choice with --max-ram or --target-ms, else flat below 200,000 rows and opq-ivfpq above.",
+)
+@click.option(
+    "--max-ram",
+    help="auto: RAM the build and a server may use, e.g. 2G (default: this machine's available RAM).",
+)
+@click.option(
+    "--target-ms", type=click.FloatRange(min=0, min_open=True), help="auto: one query's search time."
 )
 @click.option("--factory", help="A faiss index_factory string instead of the preset.")
 @click.option(
@@ -58,6 +65,8 @@ def index(
     shard_dir: str,
     out: str | None,
     kind: str,
+    max_ram: str | None,
+    target_ms: float | None,
     factory: str | None,
     train_size: int | None,
     nprobe: int | None,
@@ -68,11 +77,23 @@ def index(
     device: str,
     groups: int | None,
 ) -> None:
-    """Build a faiss index over a shard directory."""
+    """Build an index over a shard directory (--plan: say what a build needs, and with --max-ram or
+    --target-ms which kind fits, and why)."""
     from fastmarco.search.index import build_index, build_index_groups, plan_index
+    from fastmarco.search.planner import choose_kind, parse_bytes
 
     if out is None and not plan_only:
         raise click.UsageError("--out is required to build")
+    if (max_ram or target_ms) and (kind != "auto" or factory):
+        raise click.UsageError("--max-ram and --target-ms choose the kind: use them with --kind auto")
+    if max_ram or target_ms:
+        choice = choose_kind(
+            shard_dir, max_ram=parse_bytes(max_ram) if max_ram else None, target_ms=target_ms
+        )
+        click.echo(choice.describe(), err=not plan_only)
+        if choice.chosen is None:
+            raise click.ClickException(choice.why)
+        kind = choice.chosen.kind
     plan = plan_index(shard_dir, kind, factory, train_size)
     click.echo(f"plan: {plan.describe()}", err=not plan_only)
     if out is None:

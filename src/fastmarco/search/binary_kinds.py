@@ -31,7 +31,18 @@ from fastmarco.errors import IndexMismatchError, InputError, ShardFormatError, S
 from fastmarco.search.backends import SearchResult
 from fastmarco.search.faiss_kinds import DEFAULT_EF_SEARCH, default_nprobe, ivf_lists
 from fastmarco.search.index import IndexManifest
-from fastmarco.search.kinds import BuildCost, FactoryShape, IndexKind, register_family, register_kind
+from fastmarco.search.kinds import (
+    SEARCH_OVERHEAD_MS,
+    BuildCost,
+    FactoryShape,
+    IndexKind,
+    Serving,
+    hnsw_ms,
+    register_family,
+    register_kind,
+    rescore_ms,
+    scan_ms,
+)
 from fastmarco.store.shards import ShardSet
 
 CODES_FILE = "codes.npy"
@@ -179,6 +190,22 @@ class BinaryFamily:
     def search_defaults(self, shape: FactoryShape) -> tuple[int | None, int | None]:
         return default_nprobe(shape.nlist), DEFAULT_EF_SEARCH if shape.hnsw else None
 
+    def serving(self, shard_set: ShardSet, shape: FactoryShape, refine: int) -> Serving:
+        """BFlat reads every code (a map: page cache); BIVF holds its lists and reads nprobe of them;
+        BHNSW holds codes and links. Then the asymmetric step and the exact re-scoring."""
+        rows, dim = len(shard_set), shard_set.dim
+        code = math.ceil(dim / 8)
+        depth = max(1, 10 * refine)
+        after = SEARCH_OVERHEAD_MS + rescore_ms(depth * (1 + ASYMMETRIC_DEPTH), dim)
+        if shape.hnsw:
+            return Serving(
+                rows * (shape.code_bytes - code), hnsw_ms(rows, dim // 8, DEFAULT_EF_SEARCH) + after
+            )
+        if shape.nlist:
+            probed = rows * code * (default_nprobe(shape.nlist) or shape.nlist) / shape.nlist
+            return Serving(rows * (code + 8), scan_ms(probed + shape.nlist * code) + after)
+        return Serving(0, scan_ms(rows * code) + after)
+
     def build(
         self, shard_set: ShardSet, shape: FactoryShape, train_rows: int, device: str,
         say: Callable[[str], None], out: Path,
@@ -261,6 +288,9 @@ class BinaryFamily:
 
 BINARY = register_family(BinaryFamily())
 # refine 10: recall@10 / @100 0.996 / 0.994 for BFlat at 200,000 x 384 synthetic rows (0.96 / 0.98 at 4)
-register_kind(IndexKind("binary", BINARY, lambda rows, dim: "BFlat", refine=10))
-register_kind(IndexKind("binary-ivf", BINARY, lambda rows, dim: f"BIVF{ivf_lists(rows)}", refine=10))
-register_kind(IndexKind("binary-hnsw", BINARY, lambda rows, dim: "BHNSW32", refine=10))
+# recall_at_10: measured at these defaults on the calibrated synthetic rows (bench_scale.py)
+register_kind(IndexKind("binary", BINARY, lambda rows, dim: "BFlat", refine=10, recall_at_10=0.99))
+register_kind(
+    IndexKind("binary-ivf", BINARY, lambda rows, dim: f"BIVF{ivf_lists(rows)}", refine=10, recall_at_10=0.95)
+)
+register_kind(IndexKind("binary-hnsw", BINARY, lambda rows, dim: "BHNSW32", refine=10, recall_at_10=0.97))

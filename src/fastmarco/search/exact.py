@@ -17,7 +17,16 @@ from fastmarco import _native
 from fastmarco.search.backends import SearchResult
 from fastmarco.search.index import IndexManifest
 from fastmarco.search.kernels import Metric, as_queries, check_k, merge_topk
-from fastmarco.search.kinds import BuildCost, FactoryShape, IndexKind, register_family, register_kind
+from fastmarco.search.kinds import (
+    SEARCH_OVERHEAD_MS,
+    BuildCost,
+    FactoryShape,
+    IndexKind,
+    Serving,
+    register_family,
+    register_kind,
+    scan_ms,
+)
 from fastmarco.store.shards import ShardSet
 
 EXACT_FACTORY = "Flat"
@@ -82,6 +91,11 @@ class ExactFamily:
     def search_defaults(self, shape: FactoryShape) -> tuple[int | None, int | None]:
         return None, None
 
+    def serving(self, shard_set: ShardSet, shape: FactoryShape, refine: int) -> Serving:
+        """Every row is read per query; the shards are maps (page cache), nothing is held besides."""
+        itemsize = 2 if shard_set.dtype == "fp16" else 4
+        return Serving(0, SEARCH_OVERHEAD_MS + scan_ms(len(shard_set) * shard_set.dim * itemsize))
+
     def build(
         self, shard_set: ShardSet, shape: FactoryShape, train_rows: int, device: str,
         say: Callable[[str], None], out: Path,
@@ -95,4 +109,4 @@ class ExactFamily:
 
 
 EXACT = register_family(ExactFamily())
-register_kind(IndexKind("flat", EXACT, lambda rows, dim: EXACT_FACTORY))
+register_kind(IndexKind("flat", EXACT, lambda rows, dim: EXACT_FACTORY, recall_at_10=1.0))

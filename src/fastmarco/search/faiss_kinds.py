@@ -31,13 +31,27 @@ from fastmarco import _native
 from fastmarco.errors import IndexMismatchError, InputError, ShardFormatError, StoreIOError
 from fastmarco.search.backends import SearchResult
 from fastmarco.search.index import IndexManifest
-from fastmarco.search.kinds import BuildCost, FactoryShape, IndexKind, register_family, register_kind
+from fastmarco.search.kinds import (
+    SEARCH_OVERHEAD_MS,
+    BuildCost,
+    FactoryShape,
+    IndexKind,
+    Serving,
+    hnsw_ms,
+    register_family,
+    register_kind,
+    rescore_ms,
+    scan_ms,
+)
 from fastmarco.store.shards import ShardSet
 
 INDEX_FILE = "index.faiss"
 ADD_BATCH_ROWS = 65_536
 # HNSW: recall@10 0.97 on the test fixture at 256, 0.89 at 128
 DEFAULT_EF_SEARCH = 256
+# Decoding a code against streaming its bytes: PQ look-up tables (opq-ivfpq at 1M x 768 read 12 MB of
+# codes in 13.9 ms, README) and SQ8 de-quantising (SQ8 over 200,000 x 384 read 77 MB in 14 ms)
+PQ_SLOWDOWN, SQ_SLOWDOWN = 4.0, 1.0
 
 
 def pq_subquantizers(dim: int) -> int:
@@ -195,6 +209,20 @@ class FaissFamily:
     def search_defaults(self, shape: FactoryShape) -> tuple[int | None, int | None]:
         return default_nprobe(shape.nlist), DEFAULT_EF_SEARCH if shape.hnsw else None
 
+    def serving(self, shard_set: ShardSet, shape: FactoryShape, refine: int) -> Serving:
+        """The index lives in RAM. An exhaustive or IVF scan decodes its codes at PQ_ or SQ_SLOWDOWN x
+        the cost of streaming them; a graph walks HNSW32; lossy codes are then re-scored exactly."""
+        rows, dim = len(shard_set), shard_set.dim
+        held = rows * shape.code_bytes + shape.nlist * dim * 4
+        after = SEARCH_OVERHEAD_MS + (rescore_ms(10 * max(1, refine), dim) if shape.lossy else 0.0)
+        if shape.hnsw:
+            return Serving(held, hnsw_ms(rows, dim, max(DEFAULT_EF_SEARCH, 40 * max(1, refine))) + after)
+        per_row = shape.code_bytes - (8 if shape.nlist else 0)
+        probed = rows * (default_nprobe(shape.nlist) or shape.nlist) / shape.nlist if shape.nlist else rows
+        coarse = shape.nlist * dim * 4
+        slowdown = SQ_SLOWDOWN if "SQ" in shape.factory else PQ_SLOWDOWN
+        return Serving(held, scan_ms(slowdown * probed * per_row + coarse) + after)
+
     def build(
         self, shard_set: ShardSet, shape: FactoryShape, train_rows: int, device: str,
         say: Callable[[str], None], out: Path,
@@ -268,7 +296,8 @@ def _opq_ivfpq(rows: int, dim: int) -> str:
     return f"OPQ{m}_{dim},IVF{ivf_lists(rows)},PQ{m}"
 
 
-register_kind(IndexKind("pq", FAISS, _pq))
-register_kind(IndexKind("ivfpq", FAISS, _ivfpq))
-register_kind(IndexKind("opq-ivfpq", FAISS, _opq_ivfpq))
-register_kind(IndexKind("hnsw", FAISS, lambda rows, dim: "HNSW32"))
+# recall_at_10: measured at these defaults on the calibrated synthetic rows (bench_query.py at 1M x 768)
+register_kind(IndexKind("pq", FAISS, _pq, recall_at_10=0.99))
+register_kind(IndexKind("ivfpq", FAISS, _ivfpq, recall_at_10=0.95))
+register_kind(IndexKind("opq-ivfpq", FAISS, _opq_ivfpq, recall_at_10=0.966))
+register_kind(IndexKind("hnsw", FAISS, lambda rows, dim: "HNSW32", recall_at_10=0.983))

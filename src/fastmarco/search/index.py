@@ -79,7 +79,7 @@ def _min_train_rows(shape: FactoryShape) -> int:
     return max(shape.nlist, 256) if shape.trains else 0
 
 
-def _resolve(
+def resolve_shape(
     kind: str, factory: str | None, train_rows: int | None, rows: int, dim: int
 ) -> tuple[FactoryShape, int]:
     """The factory a build uses and the rows it trains on; too few rows is an error saying what to do."""
@@ -119,7 +119,7 @@ def plan_index(
 
     shard_set = ShardSet.open(shard_dir)
     rows, dim = len(shard_set), shard_set.dim
-    shape, train = _resolve(kind, factory, train_rows, rows, dim)
+    shape, train = resolve_shape(kind, factory, train_rows, rows, dim)
     cost = family_for(shape.factory).cost(shard_set, shape, train)
     ram = _current_rss() + cost.ram_bytes
     return IndexPlan(kind, shape.factory, rows, dim, train, ram, cost.disk_bytes, cost.seconds)
@@ -278,7 +278,7 @@ def _build(
     check: Verify = "checksum" if options.verify else "size"
     shard_set = ShardSet.open(shard_root, verify=check, shards=shard_range, progress=options.progress)
     rows, dim = len(shard_set), shard_set.dim
-    shape, train = _resolve(options.kind, options.factory, options.train_rows, rows, dim)
+    shape, train = resolve_shape(options.kind, options.factory, options.train_rows, rows, dim)
     nprobe = options.nprobe
     if shape.nlist and nprobe is not None and nprobe > shape.nlist:
         raise InputError(f"nprobe {nprobe} is more than the {shape.nlist} lists of {shape.factory}")

@@ -15,6 +15,8 @@ from fastmarco.search.kinds import IndexKind, register_kind
 
 # refine 4: recall@10 / @100 0.999 / 0.996 for HNSW32_SQ8 at 200,000 x 384 synthetic rows; SQ8 codes
 # lose little, so more candidates only cost time (HNSW explores 4 x as many as it returns)
-register_kind(IndexKind("int8", FAISS, lambda rows, dim: "SQ8", refine=4))
-register_kind(IndexKind("int8-ivf", FAISS, lambda rows, dim: f"IVF{ivf_lists(rows)},SQ8", refine=4))
-register_kind(IndexKind("int8-hnsw", FAISS, lambda rows, dim: "HNSW32_SQ8", refine=4))
+register_kind(IndexKind("int8", FAISS, lambda rows, dim: "SQ8", refine=4, recall_at_10=1.0))
+register_kind(
+    IndexKind("int8-ivf", FAISS, lambda rows, dim: f"IVF{ivf_lists(rows)},SQ8", refine=4, recall_at_10=0.95)
+)
+register_kind(IndexKind("int8-hnsw", FAISS, lambda rows, dim: "HNSW32_SQ8", refine=4, recall_at_10=0.99))

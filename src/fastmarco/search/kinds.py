@@ -47,6 +47,46 @@ class BuildCost:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Serving:
+    """A family's estimate of serving an index: anonymous memory it holds (maps of the shards or codes
+    live in the page cache and are not counted), and one query's search at k 10 on this machine's
+    cores (encoding not included). Rates are measured on a 2-core x86 VM (benchmarks/bench_scale.py)."""
+
+    rss_bytes: int
+    query_ms: float
+
+
+# What the serving estimates are made of, measured on the 2-core development VM at 200,000 to
+# 8,841,823 rows (benchmarks/results/scale_*.json): one query streams memory-resident data at
+# SCAN_BYTES_PER_SECOND, each candidate re-scored exactly costs RESCORE_SECONDS_PER_BYTE x dim x 2
+# bytes, and a server's own memory (Python, ONNX Runtime, the model) is SERVER_BASELINE_BYTES.
+SCAN_BYTES_PER_SECOND = 5e9
+RESCORE_SECONDS_PER_BYTE = 0.5e-9
+SERVER_BASELINE_BYTES = 250 << 20
+
+
+SEARCH_OVERHEAD_MS = 0.3  # a search call's fixed cost (Python, the result's ids) besides the scans
+HNSW_MS_AT_1M_384 = 1.1  # faiss HNSW32, efSearch 256, one query over 1,000,000 x 384 rows
+
+
+def scan_ms(nbytes: float) -> float:
+    return nbytes / SCAN_BYTES_PER_SECOND * 1e3
+
+
+def rescore_ms(candidates: int, dim: int) -> float:
+    """Re-scoring `candidates` rows exactly from fp16 shards (random reads from the page cache)."""
+    return candidates * dim * 2 * RESCORE_SECONDS_PER_BYTE * 1e3
+
+
+def hnsw_ms(rows: int, dim: int, ef_search: int) -> float:
+    """A graph search visits ~ef_search x M nodes per level-0 walk, growing with log(rows)."""
+    import math
+
+    growth = math.log2(max(rows, 2)) / math.log2(1_000_000)
+    return HNSW_MS_AT_1M_384 * (ef_search / 256) * (dim / 384) * growth
+
+
 class IndexFamily(Protocol):
     name: str
 
@@ -60,6 +100,10 @@ class IndexFamily(Protocol):
 
     def search_defaults(self, shape: FactoryShape) -> tuple[int | None, int | None]:
         """(nprobe, ef_search) an index of this shape is searched with unless told otherwise."""
+        ...
+
+    def serving(self, shard_set: ShardSet, shape: FactoryShape, refine: int) -> Serving:
+        """What serving an index of `shape` over `shard_set` costs, with its default search settings."""
         ...
 
     def build(
@@ -84,6 +128,7 @@ class IndexKind:
     family: IndexFamily
     preset: Callable[[int, int], str]
     refine: int = DEFAULT_REFINE
+    recall_at_10: float | None = None  # expected at its defaults on calibrated synthetic data (the planner)
 
 
 INDEX_FAMILIES: list[IndexFamily] = []  # asked in order: the first that claims a factory owns it
