@@ -1,7 +1,7 @@
 """The whole MS MARCO passage corpus on one machine: 8,841,823 rows, every index kind side by side.
 
     python benchmarks/bench_scale.py --dim 384 --model MINILM_INT8_DIR [--rows 8841823]
-        [--kinds binary,binary-ivf,int8-hnsw,...] [--peers faiss-flatip,faiss-hnswflat,plain-ivfpq]
+        [--kinds binary,binary-ivf,int8-hnsw,...] [--peers faiss-flatip,faiss-hnswflat,plain-ivfpq-fs]
         [--validate MINI_SHARDS] [--workdir DIR] [--keep]
 
 Stages, each recorded in WORKDIR/state/ as it finishes so an interrupted run resumes where it stopped:
@@ -13,7 +13,8 @@ the page cache (RssAnon) after `Engine.open`, `Engine.open` seconds cold (after 
 cache, when this user may) and warm, batch queries/s (k 10), one-query latency p50/p99 with the
 query's int8 encoding included (--model), recall@10 and @100 against the truth. Peers side by side:
 faiss IndexFlatIP on fp32 (where it fits in RAM; else the JSON says it does not), IndexHNSWFlat, and
-plain IVF-PQ without exact refine. Pyserini's published index sizes for the real corpus are a column.
+plain IVF-PQ without exact refine (`plain-KIND`: the KIND index searched with refine 0, so the faiss
+first pass's own order and recall). Pyserini's published index sizes for the real corpus are a column.
 
 --validate runs the generator check first: at the mini collection's 31,362 rows, each kind's
 recall@10 on synthetic embeddings must be within 0.03 of its recall@10 on the real embeddings
@@ -46,7 +47,7 @@ from fastmarco.search.kinds import kind_names
 
 MSMARCO_ROWS = 8_841_823
 DEFAULT_KINDS = "binary,binary-ivf,int8,int8-ivf,int8-hnsw,opq-ivfpq"
-DEFAULT_PEERS = "faiss-flatip,faiss-hnswflat,plain-ivfpq"
+DEFAULT_PEERS = "faiss-flatip,faiss-hnswflat,plain-ivfpq-fs"
 # Pyserini's prebuilt indexes of the real corpus (msmarco-v1-passage, distilbert-dot-tas_b / v3
 # family, 768-d): what users download today, for scale.
 PYSERINI_BYTES = {"flat (faiss IndexFlatIP, 768-d)": 25.2e9, "hnsw (faiss IndexHNSWFlat, 768-d)": 33.4e9}
@@ -205,7 +206,7 @@ def child_measure(run: Run, kind: str) -> dict[str, Any]:
 
     args = run.args
     queries, truth = run.queries(), run.truth()
-    target = run.root / f"index-{'ivfpq' if kind == 'plain-ivfpq' else kind}"
+    target = run.root / f"index-{kind.removeprefix('plain-')}"
     result: dict[str, Any] = {}
     if kind.startswith("faiss-"):
         return measure_faiss(run, kind, target, queries, truth)
@@ -220,7 +221,7 @@ def child_measure(run: Run, kind: str) -> dict[str, Any]:
         "cold" if result["page_cache_dropped"] else "first": cold,
         "warm": time.perf_counter() - started,
     }
-    refine = 0 if kind == "plain-ivfpq" else None
+    refine = 0 if kind.startswith("plain-") else None
     engine.search_vectors(queries[:10], 10, refine=refine)  # first touch of the index's pages
     result["serving_rss_anon_bytes"] = rss_anon_bytes()
     started = time.perf_counter()
@@ -415,16 +416,16 @@ def main() -> None:
             print(f"[{stage}]", flush=True)
             run.record(stage, work(run))
         body[stage] = run.done(stage)
-    if "plain-ivfpq" in peers and "ivfpq" not in kinds:
-        kinds.append("ivfpq")
+    plain = [p for p in peers if p.startswith("plain-")]
+    kinds += [p.removeprefix("plain-") for p in plain if p.removeprefix("plain-") not in kinds]
     for kind in [
         *kinds,
-        *(p for p in peers if p != "plain-ivfpq"),
-        *(p for p in peers if p == "plain-ivfpq"),
+        *(p for p in peers if p not in plain),
+        *plain,
     ]:
         figures: dict[str, Any] = {}
         for stage in ("build", "measure"):
-            if kind == "plain-ivfpq" and stage == "build":
+            if kind in plain and stage == "build":
                 continue
             figures[stage] = run.done(f"{stage}-{kind}") or (
                 print(f"[{stage} {kind}]", flush=True) or child(run, stage, kind)

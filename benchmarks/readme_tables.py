@@ -61,7 +61,9 @@ def scale_table(body: dict[str, Any]) -> str:
             + " | ".join(
                 [
                     kind,
-                    f"`{build['factory']}`" if "factory" in build else "(ivfpq, refine 0)",
+                    f"`{build['factory']}`"
+                    if "factory" in build
+                    else f"{kind.removeprefix('plain-')}, refine 0",
                     "—" if seconds is None else f"{seconds:,.0f} s",
                     _gb(build.get("peak_build_rss_bytes")),
                     _gb(build.get("index_bytes")),

@@ -20,7 +20,7 @@ from fastmarco.search.index import build_index, plan_index
 from fastmarco.store.shards import ShardSet, write_shards
 
 KERNELS = _native.hamming_kernels()
-NEW_KINDS = ("binary", "binary-ivf", "binary-hnsw", "int8", "int8-ivf", "int8-hnsw")
+NEW_KINDS = ("binary", "binary-ivf", "binary-hnsw", "int8", "int8-ivf", "int8-hnsw", "ivfpq-fs")
 
 
 def brute_force_hamming(
