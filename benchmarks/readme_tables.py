@@ -54,6 +54,7 @@ def scale_table(body: dict[str, Any]) -> str:
             lines.append(f"| {kind} | {build.get('factory', '—')} | {why} |" + " |" * 9)
             continue
         seconds = build.get("build_seconds")
+        base = kind.removeprefix("plain-")
         opened = measure.get("open_seconds", {})
         cold = opened.get("cold", opened.get("first"))
         lines.append(
@@ -61,9 +62,7 @@ def scale_table(body: dict[str, Any]) -> str:
             + " | ".join(
                 [
                     kind,
-                    f"`{build['factory']}`"
-                    if "factory" in build
-                    else f"{kind.removeprefix('plain-')}, refine 0",
+                    f"`{build['factory']}`" if "factory" in build else f"{base}, refine 0",
                     "—" if seconds is None else f"{seconds:,.0f} s",
                     _gb(build.get("peak_build_rss_bytes")),
                     _gb(build.get("index_bytes")),
