@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -34,3 +35,13 @@ def test_readme_imports_work() -> None:
     assert imports
     for line in imports:
         exec(compile(line, "README.md", "exec"), {})
+
+
+def test_benchmark_tables_are_the_rendering_of_the_committed_results() -> None:
+    """README figures are generated from benchmarks/results/*.json (benchmarks/readme_tables.py)."""
+    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "benchmarks" / "readme_tables.py")
+    assert spec is not None and spec.loader is not None
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    readme = (ROOT / "README.md").read_text()
+    assert tables.apply(readme, tables.rendered()) == readme, "run python benchmarks/readme_tables.py"
