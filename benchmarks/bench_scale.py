@@ -211,19 +211,21 @@ def child_measure(run: Run, kind: str) -> dict[str, Any]:
     if kind.startswith("faiss-"):
         return measure_faiss(run, kind, target, queries, truth)
     result["page_cache_dropped"] = drop_page_cache()
+    refine = 0 if kind.startswith("plain-") else None
     started = time.perf_counter()
     engine = Engine.open(target, model=args.model, device="cpu", verify=False)
     cold = time.perf_counter() - started
+    engine.search_vectors(queries[:10], 10, refine=refine)  # first touch of the index's pages
+    # one engine's memory, before a second open can leave the first's freed heap behind
+    result["serving_rss_anon_bytes"] = rss_anon_bytes()
     engine.close()
+    del engine
     started = time.perf_counter()
     engine = Engine.open(target, model=args.model, device="cpu", verify=False)
     result["open_seconds"] = {
         "cold" if result["page_cache_dropped"] else "first": cold,
         "warm": time.perf_counter() - started,
     }
-    refine = 0 if kind.startswith("plain-") else None
-    engine.search_vectors(queries[:10], 10, refine=refine)  # first touch of the index's pages
-    result["serving_rss_anon_bytes"] = rss_anon_bytes()
     started = time.perf_counter()
     found10 = engine.search_vectors(queries, 10, refine=refine).rows
     result["batch_qps"] = len(queries) / (time.perf_counter() - started)
