@@ -66,7 +66,7 @@ def scale_table(body: dict[str, Any]) -> str:
                     "—" if seconds is None else f"{seconds:,.0f} s",
                     _gb(build.get("peak_build_rss_bytes")),
                     _gb(build.get("index_bytes")),
-                    _gb(measure.get("serving_rss_anon_bytes_after", measure.get("serving_rss_anon_bytes"))),
+                    _gb(measure.get("serving_rss_anon_bytes")),
                     f"{'—' if cold is None else f'{cold:.2f}'} / {opened.get('warm', 0):.2f}",
                     _cell(measure, "batch_qps"),
                     f"{_cell(measure, 'latency_ms', 'p50', fmt='{:.1f}')} / "
