@@ -347,6 +347,30 @@ def validate_generator(run: Run, kinds: list[str]) -> dict[str, Any]:
     return out
 
 
+def planner_check(run: Run, kinds: dict[str, Any]) -> dict[str, Any]:
+    """The planner's estimates (fastmarco index --plan) beside what was measured: measured / estimated."""
+    from fastmarco.search.planner import estimate_kinds
+
+    out: dict[str, Any] = {}
+    for estimate in estimate_kinds(ShardSet.open(run.shards)):
+        figures = kinds.get(estimate.kind)
+        if not figures or "factory" not in figures.get("build", {}):
+            continue
+        build, measure = figures["build"], figures.get("measure", {})
+        pairs = {
+            "build_seconds": (build["build_seconds"], estimate.build_seconds),
+            "index_bytes": (build["index_bytes"], estimate.index_bytes),
+            "serving_rss_bytes": (measure.get("serving_rss_anon_bytes"), estimate.serving_rss_bytes),
+            "search_ms": (measure.get("search_latency_ms", {}).get("p50"), estimate.query_ms),
+            "recall@10": (measure.get("recall@10"), estimate.recall_at_10),
+        }
+        out[estimate.kind] = {
+            name: {"measured": got, "estimated": want, "ratio": got / want if got and want else None}
+            for name, (got, want) in pairs.items()
+        }
+    return out
+
+
 def plot(body: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -434,6 +458,7 @@ def main() -> None:
             )
         body["kinds"][kind] = figures
         print(f"  {kind}: {json.dumps(figures)}", flush=True)
+    body["planner_check"] = planner_check(run, body["kinds"])
     body["pyserini_published_bytes"] = PYSERINI_BYTES
     body["environment"] = environment(["fastmarco", "faiss-cpu", "onnxruntime", "numpy"])
     name = f"scale_{args.label or f'{args.rows}x{args.dim}'}"
