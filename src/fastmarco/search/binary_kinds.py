@@ -183,8 +183,8 @@ class BinaryFamily:
         ram = batch + largest_shard + rows * shape.code_bytes
         read = rows * dim * itemsize / 1e9  # one pass over the shards at ~1 GB/s
         seconds = read + rows * dim / 2e8  # packbits, ~200 M values/s
-        if shape.nlist:  # binary k-means (faiss trains on the codes as floats) and assignment
-            seconds += 2.0 * dim * train_rows * shape.nlist * 10 / (25e9 * cores)
+        if shape.nlist:  # binary k-means and assignment: 313 s in all for BIVF8192 at 8.8M x 384
+            seconds += 2.0 * dim * train_rows * shape.nlist / (25e9 * cores)
             seconds += rows * shape.nlist * code / (8 * 1e9 * cores)
         if shape.hnsw:  # ~ the float graph's build, at a tenth of the distance cost
             seconds += 20.0 * rows * dim * 32 / (6e9 * cores)
@@ -291,9 +291,10 @@ class BinaryFamily:
 
 BINARY = register_family(BinaryFamily())
 # refine 10: recall@10 / @100 0.996 / 0.994 for BFlat at 200,000 x 384 synthetic rows (0.96 / 0.98 at 4)
-# recall_at_10: measured at these defaults on the calibrated synthetic rows (bench_scale.py)
-register_kind(IndexKind("binary", BINARY, lambda rows, dim: "BFlat", refine=10, recall_at_10=0.99))
+# recall_at_10: measured at these defaults over 8,841,823 x 384 calibrated synthetic rows (bench_scale.py);
+# binary-hnsw's is not measured at that scale yet (0.999 at 31,362 rows)
+register_kind(IndexKind("binary", BINARY, lambda rows, dim: "BFlat", refine=10, recall_at_10=0.96))
 register_kind(
-    IndexKind("binary-ivf", BINARY, lambda rows, dim: f"BIVF{ivf_lists(rows)}", refine=10, recall_at_10=0.95)
+    IndexKind("binary-ivf", BINARY, lambda rows, dim: f"BIVF{ivf_lists(rows)}", refine=10, recall_at_10=0.87)
 )
 register_kind(IndexKind("binary-hnsw", BINARY, lambda rows, dim: "BHNSW32", refine=10, recall_at_10=0.97))

@@ -19,4 +19,6 @@ register_kind(IndexKind("int8", FAISS, lambda rows, dim: "SQ8", refine=4, recall
 register_kind(
     IndexKind("int8-ivf", FAISS, lambda rows, dim: f"IVF{ivf_lists(rows)},SQ8", refine=4, recall_at_10=0.95)
 )
-register_kind(IndexKind("int8-hnsw", FAISS, lambda rows, dim: "HNSW32_SQ8", refine=4, recall_at_10=0.99))
+# recall_at_10: int8-hnsw 0.905 over 8,841,823 x 384 synthetic rows (efSearch 256 bounds it; 0.999 at
+# 200,000); int8 and int8-ivf are not measured at that scale yet
+register_kind(IndexKind("int8-hnsw", FAISS, lambda rows, dim: "HNSW32_SQ8", refine=4, recall_at_10=0.90))
