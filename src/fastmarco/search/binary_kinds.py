@@ -32,6 +32,7 @@ from fastmarco.search.backends import SearchResult
 from fastmarco.search.faiss_kinds import DEFAULT_EF_SEARCH, default_nprobe, ivf_lists
 from fastmarco.search.index import IndexManifest
 from fastmarco.search.kinds import (
+    GEMM_FLOPS_PER_CORE,
     SEARCH_OVERHEAD_MS,
     BuildCost,
     FactoryShape,
@@ -182,9 +183,9 @@ class BinaryFamily:
         # for BIVF / BHNSW the faiss index's own copy of the codes with its list ids or links
         ram = batch + largest_shard + rows * shape.code_bytes
         read = rows * dim * itemsize / 1e9  # one pass over the shards at ~1 GB/s
-        seconds = read + rows * dim / 2e8  # packbits, ~200 M values/s
+        seconds = read + rows * dim / 3e8  # packbits, ~300 M values/s
         if shape.nlist:  # binary k-means and assignment: 313 s in all for BIVF8192 at 8.8M x 384
-            seconds += 2.0 * dim * train_rows * shape.nlist / (25e9 * cores)
+            seconds += 2.0 * dim * train_rows * shape.nlist / (GEMM_FLOPS_PER_CORE / 2 * cores)
             seconds += rows * shape.nlist * code / (8 * 1e9 * cores)
         if shape.hnsw:  # ~ the float graph's build, at a tenth of the distance cost
             seconds += 20.0 * rows * dim * 32 / (6e9 * cores)
@@ -206,7 +207,8 @@ class BinaryFamily:
             )
         if shape.nlist:
             probed = rows * code * (default_nprobe(shape.nlist) or shape.nlist) / shape.nlist
-            return Serving(rows * (code + 8), scan_ms(probed + shape.nlist * code) + after)
+            # faiss's IVF scan of binary lists runs at ~2/5 of the native kernel's rate (measured)
+            return Serving(rows * (code + 8), scan_ms(2.5 * probed + shape.nlist * code) + after)
         return Serving(0, scan_ms(rows * code) + after)
 
     def build(

@@ -34,6 +34,7 @@ from fastmarco.errors import IndexMismatchError, InputError, ShardFormatError, S
 from fastmarco.search.backends import SearchResult
 from fastmarco.search.index import IndexManifest
 from fastmarco.search.kinds import (
+    GEMM_FLOPS_PER_CORE,
     SEARCH_OVERHEAD_MS,
     BuildCost,
     FactoryShape,
@@ -53,7 +54,8 @@ ADD_BATCH_ROWS = 65_536
 DEFAULT_EF_SEARCH = 256
 # Decoding a code against streaming its bytes: PQ look-up tables (opq-ivfpq at 1M x 768 read 12 MB of
 # codes in 13.9 ms, README) and SQ8 de-quantising (SQ8 over 200,000 x 384 read 77 MB in 14 ms)
-PQ_SLOWDOWN, SQ_SLOWDOWN = 4.0, 1.0
+# and 4-bit fast-scan PQ (IVF8192_HNSW32,PQ48x4fs at 8.8M x 384 read 26 MB of codes in 3.5 ms)
+PQ_SLOWDOWN, SQ_SLOWDOWN, FS_SLOWDOWN = 4.0, 1.0, 1.6
 
 
 def pq_subquantizers(dim: int) -> int:
@@ -199,7 +201,7 @@ class FaissFamily:
             adding = index_bytes + ADD_BATCH_ROWS * dim * 4 + largest_shard
         nlist = shape.nlist or 1
         cores = os.cpu_count() or 1
-        # k-means and assignment are GEMMs (~25 GFLOP/s a core); HNSW inserts and OPQ's 240 rounds of
+        # k-means and assignment are GEMMs (GEMM_FLOPS_PER_CORE); HNSW inserts and OPQ's 240 rounds of
         # 256-centroid k-means on 8-wide sub-vectors run far below that (~6 GFLOP/s a core, measured)
         # assignment: every row against every list, or (an HNSW quantizer, "IVF..._HNSW32") ~1,000 lists
         assigned = min(nlist, 1_000) if "_HNSW" in shape.factory else nlist
@@ -209,7 +211,7 @@ class FaissFamily:
         slow = 200.0 * rows * dim * 32 * (max(rows, 1) / 1e6) ** 0.3 if shape.hnsw else 0.0
         if shape.opq:
             slow += 2.0 * min(train, 65_536) * 256 * dim * 240
-        seconds = gemm / (25e9 * cores) + slow / (6e9 * cores) + rows * dim * 2 / 1e9
+        seconds = gemm / (GEMM_FLOPS_PER_CORE * cores) + slow / (6e9 * cores) + rows * dim * 2 / 1e9
         return BuildCost(max(training, adding), index_bytes, seconds)
 
     def search_defaults(self, shape: FactoryShape) -> tuple[int | None, int | None]:
@@ -225,9 +227,12 @@ class FaissFamily:
             return Serving(held, hnsw_ms(rows, dim, max(DEFAULT_EF_SEARCH, 40 * max(1, refine))) + after)
         per_row = shape.code_bytes - (8 if shape.nlist else 0)
         probed = rows * (default_nprobe(shape.nlist) or shape.nlist) / shape.nlist if shape.nlist else rows
-        coarse = shape.nlist * dim * 4
-        fast = "SQ" in shape.factory or shape.factory.endswith("fs")  # SQ8, or 4-bit fast-scan PQ
-        slowdown = SQ_SLOWDOWN if fast else PQ_SLOWDOWN
+        coarse = 0 if "_HNSW" in shape.factory else shape.nlist * dim * 4  # a graph finds the lists
+        slowdown = PQ_SLOWDOWN
+        if "SQ" in shape.factory:
+            slowdown = SQ_SLOWDOWN
+        elif shape.factory.endswith("fs"):  # 4-bit fast-scan PQ: look-ups in SIMD registers
+            slowdown = FS_SLOWDOWN
         return Serving(held, scan_ms(slowdown * probed * per_row + coarse) + after)
 
     def build(
@@ -312,5 +317,6 @@ def _opq_ivfpq(rows: int, dim: int) -> str:
 register_kind(IndexKind("pq", FAISS, _pq, recall_at_10=0.99))
 register_kind(IndexKind("ivfpq", FAISS, _ivfpq, recall_at_10=0.95))
 register_kind(IndexKind("opq-ivfpq", FAISS, _opq_ivfpq, recall_at_10=0.966))
-register_kind(IndexKind("ivfpq-fs", FAISS, _ivfpq_fastscan, recall_at_10=0.95))
+# ivfpq-fs: 0.58 at 8,841,823 x 384 (4-bit codes of 8 dimensions each lose too much for refine 50)
+register_kind(IndexKind("ivfpq-fs", FAISS, _ivfpq_fastscan, recall_at_10=0.58))
 register_kind(IndexKind("hnsw", FAISS, lambda rows, dim: "HNSW32", recall_at_10=0.983))

@@ -57,15 +57,17 @@ class Serving:
     query_ms: float
 
 
-# What the serving estimates are made of, measured on the 2-core development VM at 200,000 to
-# 8,841,823 rows (benchmarks/results/scale_*.json): one query streams memory-resident data at
-# SCAN_BYTES_PER_SECOND, each candidate re-scored exactly costs RESCORE_SECONDS_PER_BYTE x dim x 2
-# bytes, and a server's own memory (Python, ONNX Runtime, the model) is SERVER_BASELINE_BYTES.
-SCAN_BYTES_PER_SECOND = 7.5e9  # BFlat read 424 MB of codes in 55 ms at 8,841,823 x 384
+# What the estimates are made of, measured on the 2-core development VM (an AVX-512 Xeon) at 200,000
+# to 8,841,823 rows (benchmarks/results/scale_*.json; another CPU family has other rates): one query
+# streams memory-resident data at SCAN_BYTES_PER_SECOND, each candidate re-scored exactly costs
+# RESCORE_SECONDS_PER_BYTE x dim x 2 bytes, and a server's own memory (Python, ONNX Runtime, the
+# model) is SERVER_BASELINE_BYTES.
+SCAN_BYTES_PER_SECOND = 12e9  # flat read 6.8 GB of fp16 rows in 572 ms at 8,841,823 x 384
 RESCORE_SECONDS_PER_BYTE = 0.5e-9
-SERVER_BASELINE_BYTES = 250 << 20
+SERVER_BASELINE_BYTES = 200 << 20
 
 
+GEMM_FLOPS_PER_CORE = 50e9  # k-means and list assignment (faiss, AVX-512): IVF8192 training at 8.8M
 SEARCH_OVERHEAD_MS = 0.3  # a search call's fixed cost (Python, the result's ids) besides the scans
 # faiss HNSW32_SQ8, efSearch 256, one query over 8,841,823 x 384 rows (1.2 ms at 200,000): a walk
 # grows as rows^0.38 here, once the graph is far larger than the caches
