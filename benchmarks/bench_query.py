@@ -197,9 +197,16 @@ def single_query_latency(index: VectorIndex, queries: np.ndarray, args: argparse
         total.append(done - started)
         search_only.append(done - searched)
     return {
+        **latency_summary(total, search_only),
+        "query_encoding": None if encoder is None else str(args.model),
+    }
+
+
+def latency_summary(total: list[float], search_only: list[float]) -> dict[str, Any]:
+    """p50 / p99 in ms of one-query latencies, with encoding (`total`) and of the search alone."""
+    return {
         "latency_ms": {"p50": percentile_ms(total, 50), "p99": percentile_ms(total, 99)},
         "search_latency_ms": {"p50": percentile_ms(search_only, 50), "p99": percentile_ms(search_only, 99)},
-        "query_encoding": None if encoder is None else str(args.model),
     }
 
 

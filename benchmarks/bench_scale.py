@@ -38,12 +38,13 @@ from typing import Any
 
 import numpy as np
 from _common import RESULTS, environment, save, save_figure
-from bench_query import Generator, percentile_ms, query_texts, recall, write_synthetic_shards
+from bench_query import Generator, latency_summary, query_texts, recall, write_synthetic_shards
 
 from fastmarco import ShardSet
 from fastmarco.search.exact import search_shards
 from fastmarco.search.index import build_index, plan_index
 from fastmarco.search.kinds import kind_names
+from fastmarco.search.planner import available_ram
 
 MSMARCO_ROWS = 8_841_823
 DEFAULT_KINDS = "binary,binary-ivf,int8,int8-ivf,int8-hnsw,opq-ivfpq"
@@ -78,13 +79,6 @@ def drop_page_cache() -> bool:
         return True
     except OSError:
         return False
-
-
-def available_ram_bytes() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 class Run:
@@ -177,10 +171,10 @@ def build_faiss_peer(run: Run, target: Path, kind: str) -> dict[str, Any]:
     need = rows * (dim * 4 + (32 * 2 * 4 + 16 if hnsw else 0))
     # faiss grows its code vector by reallocation while adding: the old and the new copy coexist
     # (8,841,823 x 384 fp32, 13.6 GB, was killed by the kernel on a 23 GB machine)
-    if 2 * need > 0.9 * available_ram_bytes():
+    if 2 * need > 0.9 * available_ram():
         why = (
             f"needs {need / 1e9:.1f} GB of RAM as fp32, twice that while faiss grows it; "
-            f"{available_ram_bytes() / 1e9:.1f} GB available"
+            f"{available_ram() / 1e9:.1f} GB available"
         )
         return {"fits": False, "index_bytes": need, "why": why}
     if hnsw and rows > run.args.hnswflat_max_rows:
@@ -295,11 +289,7 @@ def latency(search: Any, encoder: Any, count: int) -> dict[str, Any]:
         done = time.perf_counter()
         total.append(done - started)
         search_only.append(done - searched)
-    return {
-        "latency_ms": {"p50": percentile_ms(total, 50), "p99": percentile_ms(total, 99)},
-        "search_latency_ms": {"p50": percentile_ms(search_only, 50), "p99": percentile_ms(search_only, 99)},
-        "latency_samples": len(total),
-    }
+    return {**latency_summary(total, search_only), "latency_samples": len(total)}
 
 
 def validate_generator(run: Run, kinds: list[str]) -> dict[str, Any]:

@@ -250,6 +250,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     save_figure(figure, path)
 
 
+def describe_level(name: str, clients: int, figures: dict[str, Any]) -> str:
+    return (
+        f"{name:>10} c={clients:<4} {figures['requests_per_second']:8.1f} req/s  "
+        f"p50 {figures['p50_ms']:7.1f} ms  p99 {figures['p99_ms']:7.1f} ms  {figures['statuses']}  "
+        f"peak RSS {figures['peak_rss_mb']:.0f} MB"
+    )
+
+
 def serve_existing_index(args: argparse.Namespace) -> None:
     """fastmarco serve over an index built elsewhere: each level, closed loop, bounded in time."""
     if args.model is None or args.label is None:
@@ -270,12 +278,7 @@ def serve_existing_index(args: argparse.Namespace) -> None:
     asyncio.run(drive(server, requests, 4, 3.0))  # warm-up
     for clients in (int(level) for level in args.levels.split(",")):
         figures = asyncio.run(drive(server, requests, clients, args.seconds))
-        print(
-            f"c={clients:<4} {figures['requests_per_second']:8.1f} req/s  p50 {figures['p50_ms']:7.1f} ms  "
-            f"p99 {figures['p99_ms']:7.1f} ms  {figures['statuses']}  "
-            f"peak RSS {figures['peak_rss_mb']:.0f} MB",
-            flush=True,
-        )
+        print(describe_level(server.name, clients, figures), flush=True)
         results["levels"].append(figures)
     results["exit_code"] = server.stop()
     print(f"saved {save(f'serve_{args.label}', results)}")
@@ -319,12 +322,7 @@ def main() -> None:
         out = []
         for clients in levels:
             figures = asyncio.run(drive(server, requests, clients, args.seconds))
-            print(
-                f"{server.name:>10} c={clients:<4} {figures['requests_per_second']:8.1f} req/s  "
-                f"p50 {figures['p50_ms']:7.1f} ms  p99 {figures['p99_ms']:7.1f} ms  {figures['statuses']}  "
-                f"peak RSS {figures['peak_rss_mb']:.0f} MB",
-                flush=True,
-            )
+            print(describe_level(server.name, clients, figures), flush=True)
             out.append(figures)
         return out
 

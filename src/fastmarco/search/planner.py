@@ -7,7 +7,7 @@ highest expected recall, then the fastest, then the smallest, and says why the o
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fastmarco.errors import FastmarcoError, InputError
@@ -141,7 +141,7 @@ def choose_kind(
             refused = f"the build needs {estimate.build_ram_bytes / (1 << 30):.2f} GiB"
         elif refused is None and target_ms is not None and estimate.query_ms > target_ms:
             refused = f"{estimate.query_ms:.1f} ms a query"
-        judged.append(KindEstimate(**{**estimate.__dict__, "refused": refused}))
+        judged.append(replace(estimate, refused=refused))
     fitting = [e for e in judged if e.refused is None]
     ranked = sorted(fitting, key=lambda e: (-(e.recall_at_10 or 0.0), e.query_ms, e.index_bytes))
     if not ranked:
