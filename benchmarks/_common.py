@@ -12,7 +12,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results"
+# FASTMARCO_RESULTS moves them (gpu_session.sh writes straight to the device call's $OUT; its CI dry
+# run to a temporary folder, so the committed figures are never overwritten by a test).
+RESULTS = Path(os.environ.get("FASTMARCO_RESULTS") or Path(__file__).parent / "results")
 
 
 def cpu_model() -> str:

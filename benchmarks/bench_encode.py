@@ -81,7 +81,7 @@ def run_fastmarco(folder: Path, texts: list[str], args: argparse.Namespace) -> d
         "truncated": stats.truncated,
         "precision": manifest["precision"],
         "fusions": manifest["fusions"],
-        "max_tokens": encoder.max_tokens,
+        "max_tokens": encoder.budget.max_tokens,
     }
 
 

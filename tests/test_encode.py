@@ -67,6 +67,10 @@ def test_shards_hold_the_encoder_output_in_corpus_order(model: Path, tmp_path: P
     encoder = Encoder.open(model, device="cpu")
     summary = encode_corpus(encoder, corpus, tmp_path / "s", rows_per_shard=64, dtype="fp32", chunk_rows=50)
     assert (summary.rows, summary.shards, summary.skipped) == (230, 4, 0)
+    # where the time went: every stage timed, none longer than the run (tokenize overlaps infer)
+    assert list(summary.stage_seconds) == ["read", "tokenize", "infer", "write"]
+    assert summary.stage_seconds["infer"] > 0 and summary.stage_seconds["tokenize"] > 0
+    assert all(0 <= s <= summary.seconds for s in summary.stage_seconds.values())
     shard_set = ShardSet.open(tmp_path / "s", verify="checksum")
     pids, texts = zip(*read_collection(corpus), strict=True)
     np.testing.assert_array_equal(shard_set.ids(), [int(p) for p in pids])
@@ -279,6 +283,8 @@ def test_two_cpu_workers_write_the_same_bytes_as_one(model: Path, tmp_path: Path
     one = encode_cli(model, corpus, tmp_path / "one", "--device", "cpu", "--shard-size", "100")
     two = encode_cli(model, corpus, tmp_path / "two", "--devices", "cpu,cpu", "--shard-size", "100")
     assert one["rows"] == two["rows"] == 700 and two["shards"] == 7 and two["device"] == "cpu,cpu"
+    assert set(two["stage_seconds"]) == {"read", "tokenize", "infer", "write"}  # summed over parts
+    assert two["stage_seconds"]["infer"] > 0
     assert all_files(tmp_path / "two") == all_files(tmp_path / "one")  # no .parts left, same bytes
 
 

@@ -53,6 +53,7 @@ VOLATILE = {
     "elapsed_seconds",
     "mtime_ns",
     "peak_rss_mb",
+    "stage_seconds",
 }
 # Content hashes (XXH3 and sha256 hex): they follow the exported bytes, which change with the versions.
 HASH = re.compile(r"[0-9a-f]{16}|[0-9a-f]{64}")

@@ -175,6 +175,10 @@ class JobSpec:
             raise EncodeMismatchError(f"{out}: " + "; ".join(problems) + "; pass --restart to start over")
 
 
+# Where an encode's time goes (EncodeSummary.stage_seconds), in pipeline order.
+STAGES = ("read", "tokenize", "infer", "write")
+
+
 @dataclass
 class EncodeSummary:
     out: str
@@ -187,6 +191,9 @@ class EncodeSummary:
     passages_per_second: float
     resumed_at_row: int
     device: str
+    # Busy seconds per stage: read (corpus lines), tokenize (and pad, on a background thread that
+    # overlaps infer), infer (the model), write (shards). Summed over parts when several ran.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

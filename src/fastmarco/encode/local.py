@@ -25,6 +25,7 @@ from fastmarco.encode.job import (
     DEFAULT_CHUNK_ROWS,
     LOCK_NAME,
     SKIPPED_NAME,
+    STAGES,
     Cursor,
     EncodeSummary,
     JobSpec,
@@ -137,18 +138,23 @@ def _encode_locked(
     lines_total = count_lines(corpus_path) if line_range is None else line_range.lines
     total_estimate = lines_total - reader.skipped
     truncated = tokens = 0
+    stage_seconds = dict.fromkeys(STAGES, 0.0)
     try:
         pause_if_asked(PAUSE_ENV, resumed_at, "rows")
         stop_line = None if line_range is None else line_range.stop_line
         lines = reader.lines(cursor.byte, cursor.line, stop_line)
         while True:
             room = spec.rows_per_shard - (writer.rows - writer.manifest.rows)
+            clock = time.perf_counter()
             chunk = [line for _, line in zip(range(min(spec.chunk_rows, room)), lines, strict=False)]
+            stage_seconds["read"] += time.perf_counter() - clock
             if not chunk:
                 break
             vectors, stats = encoder.encode_with_stats([line.text for line in chunk])
             truncated += stats.truncated
             tokens += stats.tokens
+            stage_seconds["tokenize"] += stats.tokenize_seconds
+            stage_seconds["infer"] += stats.infer_seconds
             if skipped_file is not None:
                 skipped_file.flush()
                 os.fsync(skipped_file.fileno())
@@ -161,11 +167,15 @@ def _encode_locked(
                 reader.skipped,
                 skipped_path.stat().st_size if skipped_file is not None else 0,
             )
+            clock = time.perf_counter()
             writer.add(vectors, chunk_ids, cursor=end.to_json())
+            stage_seconds["write"] += time.perf_counter() - clock
             if progress is not None:
                 progress(encode_update(writer.rows, total_estimate, tokens, len(writer.manifest.shards)))
             pause_if_asked(PAUSE_ENV, writer.manifest.rows, "rows")
+        clock = time.perf_counter()
         writer.close()
+        stage_seconds["write"] += time.perf_counter() - clock
     except OSError as exc:
         writer.abort()
         if exc.errno == errno.ENOSPC or "No space left" in str(exc):
@@ -193,4 +203,5 @@ def _encode_locked(
         passages_per_second=encoded / seconds if seconds > 0 else 0.0,
         resumed_at_row=resumed_at,
         device=encoder.device,
+        stage_seconds=stage_seconds,
     )

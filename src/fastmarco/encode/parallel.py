@@ -36,6 +36,7 @@ from fastmarco.encode.job import (
     DEFAULT_CHUNK_ROWS,
     LOCK_NAME,
     SKIPPED_NAME,
+    STAGES,
     Cursor,
     EncodeSummary,
     JobSpec,
@@ -256,4 +257,5 @@ def _encode_parts(
         passages_per_second=(manifest.rows - resumed_at) / seconds if seconds > 0 else 0.0,
         resumed_at_row=resumed_at,
         device=",".join(task.device for task in tasks),
+        stage_seconds={stage: sum(s.stage_seconds.get(stage, 0.0) for s in summaries) for stage in STAGES},
     )

@@ -27,11 +27,17 @@ CHUNK_TEXTS = 8_192
 
 @dataclass
 class EncodeStats:
+    """Counts of one `encode_with_stats` call. `tokenize_seconds` (tokenization and padding, on the
+    background thread) and `infer_seconds` (the model's runs) overlap in time: they say which of the
+    two bounds the throughput, not how the wall time `seconds` divides."""
+
     texts: int = 0
     tokens: int = 0
     truncated: int = 0
     batches: int = 0
     seconds: float = 0.0
+    tokenize_seconds: float = 0.0
+    infer_seconds: float = 0.0
 
     def add(self, other: EncodeStats) -> None:
         self.texts += other.texts
@@ -39,6 +45,8 @@ class EncodeStats:
         self.truncated += other.truncated
         self.batches += other.batches
         self.seconds += other.seconds
+        self.tokenize_seconds += other.tokenize_seconds
+        self.infer_seconds += other.infer_seconds
 
 
 @dataclass(frozen=True)
@@ -163,9 +171,12 @@ class Encoder(OnnxModel):
 
         def produce() -> None:
             try:
+                clock = time.perf_counter()
                 for batch in self._batches(texts, stats):
+                    stats.tokenize_seconds += time.perf_counter() - clock
                     if not put(batch):
                         return
+                    clock = time.perf_counter()
                 put(None)
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 put(exc)
@@ -177,7 +188,9 @@ class Encoder(OnnxModel):
             while (item := pipe.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
+                clock = time.perf_counter()
                 out[item.positions] = self.run(item.feeds)
+                stats.infer_seconds += time.perf_counter() - clock
                 stats.batches += 1
                 embedded += len(item.positions)
                 if progress is not None:
