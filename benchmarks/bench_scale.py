@@ -15,6 +15,8 @@ query's int8 encoding included (--model), recall@10 and @100 against the truth. 
 faiss IndexFlatIP on fp32 (where it fits in RAM; else the JSON says it does not), IndexHNSWFlat, and
 plain IVF-PQ without exact refine (`plain-KIND`: the KIND index searched with refine 0, so the faiss
 first pass's own order and recall). Pyserini's published index sizes for the real corpus are a column.
+The figures are then set against the goals (scale_goals.py: which kind meets which, by how much each
+is missed, and what bounds it).
 
 --validate runs the generator check first: at the mini collection's 31,362 rows, each kind's
 recall@10 on synthetic embeddings must be within 0.03 of its recall@10 on the real embeddings
@@ -39,6 +41,8 @@ from typing import Any
 import numpy as np
 from _common import RESULTS, environment, save, save_figure
 from bench_query import Generator, latency_summary, query_texts, recall, write_synthetic_shards
+from scale_goals import describe as describe_goals
+from scale_goals import goal_check
 
 from fastmarco import ShardSet
 from fastmarco.search.exact import search_shards
@@ -343,11 +347,13 @@ def validate_generator(run: Run, kinds: list[str]) -> dict[str, Any]:
 
 
 def planner_check(run: Run, kinds: dict[str, Any]) -> dict[str, Any]:
-    """The planner's estimates (fastmarco index --plan) beside what was measured: measured / estimated."""
+    """The planner's estimates (fastmarco index --plan) beside what was measured: measured / estimated,
+    with the serving memory of the query model this run served (--model)."""
     from fastmarco.search.planner import estimate_kinds
 
     out: dict[str, Any] = {}
-    for estimate in estimate_kinds(ShardSet.open(run.shards)):
+    model_bytes = sum(path.stat().st_size for path in Path(run.args.model).glob("*.onnx*"))
+    for estimate in estimate_kinds(ShardSet.open(run.shards), model_bytes=model_bytes):
         figures = kinds.get(estimate.kind)
         if not figures or "factory" not in figures.get("build", {}):
             continue
@@ -458,6 +464,8 @@ def main() -> None:
         body["kinds"][kind] = figures
         print(f"  {kind}: {json.dumps(figures)}", flush=True)
     body["planner_check"] = planner_check(run, body["kinds"])
+    body["goals"] = goal_check(body)
+    print(describe_goals(body["goals"]), flush=True)
     body["pyserini_published_bytes"] = PYSERINI_BYTES
     body["environment"] = environment(["fastmarco", "faiss-cpu", "onnxruntime", "numpy"])
     name = f"scale_{args.label or f'{args.rows}x{args.dim}'}"

@@ -78,6 +78,16 @@ def scale_table(body: dict[str, Any]) -> str:
             )
             + " |"
         )
+    goals = body.get("goals")
+    if goals:
+        met = ", ".join(goals["kinds_meeting_all"]) or "no kind"
+        missed = "; ".join(
+            f"{goal} {best['value']:,.4g} ({best['kind']}) against {best['target']:,.4g}"
+            for goal, best in goals["best"].items()
+            if not best["met"]
+        )
+        lines += ["", f"Against the goals ({met} meets all of them; best missed: {missed or 'none'}):", ""]
+        lines += [f"- {line}" for line in goals["bounds"]]
     published = body.get("pyserini_published_bytes", {})
     if published:
         sizes = "; ".join(f"{name} {_gb(size)}" for name, size in published.items())

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from fastmarco.cli import main
 from fastmarco.errors import InputError
-from fastmarco.search.kinds import kind_names
-from fastmarco.search.planner import choose_kind, parse_bytes
-from fastmarco.store.shards import write_shards
+from fastmarco.search.kinds import MODEL_RSS_PER_FILE_BYTE, kind_names, server_rss_bytes
+from fastmarco.search.planner import choose_kind, estimate_kinds, parse_bytes, query_model_bytes
+from fastmarco.store.shards import ShardSet, write_shards
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,27 @@ def test_the_cli_plans_with_limits_and_builds_the_choice(shards: Path, tmp_path:
     )
     assert planned.exit_code == 0, planned.output
     assert "chosen:" in planned.output and "search ms" in planned.output
+    # --plan builds nothing, also where --out is given (it once went on to build)
+    with_out = CliRunner().invoke(main, ["index", str(shards), "--plan", "--out", str(tmp_path / "p")])
+    assert with_out.exit_code == 0 and "plan:" in with_out.output and not (tmp_path / "p").exists()
     built = CliRunner().invoke(main, ["index", str(shards), "--out", str(tmp_path / "i"), "--max-ram", "4G"])
     assert built.exit_code == 0, built.output
     mixed = CliRunner().invoke(main, ["index", str(shards), "--plan", "--kind", "hnsw", "--max-ram", "4G"])
     assert mixed.exit_code == 2 and "use them with --kind auto" in mixed.output
+
+
+def test_a_server_is_estimated_with_the_query_model_the_shards_were_encoded_by(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.onnx").write_bytes(b"\0" * 1_000_000)
+    vectors = np.random.default_rng(1).standard_normal((500, 16)).astype(np.float16)
+    write_shards(tmp_path / "with", vectors, np.arange(500), metadata={"model": {"directory": str(model)}})
+    write_shards(tmp_path / "without", vectors, np.arange(500))
+    with_model = ShardSet.open(tmp_path / "with")
+    assert query_model_bytes(with_model) == 1_000_000
+    assert query_model_bytes(ShardSet.open(tmp_path / "without")) is None
+    flat = {e.kind: e for e in estimate_kinds(with_model)}["flat"]
+    assert flat.serving_rss_bytes == server_rss_bytes(1_000_000)
+    # a bigger model costs its file's size, and then some, in the server's memory
+    bigger = {e.kind: e for e in estimate_kinds(with_model, model_bytes=101_000_000)}["flat"]
+    assert bigger.serving_rss_bytes - flat.serving_rss_bytes == int(MODEL_RSS_PER_FILE_BYTE * 100_000_000)

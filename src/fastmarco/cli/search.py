@@ -96,7 +96,7 @@ def index(
         kind = choice.chosen.kind
     plan = plan_index(shard_dir, kind, factory, train_size)
     click.echo(f"plan: {plan.describe()}", err=not plan_only)
-    if out is None:
+    if plan_only or out is None:  # --plan builds nothing, even where --out is given
         return
     options: dict[str, Any] = {  # click.Choice has checked kind and device
         "kind": kind,

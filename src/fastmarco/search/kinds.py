@@ -60,11 +60,20 @@ class Serving:
 # What the estimates are made of, measured on the 2-core development VM (an AVX-512 Xeon) at 200,000
 # to 8,841,823 rows (benchmarks/results/scale_*.json; another CPU family has other rates): one query
 # streams memory-resident data at SCAN_BYTES_PER_SECOND, each candidate re-scored exactly costs
-# RESCORE_SECONDS_PER_BYTE x dim x 2 bytes, and a server's own memory (Python, ONNX Runtime, the
-# model) is SERVER_BASELINE_BYTES.
+# RESCORE_SECONDS_PER_BYTE x dim x 2 bytes, and a server's own memory is SERVER_BASE_BYTES (Python,
+# ONNX Runtime, faiss) plus MODEL_RSS_PER_FILE_BYTE x its query model's ONNX file: 195 MB served with
+# all-MiniLM-L6-v2 int8 (66.5 MB file), 328 MB with the DistilBERT-base shape int8 (170 MB).
 SCAN_BYTES_PER_SECOND = 12e9  # flat read 6.8 GB of fp16 rows in 572 ms at 8,841,823 x 384
 RESCORE_SECONDS_PER_BYTE = 0.5e-9
-SERVER_BASELINE_BYTES = 200 << 20
+SERVER_BASE_BYTES = 110 << 20
+MODEL_RSS_PER_FILE_BYTE = 1.3
+DEFAULT_MODEL_FILE_BYTES = 66_525_019  # all-MiniLM-L6-v2 exported --int8: when the model is not known
+
+
+def server_rss_bytes(model_file_bytes: int | None = None) -> int:
+    """A server's own memory besides its index, serving a query model whose ONNX file has this size."""
+    model = DEFAULT_MODEL_FILE_BYTES if model_file_bytes is None else model_file_bytes
+    return SERVER_BASE_BYTES + int(MODEL_RSS_PER_FILE_BYTE * model)
 
 
 GEMM_FLOPS_PER_CORE = 50e9  # k-means and list assignment (faiss, AVX-512): IVF8192 training at 8.8M

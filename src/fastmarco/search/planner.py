@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fastmarco.errors import FastmarcoError, InputError
 from fastmarco.search.index import resolve_shape
-from fastmarco.search.kinds import INDEX_KINDS, SERVER_BASELINE_BYTES, family_for
+from fastmarco.search.kinds import INDEX_KINDS, family_for, server_rss_bytes
 from fastmarco.store.shards import ShardSet
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -49,7 +49,7 @@ class KindEstimate:
     build_ram_bytes: int
     index_bytes: int
     build_seconds: float
-    serving_rss_bytes: int  # the index's anonymous memory plus a server's own (SERVER_BASELINE_BYTES)
+    serving_rss_bytes: int  # the index's anonymous memory plus a server's own (server_rss_bytes)
     query_ms: float
     recall_at_10: float | None
     refused: str | None = None  # why it is out: over the limits, or it cannot be built here
@@ -94,9 +94,24 @@ class IndexChoice:
         return limits
 
 
-def estimate_kinds(shard_set: ShardSet) -> list[KindEstimate]:
-    """Every registered kind at its defaults over `shard_set`; kinds that cannot be built here say so."""
+def query_model_bytes(shard_set: ShardSet) -> int | None:
+    """The ONNX file size of the model that encoded `shard_set` (the one a server would load), where
+    its manifest names a model directory still on this machine; None otherwise."""
+    model = shard_set.manifest.metadata.get("model")
+    directory = model.get("directory") if isinstance(model, dict) else None
+    if not isinstance(directory, str):
+        return None
+    try:
+        return sum(path.stat().st_size for path in Path(directory).glob("*.onnx*"))
+    except OSError:
+        return None
+
+
+def estimate_kinds(shard_set: ShardSet, *, model_bytes: int | None = None) -> list[KindEstimate]:
+    """Every registered kind at its defaults over `shard_set`; kinds that cannot be built here say so.
+    `model_bytes`: the query model's ONNX file size (default: the shards' own model's, else MiniLM int8's)."""
     rows, dim = len(shard_set), shard_set.dim
+    server = server_rss_bytes(model_bytes if model_bytes is not None else query_model_bytes(shard_set))
     out = []
     for kind in INDEX_KINDS.values():
         try:
@@ -114,7 +129,7 @@ def estimate_kinds(shard_set: ShardSet) -> list[KindEstimate]:
                 cost.ram_bytes,
                 cost.disk_bytes,
                 cost.seconds,
-                serving.rss_bytes + SERVER_BASELINE_BYTES,
+                serving.rss_bytes + server,
                 serving.query_ms,
                 kind.recall_at_10,
             )
