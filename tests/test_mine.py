@@ -368,6 +368,13 @@ def test_another_job_in_the_same_directory_is_refused(small_job: dict, tmp_path:
     (out / "mine.json").write_text('{"format": "fastmarco-mine", "version": 1, "job": []}')
     broken = CliRunner().invoke(main, mine_command(small_job, out))
     assert broken.exit_code == 1 and "mine.json: field 'job' must be object, got array" in broken.output
+    # --overwrite replaces only a mining output: a folder of other files is left alone
+    user = tmp_path / "user"
+    (user / "blocks").mkdir(parents=True)
+    (user / "blocks" / "keep.txt").write_text("mine")
+    refused = CliRunner().invoke(main, mine_command(small_job, user, "--overwrite"))
+    assert refused.exit_code == 1 and "replaces only a mining output" in refused.output
+    assert (user / "blocks" / "keep.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize(

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import secrets
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -157,17 +158,67 @@ def publish_directory(staging: Path, target: Path) -> None:
     fsync_dir(target.parent)
 
 
+# What a published directory holds, written into it last: the verb that wrote it and its entries.
+# `overwrite` replaces only a directory whose marker names the same verb and that holds nothing else.
+OUTPUT_MARKER = ".fastmarco-output.json"
+
+
+def check_replaceable(target: Path, verb: str, inputs: Sequence[str | os.PathLike[str]]) -> None:
+    """Refuse to replace `target` unless fastmarco `verb` wrote it, it holds nothing besides what it
+    wrote, and it is not and does not contain one of this call's own inputs."""
+    if not target.exists():
+        return
+    resolved = target.resolve()
+    for source in inputs:
+        path = Path(source).resolve()
+        if path == resolved or resolved in path.parents:
+            raise OutputExistsError(
+                f"{target}: holds this command's own input {source}; --overwrite never replaces it: "
+                "choose another output folder"
+            )
+    entries = sorted(p.name for p in target.iterdir()) if target.is_dir() else []
+    if target.is_dir() and not entries:
+        return  # nothing in it to lose
+    shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+    try:
+        marker = json.loads((target / OUTPUT_MARKER).read_text(encoding="utf-8"))
+        written_by, written = str(marker["verb"]), set(marker["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        what = f"it holds {shown}" if entries else "it is a file"
+        raise OutputExistsError(
+            f"{target}: not a folder fastmarco {verb} wrote ({what}); --overwrite replaces only "
+            "those: remove it yourself or choose another output folder"
+        ) from None
+    if written_by != verb:
+        raise OutputExistsError(
+            f"{target}: written by fastmarco {written_by}, not {verb}; --overwrite replaces only a "
+            f"{verb} output: choose another output folder"
+        )
+    others = [name for name in entries if name not in written and name != OUTPUT_MARKER]
+    if others:
+        raise OutputExistsError(
+            f"{target}: holds files fastmarco {verb} did not write ({', '.join(others[:5])}); "
+            "--overwrite would delete them: move them out or choose another output folder"
+        )
+
+
 @contextmanager
-def publishing(target: Path, *, overwrite: bool) -> Iterator[Path]:
+def publishing(
+    target: Path, *, overwrite: bool, verb: str, inputs: Sequence[str | os.PathLike[str]] = ()
+) -> Iterator[Path]:
     """How every verb that writes a whole directory publishes it: one writer at a time (an flock on
-    `.<name>.lock` beside it), an existing TARGET refused unless `overwrite`, an empty staging folder
-    to build in, and on success an atomic swap into place; on any error nothing is published and the
-    staging folder is removed."""
+    `.<name>.lock` beside it), an existing TARGET refused unless `overwrite` and replaceable (see
+    `check_replaceable`: `inputs` are the verb's own), an empty staging folder to build in, and on
+    success the marker written and an atomic swap into place; on any error nothing is published and
+    the staging folder is removed."""
     with output_lock(target.parent / f".{target.name}.lock", str(target)):
         refuse_existing(target, overwrite)
+        check_replaceable(target, verb, inputs)
         staging = staging_directory(target)
         try:
             yield staging
+            listing = {"verb": verb, "files": sorted(p.name for p in staging.iterdir())}
+            write_bytes_atomic(staging / OUTPUT_MARKER, json.dumps(listing, indent=1).encode())
             publish_directory(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

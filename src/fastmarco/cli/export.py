@@ -32,7 +32,9 @@ from fastmarco.cli.app import main
 )
 @click.option("--similarity", type=click.Choice(["cosine", "dot"]), help="Override the model's similarity.")
 @click.option("--opset", type=click.IntRange(min=1), help="ONNX opset (default: optimum's choice).")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace OUT if an earlier export wrote it (nothing else in it)."
+)
 def export(
     model: str,
     out: str,

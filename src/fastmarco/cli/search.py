@@ -46,7 +46,9 @@ from fastmarco.search.kinds import kind_names
 @click.option(
     "--plan", "plan_only", is_flag=True, help="Print the RAM, disk and time a build needs; build nothing."
 )
-@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace --out if an earlier index build wrote it (nothing else in it)."
+)
 @click.option("--no-verify", is_flag=True, help="Do not hash the shards first (you verify them elsewhere).")
 @click.option(
     "--device",

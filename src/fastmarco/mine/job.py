@@ -209,11 +209,10 @@ def _prepare(out: Path, job: dict[str, Any], overwrite: bool) -> int:
         else:
             return len(list((out / BLOCKS).glob("block-*.json.gz")))
     elif out.exists() and any(p.name != ".lock" for p in out.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(
-                f"{out} exists and is not a mining output; pass --overwrite or another --out"
-            )
-        shutil.rmtree(out / BLOCKS, ignore_errors=True)
+        raise OutputExistsError(
+            f"{out} exists and is not a mining output; --overwrite replaces only a mining output: "
+            "choose another --out"
+        )
     (out / BLOCKS).mkdir(parents=True, exist_ok=True)
     JobState(job).save(out)
     return 0

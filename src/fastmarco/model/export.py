@@ -65,7 +65,8 @@ def export_model(
             "int8_attention (--int8-attention) quantizes the attention of an int8 export: add int8"
         )
     target = Path(out)
-    with publishing(target, overwrite=overwrite) as staging:
+    local = [model] if Path(model).exists() else []
+    with publishing(target, overwrite=overwrite, verb="export", inputs=local) as staging:
         folder = resolve_model(model)
         kind = model_kind_for(folder)
         source = kind.load(folder, max_seq_length=max_seq_length, similarity=similarity)

@@ -223,7 +223,7 @@ def build_index(
     """
     options = _BuildOptions(kind, factory, train_rows, nprobe, refine, device, verify, progress)
     target = Path(out)
-    with publishing(target, overwrite=overwrite) as staging:
+    with publishing(target, overwrite=overwrite, verb="index", inputs=[shard_dir]) as staging:
         manifest = _build(Path(shard_dir).resolve(), staging, target, options, shard_range)
     return manifest
 
@@ -416,7 +416,7 @@ def build_index_groups(
     options = _BuildOptions(kind, factory, train_rows, nprobe, refine, device, verify, progress)
     shard_root = Path(shard_dir).resolve()
     target = Path(out)
-    with publishing(target, overwrite=overwrite) as staging:
+    with publishing(target, overwrite=overwrite, verb="index", inputs=[shard_root]) as staging:
         whole = ShardSet.open(shard_root)
         ranges = split_shard_groups([entry.rows for entry in whole.manifest.shards], groups)
         if kind == "auto" and factory is None:
