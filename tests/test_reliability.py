@@ -68,6 +68,9 @@ def test_swapped_id_files_are_refused(tmp_path: Path) -> None:
     b.write_bytes(a_bytes)
     with pytest.raises(ShardChecksumError, match=r"ids-00000\.npy' hashes to"):
         VectorIndex.open(tmp_path / "i")
+    # verify=False (query --no-verify) skips hashing the vectors only: the id files are always checked
+    with pytest.raises(ShardChecksumError, match=r"ids-00000\.npy' hashes to"):
+        VectorIndex.open(tmp_path / "i", verify=False)
 
 
 def test_an_index_over_shards_with_other_checksums_is_refused(tmp_path: Path) -> None:

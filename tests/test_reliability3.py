@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,13 @@ from click.testing import CliRunner
 
 from fastmarco._atomic import OUTPUT_MARKER
 from fastmarco.cli import main
-from fastmarco.errors import OutputExistsError
-from fastmarco.store.shards import ShardSet, write_shards
+from fastmarco.errors import InputError, OutputExistsError
+from fastmarco.search.index import build_index
+from fastmarco.store.shards import ShardSet, ShardWriter, write_shards
 
-faiss = pytest.importorskip("faiss", reason="needs faiss (the cpu extra)")
-
-from fastmarco.search.index import build_index  # noqa: E402 - after the faiss check
+needs_faiss = pytest.mark.skipif(
+    importlib.util.find_spec("faiss") is None, reason="needs faiss (the cpu extra)"
+)
 
 
 def shards(path: Path, rows: int = 200) -> Path:
@@ -35,6 +37,7 @@ def listing(folder: Path) -> dict[str, bytes]:
 # 1. --overwrite replaces only a folder the same verb wrote, never its inputs, never other files
 
 
+@needs_faiss
 def test_index_overwrite_never_replaces_the_shards_it_reads(tmp_path: Path) -> None:
     inner = shards(tmp_path / "work" / "shards")
     (tmp_path / "work" / "notes.txt").write_text("mine")
@@ -48,6 +51,7 @@ def test_index_overwrite_never_replaces_the_shards_it_reads(tmp_path: Path) -> N
     assert len(ShardSet.open(inner)) == 200
 
 
+@needs_faiss
 def test_overwrite_refuses_a_folder_fastmarco_did_not_write(tmp_path: Path) -> None:
     source = shards(tmp_path / "s")
     user = tmp_path / "photos"
@@ -58,6 +62,7 @@ def test_overwrite_refuses_a_folder_fastmarco_did_not_write(tmp_path: Path) -> N
     assert (user / "cat.jpg").read_bytes() == b"\xff\xd8"
 
 
+@needs_faiss
 def test_overwrite_replaces_an_earlier_index_but_not_files_added_to_it(tmp_path: Path) -> None:
     source = shards(tmp_path / "s")
     out = tmp_path / "i"
@@ -71,6 +76,7 @@ def test_overwrite_replaces_an_earlier_index_but_not_files_added_to_it(tmp_path:
     assert (out / "results.tsv").read_text() == "a run I kept here"
 
 
+@needs_faiss
 def test_overwrite_refuses_another_verbs_output(tmp_path: Path) -> None:
     from fastmarco.model.export import export_model
 
@@ -81,7 +87,45 @@ def test_overwrite_refuses_another_verbs_output(tmp_path: Path) -> None:
     assert (tmp_path / "i" / "index.json").is_file()
 
 
+@needs_faiss
 def test_an_empty_folder_may_be_replaced(tmp_path: Path) -> None:
     (tmp_path / "i").mkdir()
     build_index(shards(tmp_path / "s"), tmp_path / "i", kind="flat", overwrite=True)
     assert (tmp_path / "i" / "index.json").is_file()
+
+
+# 3. the shard writer refuses a repeated id, within a call and across calls (and after a resume)
+
+
+@pytest.mark.parametrize(
+    ("id_type", "first", "second", "message"),
+    [
+        ("int", [5, 5], None, "id 5 of row 1 was already added"),
+        ("int", [1, 2, 3], [4, 2], "id 2 of row 4 was already added"),
+        ("int", [-7, 2**40], [2**40], f"id {2**40} of row 2 was already added"),  # beyond the bitmap
+        ("str", ["a", "b"], ["c", "a"], "id 'a' of row 3 was already added"),
+    ],
+)
+def test_the_writer_refuses_a_repeated_id(
+    tmp_path: Path, id_type: str, first: list, second: list | None, message: str
+) -> None:
+    writer = ShardWriter(tmp_path / "s", dim=4, id_type=id_type, rows_per_shard=2)  # type: ignore[arg-type]
+    vectors = np.ones((len(first), 4), dtype=np.float32)
+    if second is None:
+        with pytest.raises(InputError, match=message):
+            writer.add(vectors, first)
+        return
+    writer.add(vectors, first)
+    with pytest.raises(InputError, match=message):
+        writer.add(np.ones((len(second), 4), dtype=np.float32), second)
+
+
+def test_a_resumed_writer_still_refuses_the_ids_written_before(tmp_path: Path) -> None:
+    writer = ShardWriter(tmp_path / "s", dim=4, rows_per_shard=2)
+    writer.add(np.ones((3, 4), dtype=np.float32), [10, 11, 12])  # one shard finished, one in flight
+    writer.abort()
+    resumed = ShardWriter.resume(tmp_path / "s")
+    with pytest.raises(InputError, match="id 11 of row 2 was already added"):
+        resumed.add(np.ones((1, 4), dtype=np.float32), [11])
+    resumed.add(np.ones((1, 4), dtype=np.float32), [12])  # the unfinished shard's id was never written
+    assert ShardSet.open(tmp_path / "s", allow_incomplete=True).ids().tolist() == [10, 11]

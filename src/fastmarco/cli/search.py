@@ -49,7 +49,11 @@ from fastmarco.search.kinds import kind_names
 @click.option(
     "--overwrite", is_flag=True, help="Replace --out if an earlier index build wrote it (nothing else in it)."
 )
-@click.option("--no-verify", is_flag=True, help="Do not hash the shards first (you verify them elsewhere).")
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Do not hash the shard vectors first (you verify them elsewhere); id files are always checked.",
+)
 @click.option(
     "--device",
     type=click.Choice(["cpu", "cuda"]),
@@ -137,7 +141,9 @@ def index(
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="0: every core.")
 @click.option(
-    "--no-verify", is_flag=True, help="Do not hash the shards at start (you verify them elsewhere)."
+    "--no-verify",
+    is_flag=True,
+    help="Do not hash the shard vectors at start (you verify them elsewhere); id files are always checked.",
 )
 @ray_option(
     "A grouped index (index --groups): search each group on its own Ray actor, on the cluster "

@@ -119,6 +119,58 @@ def _validate_str_ids(ids: Sequence[Any] | npt.NDArray[Any], first_row: int) -> 
     return out
 
 
+class _TakenIds:
+    """The ids a writer has taken, so that it refuses a second of any (an index over a repeated id
+    would return it twice). Integer ids in [0, 2**31) live in a bitmap (MS MARCO's 8.8M pids: 1.1 MB,
+    not the ~600 MB of a set); other ids, and every str id, in a set."""
+
+    BITMAP_LIMIT = 1 << 31
+
+    def __init__(self) -> None:
+        self.bits = np.zeros(0, dtype=np.uint8)
+        self.others: set[Any] = set()
+
+    def take(self, ids: npt.NDArray[np.int64] | list[str], first_row: int) -> None:
+        """Add `ids`, or raise InputError naming the first one already taken (or repeated among them)
+        and add none."""
+        if isinstance(ids, np.ndarray):
+            self._take_ints(ids, first_row)
+            return
+        batch: set[str] = set()
+        for offset, value in enumerate(ids):
+            if value in self.others or value in batch:
+                raise _repeated(value, first_row + offset)
+            batch.add(value)
+        self.others |= batch
+
+    def _take_ints(self, ids: npt.NDArray[np.int64], first_row: int) -> None:
+        small = (ids >= 0) & (ids < self.BITMAP_LIMIT)
+        order = np.argsort(ids, kind="stable")
+        repeated = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+        first_bad = int(order[repeated + 1].min()) if len(repeated) else len(ids)
+        values = ids[small]
+        if len(values):
+            top = int(values.max()) >> 3
+            if top >= len(self.bits):
+                self.bits = np.concatenate(
+                    [self.bits, np.zeros(max(top + 1, 2 * len(self.bits)) - len(self.bits), np.uint8)]
+                )
+            taken = (self.bits[values >> 3] >> (values & 7).astype(np.uint8)) & 1
+            if taken.any():
+                first_bad = min(first_bad, int(np.flatnonzero(small)[np.argmax(taken)]))
+        for offset in np.flatnonzero(~small):
+            if int(ids[offset]) in self.others:
+                first_bad = min(first_bad, int(offset))
+        if first_bad < len(ids):
+            raise _repeated(int(ids[first_bad]), first_row + first_bad)
+        np.bitwise_or.at(self.bits, values >> 3, (1 << (values & 7)).astype(np.uint8))
+        self.others.update(int(value) for value in ids[~small])
+
+
+def _repeated(value: Any, row: int) -> InputError:
+    return InputError(f"id {value!r} of row {row} was already added: ids in a shard set must be unique")
+
+
 def _as_int_ids(ids: Sequence[Any] | npt.NDArray[Any], first_row: int) -> npt.NDArray[np.int64]:
     """Ids as int64, never through floats: a value outside the int64 range is refused, not wrapped."""
     try:
@@ -184,6 +236,7 @@ class ShardWriter:
         self._file: _native.ShardFileWriter | None = None
         self._ids: list[Any] = []
         self._cursor: dict[str, Any] | None = None
+        self._taken = _TakenIds()
 
     @classmethod
     def resume(cls, directory: str | os.PathLike[str]) -> ShardWriter:
@@ -204,6 +257,9 @@ class ShardWriter:
                 path.unlink()
         writer = cls.__new__(cls)
         writer._attach(root, manifest)
+        if manifest.shards:  # the ids already written stay taken
+            written = ShardSet.open(root, allow_incomplete=True).ids()
+            writer._taken.take(written if manifest.id_type == "int" else list(written), 0)
         return writer
 
     @property
@@ -249,6 +305,7 @@ class ShardWriter:
         checked_ids: Any = (
             _as_int_ids(ids, first) if self.manifest.id_type == "int" else _validate_str_ids(ids, first)
         )
+        self._taken.take(checked_ids, first)
         start = 0
         while start < len(stored):
             if self._file is None:
@@ -525,12 +582,13 @@ def open_entry(root: Path, manifest: Manifest, entry: ShardEntry, checksum: bool
     ids_path = root / entry.ids
     if not ids_path.is_file():
         raise ShardFormatError(f"id file '{ids_path}' is missing")
-    if checksum:
-        actual = fingerprints.of_bytes(ids_path.read_bytes())
-        if actual != entry.ids_checksum:
-            raise ShardChecksumError(
-                f"id file '{ids_path}' hashes to {actual}, but the manifest lists {entry.ids_checksum}"
-            )
+    # Always, even where `checksum` is off: id files are small (8 B a row) and a swapped or stale one
+    # would put other pids on every result.
+    actual = fingerprints.of_bytes(ids_path.read_bytes())
+    if actual != entry.ids_checksum:
+        raise ShardChecksumError(
+            f"id file '{ids_path}' hashes to {actual}, but the manifest lists {entry.ids_checksum}"
+        )
     return shard
 
 
