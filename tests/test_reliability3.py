@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,9 @@ from click.testing import CliRunner
 
 from fastmarco._atomic import OUTPUT_MARKER
 from fastmarco.cli import main
-from fastmarco.errors import InputError, OutputExistsError
+from fastmarco.errors import InputError, OutputExistsError, StoreIOError
 from fastmarco.search.index import build_index
+from fastmarco.store.passages import PassageStore
 from fastmarco.store.shards import ShardSet, ShardWriter, write_shards
 
 needs_faiss = pytest.mark.skipif(
@@ -129,3 +131,39 @@ def test_a_resumed_writer_still_refuses_the_ids_written_before(tmp_path: Path) -
         resumed.add(np.ones((1, 4), dtype=np.float32), [11])
     resumed.add(np.ones((1, 4), dtype=np.float32), [12])  # the unfinished shard's id was never written
     assert ShardSet.open(tmp_path / "s", allow_incomplete=True).ids().tolist() == [10, 11]
+
+
+# 2. the passage store never returns another pid's text when the collection changes under it
+
+
+def swap_lines_keeping_size_and_mtime(path: Path, a: int, b: int) -> None:
+    info = path.stat()
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[a], lines[b] = lines[b], lines[a]
+    path.write_bytes(b"".join(lines))
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))  # as cp -p, rsync -t or tar put it back
+    assert path.stat().st_size == info.st_size and path.stat().st_mtime_ns == info.st_mtime_ns
+
+
+def test_swapped_lines_of_the_same_size_never_show_another_pids_text(tmp_path: Path) -> None:
+    collection = tmp_path / "collection.tsv"
+    collection.write_text("0\tpassage zero\n1\tpassage one\n421\tpassage 42\n")  # lines 1 and 3: 15 bytes
+    serving = PassageStore.open(collection)  # open before the change, as a running server is
+    assert serving.get("0") == "passage zero"
+    swap_lines_keeping_size_and_mtime(collection, 0, 2)  # same length: pid 0's offset now holds 421
+    assert serving.get("0") == "passage zero" and serving.get("421") == "passage 42"
+    with PassageStore.open(collection) as fresh:  # the stale offsets file is not trusted either
+        texts = fresh.texts(["0", "1", "421"])
+    assert texts == {"0": "passage zero", "1": "passage one", "421": "passage 42"}
+    serving.close()
+
+
+def test_a_collection_changed_to_lack_a_pid_says_so(tmp_path: Path) -> None:
+    collection = tmp_path / "collection.tsv"
+    collection.write_text("0\tpassage zero\n1\tpassage one\n")
+    with PassageStore.open(collection) as store:
+        collection.write_text("5\tpassage fiv\n1\tpassage one\n")  # same size, pid 0 replaced
+        assert store.get("0") is None and store.get("5") == "passage fiv"
+        collection.unlink()
+        with pytest.raises(StoreIOError, match="the collection is gone"):
+            store.get("1")
