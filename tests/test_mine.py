@@ -415,3 +415,9 @@ def test_a_missing_positive_is_counted_not_dropped_silently(small_job: dict, tmp
     assert summary.queries_mined == 12
     with pytest.raises(MismatchError):
         mine(MineSpec(**{**spec.__dict__, "seed": 5}), tmp_path / "out", device="cpu")
+
+
+def test_a_depth_beyond_the_collection_mines_the_whole_collection(small_job: dict, tmp_path: Path) -> None:
+    # a depth of 10**9 once sized buffers from it (terabytes); it is capped at the collection's passages
+    result = CliRunner().invoke(main, mine_command(small_job, tmp_path / "out", "--depth", "1000000000"))
+    assert result.exit_code == 0 and "mined 12 of 12 queries" in result.output, result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -167,3 +168,42 @@ def test_a_collection_changed_to_lack_a_pid_says_so(tmp_path: Path) -> None:
         collection.unlink()
         with pytest.raises(StoreIOError, match="the collection is gone"):
             store.get("1")
+
+
+# 12. a huge k is capped at the rows there are (said so on the command line), never terabytes allocated
+
+
+@needs_faiss
+@pytest.mark.parametrize("k", [10**12, 99999999999999999999])
+def test_a_huge_k_is_capped_at_the_index_rows(tmp_path: Path, k: int) -> None:
+    from fastmarco.search.backends import VectorIndex
+
+    source = shards(tmp_path / "s")
+    build_index(source, tmp_path / "i", kind="flat")
+    result = VectorIndex.open(tmp_path / "i").search(np.ones((2, 8), dtype=np.float32), k)
+    assert result.scores.shape == result.rows.shape == result.ids.shape == (2, 200)
+    assert sorted(result.ids[0].tolist()) == list(range(200))
+
+
+def test_the_command_line_says_a_k_was_capped(exported: dict[tuple[str, str], Path], tmp_path: Path) -> None:
+    from fastmarco.encode.local import encode_corpus
+    from fastmarco.model.encoder import Encoder
+
+    corpus = tmp_path / "collection.tsv"
+    corpus.write_text("".join(f"{i}\tpassage number {i} about goldfish\n" for i in range(30)))
+    encode_corpus(Encoder.open(exported["bert-mean-normalize", "fp32"], device="cpu"), corpus, tmp_path / "s")
+    build_index(tmp_path / "s", tmp_path / "i", kind="flat")
+    ran = CliRunner().invoke(main, ["query", str(tmp_path / "i"), "goldfish", "-k", str(10**12), "--json"])
+    assert ran.exit_code == 0, ran.output
+    assert f"-k {10**12:,} is more than the index's 30 rows" in ran.stderr
+    assert len(json.loads(ran.stdout)) == 30
+
+
+def test_an_index_of_an_empty_corpus_says_so(tmp_path: Path) -> None:
+    from fastmarco.search.backends import VectorIndex
+
+    with ShardWriter(tmp_path / "s", dim=8):
+        pass
+    build_index(tmp_path / "s", tmp_path / "i", kind="flat")
+    with pytest.raises(InputError, match="the index holds no rows"):
+        VectorIndex.open(tmp_path / "i").search(np.ones((1, 8), dtype=np.float32), 10)

@@ -183,6 +183,9 @@ def query(
         ray=ray_target(ray_address),
     )
     with engine:
+        if k > engine.index.rows > 0:
+            rows = engine.index.rows
+            click.echo(f"note: -k {k:,} is more than the index's {rows:,} rows: {rows:,} a query", err=True)
         if queries is not None and run_path is not None:
             asked = load_queries(queries)
             lines = write_run(run_path, retrieve_run(engine, asked, k), run_format, tag="fastmarco")  # type: ignore[arg-type]

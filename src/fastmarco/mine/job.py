@@ -334,7 +334,7 @@ def mine(
         job = _fingerprint(spec, systems, cross_encoder.fingerprint if cross_encoder else None)
         summary.resumed_blocks = _prepare(target, job, overwrite)
         max_positives = max(len(q.positives) for q in queries)
-        depth = spec.selection.depth + max_positives
+        depth = min(spec.selection.depth + max_positives, len(passages))  # no deeper than the collection
         blocks = [queries[i : i + spec.block_queries] for i in range(0, len(queries), spec.block_queries)]
         seconds: dict[str, float] = {}
         done = written = 0

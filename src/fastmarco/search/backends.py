@@ -18,7 +18,7 @@ import numpy.typing as npt
 from fastmarco.errors import IndexMismatchError
 from fastmarco.progress import Progress
 from fastmarco.search.index import GROUPS_MANIFEST, IndexManifest, ShardGroup, check_shards_unchanged
-from fastmarco.search.kernels import as_queries, check_k
+from fastmarco.search.kernels import as_queries, capped_k
 from fastmarco.search.kinds import family_for
 from fastmarco.store.shards import ShardSet
 
@@ -157,10 +157,10 @@ class VectorIndex:
     def search(
         self, queries: npt.ArrayLike, k: int, *, refine: int | None = None, threads: int = 0
     ) -> SearchResult:
-        """Top-k of (nq, dim) query vectors: exact scores, global rows and ids, best first."""
+        """Top-k of (nq, dim) query vectors: exact scores, global rows and ids, best first; k is capped
+        at the index's rows (fewer columns, never padding past them)."""
         q = as_queries(queries, self.shard_set.dim)
-        check_k(k)
-        return self.backend.search(q, k, threads=threads, refine=refine)
+        return self.backend.search(q, capped_k(k, self.rows, self.directory), threads=threads, refine=refine)
 
 
 def open_group(root: Path, group: ShardGroup, *, nprobe: int | None, verify: bool) -> VectorIndex:

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from fastmarco.errors import InputError
 from fastmarco.search.backends import SearchResult, VectorIndex, open_group
 from fastmarco.search.index import GROUPS_MANIFEST, GroupsManifest, check_shards_unchanged
-from fastmarco.search.kernels import MISSING_ID, as_queries, check_k, merge_topk
+from fastmarco.search.kernels import MISSING_ID, as_queries, capped_k, merge_topk
 from fastmarco.store.shards import ShardSet
 
 
@@ -51,8 +51,25 @@ class LocalGroups:
             index.close()
 
 
+def _widen(result: SearchResult, k: int) -> SearchResult:
+    """A group's result with missing slots up to k columns (a group of fewer rows returns fewer)."""
+    short = k - result.rows.shape[1]
+    if short <= 0:
+        return result
+    nq = result.rows.shape[0]
+    blank = "" if result.ids.dtype == object else -1
+    return SearchResult(
+        np.hstack([result.scores, np.full((nq, short), -np.inf, dtype=result.scores.dtype)]),
+        np.hstack([result.rows, np.full((nq, short), MISSING_ID, dtype=result.rows.dtype)]),
+        np.hstack([result.ids, np.full((nq, short), blank, dtype=result.ids.dtype)]),
+    )
+
+
 def merge_group_results(results: Sequence[SearchResult], first_rows: Sequence[int]) -> SearchResult:
-    """Merge per-group (nq, k) results (rows within each group) into one, rows global."""
+    """Merge per-group (nq, k) results (rows within each group) into one, rows global; a group that
+    returned fewer columns (fewer rows than k) is widened with missing slots first."""
+    width = max(r.rows.shape[1] for r in results)
+    results = [_widen(r, width) for r in results]
     scores = np.stack([r.scores for r in results])
     local_rows = np.stack([r.rows for r in results])
     offsets = np.asarray(first_rows, dtype=np.int64)
@@ -170,10 +187,12 @@ class GroupedIndex:
     def search(
         self, queries: npt.ArrayLike, k: int, *, refine: int | None = None, threads: int = 0
     ) -> SearchResult:
-        """Top-k of (nq, dim) query vectors over every group: exact scores, global rows, ids."""
+        """Top-k of (nq, dim) query vectors over every group: exact scores, global rows, ids; k is
+        capped at the rows of all groups."""
         q = as_queries(queries, self.dim)
-        check_k(k)
-        return merge_group_results(self.searcher.search(q, k, refine, threads), self.first_rows)
+        k = capped_k(k, self.rows, self.directory)
+        found = [_widen(r, k) for r in self.searcher.search(q, k, refine, threads)]
+        return merge_group_results(found, self.first_rows)
 
     def close(self) -> None:
         self.searcher.close()

@@ -39,6 +39,16 @@ def check_k(k: int) -> None:
         raise InputError(f"k must be positive (an integer >= 1), got {k!r}")
 
 
+def capped_k(k: int, rows: int, where: object) -> int:
+    """k checked and capped at the rows there are: results, and the buffers behind them, are sized
+    from the cap (a k of 10**12 over 200 rows asks for 200, not for terabytes). An index of no rows
+    is an error naming it."""
+    check_k(k)
+    if rows == 0:
+        raise InputError(f"{where}: the index holds no rows (it was built over an empty corpus)")
+    return min(int(k), rows)
+
+
 def exact_search(
     queries: npt.ArrayLike,
     rows: npt.NDArray[np.floating],
