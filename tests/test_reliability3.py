@@ -207,3 +207,44 @@ def test_an_index_of_an_empty_corpus_says_so(tmp_path: Path) -> None:
     build_index(tmp_path / "s", tmp_path / "i", kind="flat")
     with pytest.raises(InputError, match="the index holds no rows"):
         VectorIndex.open(tmp_path / "i").search(np.ones((1, 8), dtype=np.float32), 10)
+
+
+# 10. a lone surrogate is an input error naming the text, not a TypeError from the tokenizer
+
+
+def test_a_lone_surrogate_is_an_input_error(exported: dict[tuple[str, str], Path]) -> None:
+    from fastmarco.model.encoder import Encoder
+
+    encoder = Encoder.open(exported["bert-mean-normalize", "fp32"], device="cpu")
+    with pytest.raises(InputError, match=r"texts\[1\] is not valid Unicode: a lone surrogate \('\\ud800'\)"):
+        encoder.encode(["fine", "\ud800abc"])
+
+
+# 16. two byte order marks: the second is a file:line error, never part of an id
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "read"),
+    [
+        ("collection.tsv", b"1\tone\n2\ttwo\n", "collection"),
+        ("queries.tsv", b"1\tone\n", "queries"),
+        ("qrels.txt", b"1 0 7 1\n", "qrels"),
+        ("run.trec", b"1 Q0 7 1 2.0 t\n", "run"),
+    ],
+)
+def test_a_second_byte_order_mark_is_a_line_error(
+    tmp_path: Path, name: str, content: bytes, read: str
+) -> None:
+    from fastmarco.errors import FormatError
+    from fastmarco.store.formats import load_qrels, load_queries, read_collection, read_run_columns
+
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" * 2 + content)
+    readers = {
+        "collection": lambda: list(read_collection(path)),
+        "queries": lambda: load_queries(path),
+        "qrels": lambda: load_qrels(path),
+        "run": lambda: read_run_columns(path),
+    }
+    with pytest.raises(FormatError, match=rf"{name}:1: .*byte order mark \(U\+FEFF\)"):
+        readers[read]()

@@ -243,8 +243,15 @@ BAD_REQUESTS = [
     ("/v1/embeddings", {"input": "a", "encoding_format": "int8"}, 422, "encoding_format"),
     ("/v1/embeddings", {"input": "a", "dimensions": 128}, 422, "dimensions"),
     ("/v1/embeddings", {"input": "a", "model": 7}, 422, "model"),
-    ("/v1/embeddings", {"input": ["a"] * 65}, 413, None),
-    ("/search", {"queries": ["a"] * 65}, 413, None),
+    ("/v1/embeddings", {"input": ["a"] * 65}, 413, "input"),
+    ("/search", {"queries": ["a"] * 65}, 413, "queries"),
+    # a lone surrogate (JSON "\ud800") reached the tokenizer: 500 and a TypeError traceback
+    ("/search", b'{"query": "\\ud800abc"}', 422, "query"),
+    ("/search", b'{"queries": ["fine", "\\udfff"]}', 422, "queries[1]"),
+    ("/v1/embeddings", b'{"input": "\\ud800"}', 422, "input"),
+    ("/v1/embeddings", b'{"input": ["a", "b\\ud800"]}', 422, "input[1]"),
+    # 100,000 nested arrays: 500 from a RecursionError
+    ("/search", b"[" * 100_000, 422, "body"),
 ]
 
 

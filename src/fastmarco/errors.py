@@ -29,7 +29,12 @@ class FieldError(InputError):
 
 
 class PayloadTooLargeError(InputError):
-    """A request is over a size limit (body bytes, inputs per request); the message names the limit."""
+    """A request is over a size limit (body bytes, inputs per request); the message names the limit and
+    `field` the part of the request over it (``body``, ``input``, ``queries``)."""
+
+    def __init__(self, message: str, field: str = "body") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class FormatError(InputError):

@@ -42,6 +42,8 @@ def parse(body: bytes, what: str) -> Record | str:
         return f"expected '<id><TAB><{what}>', found no tab"
     if not ident.strip() or ident != ident.strip():
         return f"empty or space-padded id {ident!r}"
+    if "\ufeff" in ident:  # a second byte order mark (one at the start of the file is dropped)
+        return f"byte order mark (U+FEFF) in the id {ident!r}: two at the file's start, or one mid-file"
     if not text.strip():
         return f"empty {what} for id {ident}"
     return Record(ident, text)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fastmarco.corpus.text import unicode_problem
 from fastmarco.errors import InputError
 from fastmarco.model.runtime import OnnxModel
 from fastmarco.progress import Progress, Update
@@ -99,6 +100,9 @@ class Encoder(OnnxModel):
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InputError(f"texts[{offset + i}] is {type(text).__name__}, expected str")
+            problem = unicode_problem(text)
+            if problem:
+                raise InputError(f"texts[{offset + i}] is {problem}")
         return list(texts)
 
     def tokenize(self, texts: Sequence[str], *, offset: int = 0) -> Tokenized:

@@ -86,7 +86,7 @@ def _error_response(exc: Exception) -> JSONResponse:
         headers = {}
         if isinstance(exc, OverloadedError):
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        param = exc.field if isinstance(exc, FieldError) else None
+        param = exc.field if isinstance(exc, FieldError | PayloadTooLargeError) else None
         return JSONResponse(error_body(str(exc), kind, param), status, headers=headers)
     log.exception("internal error")
     return JSONResponse(error_body("internal server error (logged on the server)", "server_error"), 500)

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fastmarco.corpus.text import unicode_problem
 from fastmarco.errors import FieldError, PayloadTooLargeError
 
 
@@ -33,14 +34,23 @@ def parse_json(body: bytes) -> dict[str, Any]:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise FieldError("body", f"not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise FieldError("body", "not valid JSON here: nested too deeply") from None
     if not isinstance(document, dict):
         raise FieldError("body", f"expected a JSON object, got {type(document).__name__}")
     return document
 
 
+def _text(value: str, field: str) -> str:
+    problem = unicode_problem(value)
+    if problem:
+        raise FieldError(field, problem)
+    return value
+
+
 def _texts(value: Any, field: str, limits: Limits) -> list[str]:
     if isinstance(value, str):
-        return [value]
+        return [_text(value, field)]
     if not isinstance(value, list):
         raise FieldError(field, f"expected a string or a list of strings, got {type(value).__name__}")
     if not value:
@@ -48,12 +58,14 @@ def _texts(value: Any, field: str, limits: Limits) -> list[str]:
     if len(value) > limits.max_inputs:
         raise PayloadTooLargeError(
             f"{field}: {len(value)} inputs, more than this server's limit of {limits.max_inputs} "
-            "(--max-inputs); split the request"
+            "(--max-inputs); split the request",
+            field,
         )
     for i, text in enumerate(value):
         if not isinstance(text, str):
             kind = "token ids (send text; token arrays are not supported)" if _is_tokens(text) else None
             raise FieldError(f"{field}[{i}]", f"expected a string, got {kind or type(text).__name__}")
+        _text(text, f"{field}[{i}]")
     return value
 
 
@@ -92,7 +104,7 @@ def search_request(document: dict[str, Any], limits: Limits) -> SearchRequest:
     if "query" in document:
         if not isinstance(document["query"], str):
             raise FieldError("query", f"expected a string, got {type(document['query']).__name__}")
-        texts = [document["query"]]
+        texts = [_text(document["query"], "query")]
     else:
         if not isinstance(document["queries"], list):
             raise FieldError(

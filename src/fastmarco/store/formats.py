@@ -50,6 +50,9 @@ def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
     with open(path, "rb", buffering=_READ_BUFFER) as handle:
         for number, raw in enumerate(handle, 1):
             raw = line_body(path, number, raw)
+            if raw.startswith(BOM):
+                why = "byte order mark (U+FEFF) at the start of the line: two at the file's start, or one mid-file"
+                raise FormatError(path, number, why)
             try:
                 yield number, raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -235,6 +238,8 @@ def read_run_columns(
             first = True
             while block := handle.read(block_bytes):
                 block = tail + (block.removeprefix(BOM) if first else block)
+                if first and block.startswith(BOM):
+                    raise ValueError("a second byte order mark")  # the strict parser names the line
                 first = False
                 cut = block.rfind(b"\n") + 1
                 tail = block[cut:]
