@@ -51,7 +51,7 @@ def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
         for number, raw in enumerate(handle, 1):
             raw = line_body(path, number, raw)
             if raw.startswith(BOM):
-                why = "byte order mark (U+FEFF) at the start of the line: two at the file's start, or one mid-file"
+                why = "byte order mark (U+FEFF) starting the line: two at the file's start, or one mid-file"
                 raise FormatError(path, number, why)
             try:
                 yield number, raw.decode("utf-8")
