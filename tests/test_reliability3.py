@@ -248,3 +248,25 @@ def test_a_second_byte_order_mark_is_a_line_error(
     }
     with pytest.raises(FormatError, match=rf"{name}:1: .*byte order mark \(U\+FEFF\)"):
         readers[read]()
+
+
+# 17. precise messages: a run sharing no query with the qrels, shards whose manifest.json is missing
+
+
+def test_eval_of_a_run_sharing_no_query_with_the_qrels_fails_saying_so(tmp_path: Path) -> None:
+    (tmp_path / "qrels").write_text("1 0 7 1\n2 0 8 1\n")
+    (tmp_path / "run").write_text("9 Q0 7 1 2.0 t\n")
+    command = ["eval", "--qrels", str(tmp_path / "qrels"), "--run", str(tmp_path / "run")]
+    ran = CliRunner().invoke(main, command)
+    assert ran.exit_code == 1 and "none of its 1 queries (e.g. 9) is judged" in ran.output, ran.output
+
+
+@needs_faiss
+def test_shards_missing_their_manifest_are_named_so(tmp_path: Path) -> None:
+    from fastmarco.errors import IndexMismatchError
+    from fastmarco.search.backends import VectorIndex
+
+    build_index(shards(tmp_path / "s"), tmp_path / "i", kind="flat")
+    (tmp_path / "s" / "manifest.json").unlink()
+    with pytest.raises(IndexMismatchError, match=r"has no readable manifest\.json"):
+        VectorIndex.open(tmp_path / "i")

@@ -8,6 +8,7 @@ import sys
 import click
 
 from fastmarco.cli.app import DEVICE, EXISTING_FILE, POSITIVE, main
+from fastmarco.errors import InputError
 from fastmarco.eval.metrics import METRICS
 
 
@@ -32,9 +33,16 @@ def eval_command(
     from fastmarco.eval.metrics import evaluate, rank_columns
     from fastmarco.store.formats import load_qrels, read_run_columns
 
+    judged = load_qrels(qrels)
+    run = rank_columns(read_run_columns(run_path), source=run_path)
+    if run and not any(qid in run for qid in judged):
+        raise InputError(
+            f"{run_path}: none of its {len(run):,} queries (e.g. {', '.join(sorted(run)[:3])}) is judged in "
+            f"{qrels} (e.g. {', '.join(sorted(judged)[:3])}): are they of the same topic set?"
+        )
     result = evaluate(
-        load_qrels(qrels),
-        rank_columns(read_run_columns(run_path), source=run_path),
+        judged,
+        run,
         [m.strip() for m in metrics.split(",") if m.strip()],
         relevance_level=relevance_level,
         include_missing=include_missing,

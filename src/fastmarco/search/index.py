@@ -184,6 +184,11 @@ def check_shards_unchanged(manifest_path: Path, shard_root: Path, recorded: str)
     try:
         current = shard_manifest_checksum(shard_root)
     except OSError as exc:
+        if shard_root.is_dir():  # the folder is there, its manifest.json is not
+            raise IndexMismatchError(
+                f"{manifest_path}: its shard directory {shard_root} has no readable {SHARDS_MANIFEST} "
+                f"({exc.strerror}): the shard set is incomplete or damaged; restore it or re-encode"
+            ) from exc
         raise IndexMismatchError(
             f"{manifest_path}: its shard directory {shard_root} (field 'shards') is gone ({exc.strerror}); "
             "keep the shards where the index expects them, relative to it"
