@@ -70,9 +70,16 @@ def bm25(collection: str, queries: str, out: str, depth: int) -> None:
     from fastmarco.eval.bm25 import bm25_run
     from fastmarco.store.formats import load_queries, write_run
 
-    entries = bm25_run(collection, load_queries(queries), depth, show_progress=sys.stderr.isatty())
-    lines = write_run(out, entries, "trec", tag="fastmarco-bm25")
-    click.echo(f"wrote {lines:,} lines for {len({e.qid for e in entries}):,} queries to {out}")
+    run = bm25_run(collection, load_queries(queries), depth, show_progress=sys.stderr.isatty())
+    lines = write_run(out, run.entries, "trec", tag="fastmarco-bm25")
+    click.echo(f"wrote {lines:,} lines for {len({e.qid for e in run.entries}):,} queries to {out}")
+    if run.unmatched:
+        shown = ", ".join(run.unmatched[:10]) + (", ..." if len(run.unmatched) > 10 else "")
+        click.echo(
+            f"note: {len(run.unmatched):,} queries retrieved nothing (only stopwords, or no word the "
+            f"collection has) and have no line in the run: {shown}",
+            err=True,
+        )
 
 
 @main.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,11 @@ class BM25Index:
             raise InputError(f"{collection}: the collection is empty")
         corpus_tokens = bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=show_progress)
         del texts
+        if not corpus_tokens.vocab:
+            raise InputError(
+                f"{collection}: none of its {len(pids):,} passages has a word left after English stopword "
+                "removal; BM25 has nothing to index"
+            )
         retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
         retriever.index(corpus_tokens, show_progress=show_progress)
         settings = {"k1": k1, "b": b, "stopwords": "en", "stemmer": "english", "bm25s": bm25s.__version__}
@@ -83,6 +89,12 @@ class BM25Index:
         return found
 
 
+@dataclass(frozen=True)
+class BM25Run:
+    entries: list[RunEntry]
+    unmatched: list[str]  # qids that retrieved nothing: only stopwords, or no word the collection has
+
+
 def bm25_run(
     collection: str | os.PathLike[str],
     queries: Mapping[str, str],
@@ -91,14 +103,18 @@ def bm25_run(
     k1: float = K1,
     b: float = B,
     show_progress: bool = False,
-) -> list[RunEntry]:
-    """Retrieve the top k passages of the collection for each query; TREC entries with scores."""
+) -> BM25Run:
+    """Retrieve the top k passages of the collection for each query: TREC entries with scores, and
+    which queries retrieved nothing (they have no line in a run file, so a caller says so)."""
     index = BM25Index.build(collection, k1=k1, b=b, show_progress=show_progress)
     qids = list(queries)
     entries: list[RunEntry] = []
+    unmatched: list[str] = []
     for qid, (pids, scores) in zip(qids, index.search([queries[q] for q in qids], k), strict=True):
+        if not pids:
+            unmatched.append(qid)
         entries.extend(
             RunEntry(qid, pid, rank, float(score))
             for rank, (pid, score) in enumerate(zip(pids, scores, strict=True), 1)
         )
-    return entries
+    return BM25Run(entries, unmatched)
