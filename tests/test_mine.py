@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import os
@@ -421,3 +422,17 @@ def test_a_depth_beyond_the_collection_mines_the_whole_collection(small_job: dic
     # a depth of 10**9 once sized buffers from it (terabytes); it is capped at the collection's passages
     result = CliRunner().invoke(main, mine_command(small_job, tmp_path / "out", "--depth", "1000000000"))
     assert result.exit_code == 0 and "mined 12 of 12 queries" in result.output, result.output
+
+
+def test_a_collection_missing_retrieved_pids_fails_cleanly(small_job: dict, tmp_path: Path) -> None:
+    # the index proposes pids the collection lacks: the error named them, then a ParquetWriter left
+    # open printed an 'Exception ignored' traceback when collected (pytest turns that into an error)
+    lines = small_job["collection"].read_text().splitlines(keepends=True)
+    positives = {p for ps in small_job["positives"].values() for p in ps}
+    kept = [line for line in lines if line.split("\t", 1)[0] in positives]
+    (tmp_path / "part.tsv").write_text("".join(kept))
+    job = {**small_job, "collection": tmp_path / "part.tsv"}
+    result = CliRunner().invoke(main, mine_command(job, tmp_path / "out", "--format", "jsonl"))
+    assert result.exit_code == 1 and "no passage with id" in result.output, result.output
+    gc.collect()
+    assert not list((tmp_path / "out").glob("*.tmp"))

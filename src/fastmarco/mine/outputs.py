@@ -13,6 +13,7 @@ published atomically: deterministic bytes, so a resumed run ends with the same f
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -158,6 +159,12 @@ class OutputWriters:
             handle.commit()
 
     def abort(self) -> None:
+        """Drop every output. The parquet writers and the gzip stream are closed first: left open, each
+        would try to finish its file when collected, after it is gone (an 'Exception ignored' trace)."""
+        for closer in [self.scores_writer, *self.layout_writers.values(), self.hard_gzip]:
+            with contextlib.suppress(Exception):
+                closer.close()
+        self.layout_writers.clear()
         for handle in self.files:
             handle.abort()
 
