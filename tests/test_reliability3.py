@@ -308,3 +308,22 @@ def test_bm25_over_stopwords_only_and_queries_that_match_nothing(tmp_path: Path)
     assert ran.exit_code == 0, ran.output
     assert "note: 2 queries retrieved nothing" in ran.stderr and ran.stderr.rstrip().endswith(": 2, 3")
     assert {line.split()[0] for line in (tmp_path / "r").read_text().splitlines()} == {"1"}
+
+
+# 15. a 10 MB line is cut before tokenizing (it cost 1.75 GB and 19 s), to the same tokens
+
+
+def test_a_huge_text_is_cut_before_tokenizing_to_the_same_embedding(
+    exported: dict[tuple[str, str], Path],
+) -> None:
+    from fastmarco.model.encoder import Encoder
+    from fastmarco.model.runtime import CHARS_PER_TOKEN_BOUND
+
+    encoder = Encoder.open(exported["bert-mean-normalize", "fp32"], device="cpu")
+    huge = "goldfish grow to the size of their tank " * 250_000  # 10 MB
+    bound = encoder.model.max_seq_length * CHARS_PER_TOKEN_BOUND
+    assert encoder.max_chars == bound < len(huge)
+    vectors, stats = encoder.encode_with_stats([huge, huge[: bound // 4]])
+    assert stats.truncated == 2  # both reach max_seq_length tokens; the huge one is also cut
+    np.testing.assert_array_equal(vectors[0], vectors[1])  # the same first max_seq_length tokens
+    assert encoder.tokenize([huge]).lengths[0] == encoder.model.max_seq_length

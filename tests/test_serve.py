@@ -35,9 +35,10 @@ import uvicorn  # noqa: E402
 
 from fastmarco import Encoder, Engine, PassageStore  # noqa: E402
 from fastmarco.encode.local import encode_corpus  # noqa: E402
+from fastmarco.errors import InputError  # noqa: E402
 from fastmarco.model.export import export_model  # noqa: E402
 from fastmarco.search.index import build_index  # noqa: E402
-from fastmarco.serve.app import ServeConfig, create_app  # noqa: E402
+from fastmarco.serve.app import ServeConfig, allowed_hosts_for, create_app  # noqa: E402
 from fastmarco.serve.schema import Limits  # noqa: E402
 from fastmarco.serve.server import bind  # noqa: E402
 
@@ -315,6 +316,43 @@ def test_api_key(built: dict[str, Any]) -> None:
                 model="minilm", input="hi"
             )
         assert httpx.get(f"{live.url}/health").status_code == 200  # probes need no key
+
+
+def test_the_api_key_is_never_blank_and_is_compared_as_utf8(built: dict[str, Any]) -> None:
+    for blank in ("", "   "):
+        with pytest.raises(InputError, match=r"the API key .* is empty"):
+            ServeConfig("minilm", api_key=blank)
+    with serving(built, api_key=" clé-ü ") as live:  # stripped, as the header's token is
+        sent = {"Authorization": "Bearer clé-ü".encode()}  # what curl sends: the UTF-8 bytes
+        assert post(f"{live.url}/search", {"query": QUERY}, headers=sent).status_code == 200
+
+
+def test_another_host_and_a_form_post_are_refused(built: dict[str, Any]) -> None:
+    with serving(built, allowed_hosts=allowed_hosts_for("127.0.0.1")) as live:
+        port = live.url.rsplit(":", 1)[1]
+        hosts = (("evil.example", 421), (f"evil.example:{port}", 421), (f"localhost:{port}", 200))
+        for host, status in hosts:
+            answer = httpx.get(f"{live.url}/health", headers={"Host": host}, timeout=30)
+            assert answer.status_code == status, host
+        assert "is not this server" in httpx.get(f"{live.url}/", headers={"Host": "x.example"}).text
+        # a cross-site form post (text/plain, urlencoded) is not JSON by its type: 415
+        plain = {"Content-Type": "text/plain"}
+        form = httpx.post(f"{live.url}/search", content=b'{"query": "x"}', headers=plain, timeout=30)
+        assert form.status_code == 415 and "application/json" in form.json()["error"]["message"]
+        typed = {"Content-Type": "application/json; charset=utf-8"}
+        assert httpx.post(f"{live.url}/search", content=b'{"query": "x"}', headers=typed).status_code == 200
+
+
+def test_a_500_names_an_error_id_not_the_server_files(built: dict[str, Any], tmp_path: Path) -> None:
+    shutil.copy(built["root"] / "collection.tsv", tmp_path / "collection.tsv")
+    store = PassageStore.open(tmp_path / "collection.tsv")
+    with serving({**built, "passages": store}) as live:
+        (tmp_path / "collection.tsv").unlink()  # the collection is gone under the server
+        answer = post(f"{live.url}/search", {"query": QUERY})
+        assert answer.status_code == 500
+        message = answer.json()["error"]["message"]
+        assert message.startswith("internal server error ") and str(tmp_path) not in answer.text
+    store.close()
 
 
 # ------------------------------------------------------------------------------- load and shutdown

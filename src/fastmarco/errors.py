@@ -82,6 +82,14 @@ class UnauthorizedError(FastmarcoError, PermissionError):
     """A request without the server's API key (or with another one)."""
 
 
+class UnsupportedMediaError(InputError):
+    """A request body that is not JSON by its Content-Type (a browser form posted across sites)."""
+
+
+class MisdirectedError(FastmarcoError, PermissionError):
+    """A request whose Host header names another server than this one (DNS rebinding)."""
+
+
 class MismatchError(FastmarcoError, ValueError):
     """Two artefacts do not belong together (shards and index, model and shards, job and directory)."""
 

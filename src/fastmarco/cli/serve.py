@@ -81,7 +81,7 @@ def serve(
 ) -> None:
     """Serve INDEX_DIR over HTTP: /v1/embeddings (OpenAI), /search, a search page at /."""
     try:
-        from fastmarco.serve.app import ServeConfig, create_app
+        from fastmarco.serve.app import ServeConfig, allowed_hosts_for, create_app
     except ImportError as exc:
         raise click.ClickException(
             f"fastmarco serve needs the serve extra ({exc.name} is missing): pip install 'fastmarco[serve]'"
@@ -110,7 +110,14 @@ def serve(
         max_queue=max_queue,
         limits=Limits(max_inputs=max_inputs, max_k=max_k, payload_bytes=payload_limit),
         api_key=api_key,
+        allowed_hosts=allowed_hosts_for(host),
     )
+    if config.allowed_hosts is None and config.api_key is None:
+        click.echo(
+            f"warning: listening on {host} without an API key: anyone who reaches this port can use it "
+            "(set FASTMARCO_API_KEY)",
+            err=True,
+        )
     sock = bind(host, port)
     where = sock.getsockname()
     shown = f"[{where[0]}]" if ":" in where[0] else where[0]

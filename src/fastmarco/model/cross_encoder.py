@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from fastmarco.corpus.text import unicode_problem
 from fastmarco.errors import InputError
 from fastmarco.model.runtime import OnnxModel
 from fastmarco.progress import Progress, Update
@@ -47,12 +48,18 @@ class CrossEncoderScorer(OnnxModel):
             for i, text in enumerate(texts):
                 if not isinstance(text, str):
                     raise InputError(f"{name}[{i}] is {type(text).__name__}, expected str")
+                problem = unicode_problem(text)
+                if problem:
+                    raise InputError(f"{name}[{i}] is {problem}")
         scores = np.empty(len(queries), dtype=np.float32)
         scored = 0
         for start in range(0, len(queries), CHUNK_PAIRS):
             stop = min(start + CHUNK_PAIRS, len(queries))
             encodings = self.tokenizer.encode_batch(
-                list(zip(queries[start:stop], passages[start:stop], strict=True))
+                [
+                    (self.bounded(query), self.bounded(passage))
+                    for query, passage in zip(queries[start:stop], passages[start:stop], strict=True)
+                ]
             )
             lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
             for rows in self.budget.plan(lengths):

@@ -107,12 +107,13 @@ class Encoder(OnnxModel):
 
     def tokenize(self, texts: Sequence[str], *, offset: int = 0) -> Tokenized:
         """Tokenize texts as `encode` does (`offset` only shifts the index an error names)."""
-        encodings = self.tokenizer.encode_batch(self._check_texts(texts, offset))
-        return Tokenized(
-            encodings,
-            np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings)),
-            np.fromiter((bool(e.overflowing) for e in encodings), dtype=np.bool_, count=len(encodings)),
-        )
+        checked = self._check_texts(texts, offset)
+        n = len(checked)
+        cut = np.fromiter((len(text) > self.max_chars for text in checked), dtype=np.bool_, count=n)
+        encodings = self.tokenizer.encode_batch([self.bounded(text) for text in checked])
+        overflowing = np.fromiter((bool(e.overflowing) for e in encodings), dtype=np.bool_, count=n)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=n)
+        return Tokenized(encodings, lengths, overflowing | cut)
 
     def _pack(self, tokenized: Tokenized, start: int) -> Iterator[_Batch]:
         """Padded batches under the token budget; positions are shifted by `start`."""

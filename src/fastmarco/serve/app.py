@@ -12,6 +12,7 @@ import base64
 import contextlib
 import hmac
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,9 +33,11 @@ from fastmarco.errors import (
     FastmarcoError,
     FieldError,
     InputError,
+    MisdirectedError,
     OverloadedError,
     PayloadTooLargeError,
     UnauthorizedError,
+    UnsupportedMediaError,
     WorkerError,
 )
 from fastmarco.pipelines.retrieve import hits_of
@@ -62,11 +65,36 @@ class ServeConfig:
     max_queue: int = 512
     limits: Limits = DEFAULT_LIMITS
     api_key: str | None = None
+    # The Host names a request may carry (DNS rebinding: a page on another site resolving its own name
+    # to 127.0.0.1); None accepts any, as a server bound to every interface must.
+    allowed_hosts: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.api_key is not None:
+            if not self.api_key.strip():
+                raise InputError(
+                    "the API key (--api-key or FASTMARCO_API_KEY) is empty: set one, or unset it to serve "
+                    "without authentication"
+                )
+            object.__setattr__(self, "api_key", self.api_key.strip())
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def allowed_hosts_for(bind_host: str) -> frozenset[str] | None:
+    """The Host names to accept on a socket bound to `bind_host`: the loopback names for a loopback
+    address, else any (the names a public address is reached by are not known here)."""
+    if bind_host in LOOPBACK_NAMES or bind_host.startswith("127."):
+        return LOOPBACK_NAMES | {bind_host}
+    return None
 
 
 ERRORS: list[tuple[type[FastmarcoError], int, str]] = [
     (UnauthorizedError, 401, "authentication_error"),
+    (MisdirectedError, 421, "invalid_request_error"),
     (PayloadTooLargeError, 413, "invalid_request_error"),
+    (UnsupportedMediaError, 415, "invalid_request_error"),
     (InputError, 422, "invalid_request_error"),
     (OverloadedError, 429, "rate_limit_error"),
     (WorkerError, 503, "server_error"),  # a shard group's actor is gone: the index cannot answer whole
@@ -81,8 +109,11 @@ def _error_response(exc: Exception) -> JSONResponse:
     if isinstance(exc, FastmarcoError):
         # the first class that fits; other FastmarcoErrors are the server's own files (corrupt, changed)
         status, kind = next(((s, k) for cls, s, k in ERRORS if isinstance(exc, cls)), (500, "server_error"))
-        if status == 500:
-            log.error("request failed: %s", exc)
+        if status == 500:  # the server's own files: the message (paths and all) stays in its log
+            error_id = secrets.token_hex(6)
+            log.error("request failed (error %s): %s", error_id, exc)
+            message = f"internal server error {error_id} (logged on the server)"
+            return JSONResponse(error_body(message, "server_error"), 500)
         headers = {}
         if isinstance(exc, OverloadedError):
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
@@ -104,17 +135,39 @@ def _answer_errors(
     return answered
 
 
-class RequestCounter:
-    """ASGI middleware: counts every answered request by route and status."""
+def misdirected(scope: Scope, allowed: frozenset[str] | None) -> MisdirectedError | None:
+    """The error for a request whose Host header is not one of `allowed` (None: any is)."""
+    if allowed is None:
+        return None
+    host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+    if host.startswith("[") and "]" in host:  # [::1]:8000
+        name = host[1 : host.index("]")]
+    else:  # 127.0.0.1:8000, localhost
+        name = host.split(":", 1)[0] if host.count(":") == 1 else host
+    if name.lower() in allowed:
+        return None
+    return MisdirectedError(f"Host {host!r} is not this server (it answers to {', '.join(sorted(allowed))})")
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, paths: set[str]) -> None:
-        self.app, self.metrics, self.paths = app, metrics, paths
+
+class RequestCounter:
+    """ASGI middleware: refuses a request for another Host (421), counts every answered request by
+    route and status."""
+
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, paths: set[str], allowed_hosts: frozenset[str] | None
+    ) -> None:
+        self.app, self.metrics, self.paths, self.allowed_hosts = app, metrics, paths, allowed_hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         status = 500
+        refused = misdirected(scope, self.allowed_hosts)
+        if refused is not None:
+            self.metrics.requests.labels("other", "421").inc()
+            await _error_response(refused)(scope, receive, send)
+            return
 
         async def counted(message: Message) -> None:
             nonlocal status
@@ -164,10 +217,17 @@ class Service:
             return
         given = request.headers.get("authorization", "")
         scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        # header values arrive decoded as latin-1: back to the bytes sent, compared with the key's UTF-8
+        sent = token.strip().encode("latin-1", errors="replace")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent, key.encode("utf-8")):
             raise UnauthorizedError("missing or wrong API key: send 'Authorization: Bearer <key>'")
 
     async def body(self, request: Request) -> dict[str, Any]:
+        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media and media != "application/json":
+            raise UnsupportedMediaError(
+                f"Content-Type {media!r}: send the body as JSON ('Content-Type: application/json')"
+            )
         limit = self.config.limits.payload_bytes
         declared = request.headers.get("content-length")
         if declared is not None:
@@ -363,4 +423,4 @@ def create_app(engine: Engine, passages: PassageStore | None, config: ServeConfi
     ]
     app = Starlette(routes=routes, lifespan=service.lifespan, exception_handlers={HTTPException: _http_error})
     app.state.service = service
-    return RequestCounter(app, service.metrics, {route.path for route in routes})
+    return RequestCounter(app, service.metrics, {route.path for route in routes}, config.allowed_hosts)
