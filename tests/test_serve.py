@@ -343,6 +343,17 @@ def test_another_host_and_a_form_post_are_refused(built: dict[str, Any]) -> None
         assert httpx.post(f"{live.url}/search", content=b'{"query": "x"}', headers=typed).status_code == 200
 
 
+def test_queries_times_k_is_bounded(built: dict[str, Any]) -> None:
+    # 256 short queries with k 1000 (2 KB asked) built a 106 MB answer on the tokenize thread
+    with serving(built, limits=replace(LIMITS, max_results=500)) as live:
+        big = post(f"{live.url}/search", {"queries": ["goldfish"] * 64, "k": 10})
+        assert big.status_code == 413 and big.json()["error"]["param"] == "k"
+        assert "64 queries x k 10 = 640 results" in big.json()["error"]["message"]
+        assert "--max-results" in big.json()["error"]["message"]
+        fits = post(f"{live.url}/search", {"queries": ["goldfish"] * 50, "k": 10})
+        assert fits.status_code == 200 and len(fits.json()["results"]) == 50
+
+
 def test_a_500_names_an_error_id_not_the_server_files(built: dict[str, Any], tmp_path: Path) -> None:
     shutil.copy(built["root"] / "collection.tsv", tmp_path / "collection.tsv")
     store = PassageStore.open(tmp_path / "collection.tsv")

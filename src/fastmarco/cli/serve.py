@@ -36,6 +36,13 @@ from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, mai
 )
 @click.option("--max-inputs", type=POSITIVE, default=256, show_default=True, help="Texts per request.")
 @click.option("--max-k", type=POSITIVE, default=1000, show_default=True, help="Largest k a search may ask.")
+@click.option(
+    "--max-results",
+    type=POSITIVE,
+    default=20_000,
+    show_default=True,
+    help="Results a search request may ask: its queries x k.",
+)
 @click.option("--payload-limit", type=POSITIVE, default=2_000_000, show_default=True, help="Bytes per body.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="0: every core.")
 @click.option(
@@ -69,6 +76,7 @@ def serve(
     max_queue: int,
     max_inputs: int,
     max_k: int,
+    max_results: int,
     payload_limit: int,
     threads: int,
     api_key: str | None,
@@ -108,7 +116,7 @@ def serve(
         max_batch_tokens=max_batch_tokens,
         max_wait_ms=max_wait_ms,
         max_queue=max_queue,
-        limits=Limits(max_inputs=max_inputs, max_k=max_k, payload_bytes=payload_limit),
+        limits=Limits(max_inputs, max_k, payload_limit, max_results),
         api_key=api_key,
         allowed_hosts=allowed_hosts_for(host),
     )

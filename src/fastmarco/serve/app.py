@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import hmac
+import json
 import logging
 import secrets
 import time
@@ -51,6 +52,7 @@ log = logging.getLogger("fastmarco.serve")
 # Texts up to this many characters in all are tokenized on the event loop (tens of microseconds);
 # longer requests go to the tokenizer thread so the loop keeps accepting while they are cut.
 INLINE_TOKENIZE_CHARS = 2_000
+INLINE_ANSWER_RESULTS = 1_000  # search results an answer without passage texts is built inline for
 CLIENT_CLOSED = 499  # nginx's status for a client that went away before the answer
 
 
@@ -194,6 +196,8 @@ class Service:
         self.batcher: Batcher | None = None
         # tokenizing (and reading passage text) runs here, beside the batch running on its own thread
         self.io = ThreadPoolExecutor(1, thread_name_prefix="fastmarco-tokenize")
+        # answers (passage reads, JSON) are built on their own thread: never behind or ahead of tokenizing
+        self.answers = ThreadPoolExecutor(1, thread_name_prefix="fastmarco-answer")
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -210,6 +214,7 @@ class Service:
         finally:
             await self.batcher.stop()
             self.io.shutdown(wait=True)
+            self.answers.shutdown(wait=True)
 
     def authorize(self, request: Request) -> None:
         key = self.config.api_key
@@ -332,28 +337,27 @@ class Service:
         found = result.found
         assert found is not None, "a search job always has results"
 
-        def answer() -> list[dict[str, Any]]:
-            return [
+        def answer() -> bytes:
+            results = [
                 {
                     "query": text,
                     "hits": [h.as_json(self.passages is not None) for h in hits_of(found, i, self.passages)],
                 }
                 for i, text in enumerate(asked.texts)
             ]
-
-        if self.passages is None:  # no file reads: build the answer here
-            results = answer()
-        else:
-            results = await asyncio.get_running_loop().run_in_executor(self.io, answer)
-        return JSONResponse(
-            {
+            document = {
                 "model": self.config.model_name,
                 "k": asked.k,
                 "results": results,
                 "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
-            },
-            headers=self.headers(started, result),
-        )
+            }
+            return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+        if self.passages is None and len(asked.texts) * asked.k <= INLINE_ANSWER_RESULTS:
+            body = answer()  # a few ids and scores: cheaper here than a thread hop
+        else:
+            body = await asyncio.get_running_loop().run_in_executor(self.answers, answer)
+        return Response(body, media_type="application/json", headers=self.headers(started, result))
 
     async def info(self, request: Request) -> Response:
         self.authorize(request)
@@ -377,6 +381,7 @@ class Service:
                 "limits": {
                     "max_inputs": limits.max_inputs,
                     "max_k": limits.max_k,
+                    "max_results": limits.max_results,
                     "payload_bytes": limits.payload_bytes,
                     "max_batch_tokens": self.config.max_batch_tokens,
                     "max_wait_ms": self.config.max_wait_ms,
