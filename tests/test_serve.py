@@ -39,6 +39,7 @@ from fastmarco.errors import InputError  # noqa: E402
 from fastmarco.model.export import export_model  # noqa: E402
 from fastmarco.search.index import build_index  # noqa: E402
 from fastmarco.serve.app import ServeConfig, allowed_hosts_for, create_app  # noqa: E402
+from fastmarco.serve.guard import guarded_protocol  # noqa: E402
 from fastmarco.serve.schema import Limits  # noqa: E402
 from fastmarco.serve.server import bind  # noqa: E402
 
@@ -77,10 +78,11 @@ def built(mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
 class LiveServer:
     """A uvicorn server on a thread, on an ephemeral port of 127.0.0.1."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, http: Any = "auto") -> None:
         self.sock = bind("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, http=http, log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30
@@ -363,10 +365,66 @@ def test_a_500_names_an_error_id_not_the_server_files(built: dict[str, Any], tmp
         assert answer.status_code == 500
         message = answer.json()["error"]["message"]
         assert message.startswith("internal server error ") and str(tmp_path) not in answer.text
+        unhealthy = httpx.get(f"{live.url}/health", timeout=30)
+        assert unhealthy.status_code == 503 and unhealthy.json()["status"] == "unhealthy"
     store.close()
 
 
 # ------------------------------------------------------------------------------- load and shutdown
+
+
+def test_a_client_that_never_reads_its_answer_is_counted_then_dropped(built: dict[str, Any]) -> None:
+    # each such client once held ~60 MB outside --max-queue, for as long as it liked
+    limits = Limits(max_inputs=64, max_k=1000, payload_bytes=100_000, max_results=100_000)
+    with serving(built, limits=limits, max_unsent_bytes=1 << 20, send_timeout_s=1.5) as live:
+        reader = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, never read
+        reader.connect(("127.0.0.1", live.port))
+        body = json.dumps({"queries": [QUERY] * 64, "k": 300}).encode()  # ~8 MB with passage texts
+        head = (
+            "POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        reader.sendall(head.encode() + body)
+        deadline, refused = time.monotonic() + 30, None
+        while refused is None and time.monotonic() < deadline:
+            answer = post(f"{live.url}/search", {"query": QUERY})
+            refused = answer if answer.status_code == 429 else None
+            time.sleep(0.05)
+        assert refused is not None and "waiting for their clients" in refused.json()["error"]["message"]
+        time.sleep(2.5)  # past the send timeout: the reader is dropped and its answer let go
+        assert post(f"{live.url}/search", {"query": QUERY}).status_code == 200
+        reader.close()
+
+
+def test_idle_half_sent_connections_cannot_take_the_server_down(built: dict[str, Any]) -> None:
+    # slowloris: ~20,000 idle requests that never finish their headers once used up every descriptor
+    config = replace(ServeConfig("minilm", limits=LIMITS), body_timeout_s=1.0)
+    live = LiveServer(create_app(built["engine"], built["passages"], config), guarded_protocol(50, 1.5))
+    attackers: list[socket.socket] = []
+    try:
+        for _ in range(300):  # six times the cap
+            attacker = socket.create_connection(("127.0.0.1", live.port), timeout=10)
+            attacker.sendall(b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the rest
+            attackers.append(attacker)
+        for _ in range(5):  # a probe sending its whole request gets in and is answered
+            assert httpx.get(f"{live.url}/health", timeout=10).status_code == 200
+        assert len(live.server.server_state.connections) <= 51
+        # a body that never arrives whole: 408 once the body timeout passes
+        trickle = socket.create_connection(("127.0.0.1", live.port), timeout=10)
+        trickle.sendall(
+            b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"query"'
+        )
+        assert trickle.recv(4096).startswith(b"HTTP/1.1 408 ")
+        trickle.close()
+        time.sleep(2.0)  # past the header timeout: the server has closed every half-sent request
+        assert all(a.recv(1) == b"" for a in attackers[-5:])
+        assert post(f"{live.url}/search", {"query": QUERY}).status_code == 200
+    finally:
+        for attacker in attackers:
+            attacker.close()
+        live.stop()
 
 
 def test_overload_answers_429_and_the_server_keeps_answering(built: dict[str, Any]) -> None:

@@ -82,6 +82,10 @@ class UnauthorizedError(FastmarcoError, PermissionError):
     """A request without the server's API key (or with another one)."""
 
 
+class RequestTimeoutError(InputError):
+    """A request body that did not arrive in time (a client trickling it, holding a connection)."""
+
+
 class UnsupportedMediaError(InputError):
     """A request body that is not JSON by its Content-Type (a browser form posted across sites)."""
 

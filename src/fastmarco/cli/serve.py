@@ -44,6 +44,20 @@ from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, mai
     help="Results a search request may ask: its queries x k.",
 )
 @click.option("--payload-limit", type=POSITIVE, default=2_000_000, show_default=True, help="Bytes per body.")
+@click.option(
+    "--max-connections",
+    type=POSITIVE,
+    default=1_000,
+    show_default=True,
+    help="Open connections at most; past it the oldest still sending its headers is closed.",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds a request's headers may take to arrive.",
+)
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="0: every core.")
 @click.option(
     "--api-key",
@@ -78,6 +92,8 @@ def serve(
     max_k: int,
     max_results: int,
     payload_limit: int,
+    max_connections: int,
+    header_timeout: float,
     threads: int,
     api_key: str | None,
     model_dir: str | None,
@@ -135,7 +151,13 @@ def serve(
         err=True,
     )
     with engine:
-        status = run_server(create_app(engine, passages, config), sock, access_log=access_log)
+        status = run_server(
+            create_app(engine, passages, config),
+            sock,
+            access_log=access_log,
+            max_connections=max_connections,
+            header_timeout=header_timeout,
+        )
     sys.exit(status)
 
 

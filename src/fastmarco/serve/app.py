@@ -37,6 +37,7 @@ from fastmarco.errors import (
     MisdirectedError,
     OverloadedError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     UnauthorizedError,
     UnsupportedMediaError,
     WorkerError,
@@ -70,6 +71,12 @@ class ServeConfig:
     # The Host names a request may carry (DNS rebinding: a page on another site resolving its own name
     # to 127.0.0.1); None accepts any, as a server bound to every interface must.
     allowed_hosts: frozenset[str] | None = None
+    body_timeout_s: float = 30.0  # a request's body must arrive within this (then 408)
+    # Answers built but not yet taken by their clients (a client that never reads holds its answer):
+    # past max_unsent_bytes new work is refused (429); a client that takes no chunk of its answer in
+    # send_timeout_s is dropped.
+    max_unsent_bytes: int = 256 << 20
+    send_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.api_key is not None:
@@ -97,6 +104,7 @@ ERRORS: list[tuple[type[FastmarcoError], int, str]] = [
     (MisdirectedError, 421, "invalid_request_error"),
     (PayloadTooLargeError, 413, "invalid_request_error"),
     (UnsupportedMediaError, 415, "invalid_request_error"),
+    (RequestTimeoutError, 408, "invalid_request_error"),
     (InputError, 422, "invalid_request_error"),
     (OverloadedError, 429, "rate_limit_error"),
     (WorkerError, 503, "server_error"),  # a shard group's actor is gone: the index cannot answer whole
@@ -151,14 +159,68 @@ def misdirected(scope: Scope, allowed: frozenset[str] | None) -> MisdirectedErro
     return MisdirectedError(f"Host {host!r} is not this server (it answers to {', '.join(sorted(allowed))})")
 
 
+SEND_CHUNK_BYTES = 1 << 16  # answers go out in chunks, each waiting for the client to take the last
+
+
+class _SendTimeout(Exception):
+    """A client took no chunk of its answer in time."""
+
+
+@dataclass
+class Unsent:
+    """Bytes of answers handed to the server but not yet taken by their clients."""
+
+    limit: int
+    timeout_s: float
+    bytes: int = 0
+
+    def check(self) -> None:
+        if self.bytes > self.limit:
+            raise OverloadedError(
+                f"{self.bytes:,} bytes of answers are waiting for their clients to read them; retry shortly",
+                retry_after=1.0,
+            )
+
+
 class RequestCounter:
-    """ASGI middleware: refuses a request for another Host (421), counts every answered request by
-    route and status."""
+    """ASGI middleware: refuses a request for another Host (421), sends answers in chunks with a
+    timeout while counting them as unsent, and counts every answered request by route and status."""
 
     def __init__(
-        self, app: ASGIApp, metrics: Metrics, paths: set[str], allowed_hosts: frozenset[str] | None
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        paths: set[str],
+        allowed_hosts: frozenset[str] | None,
+        unsent: Unsent,
     ) -> None:
         self.app, self.metrics, self.paths, self.allowed_hosts = app, metrics, paths, allowed_hosts
+        self.unsent = unsent
+
+    async def send_body(self, send: Send, message: Message) -> None:
+        """One body message in chunks, each sent once the client has taken the last (uvicorn's flow
+        control); a chunk not taken in time raises _SendTimeout."""
+        body: bytes = message.get("body", b"")
+        more = bool(message.get("more_body", False))
+        pending = len(body)
+        self.unsent.bytes += pending
+        try:
+            offset = 0
+            while True:
+                chunk = body[offset : offset + SEND_CHUNK_BYTES]
+                offset += len(chunk)
+                last = offset >= len(body)
+                part: Message = {"type": "http.response.body", "body": chunk, "more_body": more or not last}
+                try:
+                    await asyncio.wait_for(send(part), self.unsent.timeout_s)
+                except asyncio.TimeoutError:
+                    raise _SendTimeout from None
+                self.unsent.bytes -= len(chunk)
+                pending -= len(chunk)
+                if last:
+                    return
+        finally:
+            self.unsent.bytes -= pending
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -175,10 +237,15 @@ class RequestCounter:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-            await send(message)
+            if message["type"] == "http.response.body":
+                await self.send_body(send, message)
+            else:
+                await send(message)
 
         try:
             await self.app(scope, receive, counted)
+        except _SendTimeout:  # returning unfinished makes uvicorn close the connection (one log line)
+            log.warning("dropped a client that read none of its answer in %g s", self.unsent.timeout_s)
         finally:
             path = scope["path"] if scope["path"] in self.paths else "other"
             self.metrics.requests.labels(path, str(status)).inc()
@@ -196,6 +263,7 @@ class Service:
         self.batcher: Batcher | None = None
         # tokenizing (and reading passage text) runs here, beside the batch running on its own thread
         self.io = ThreadPoolExecutor(1, thread_name_prefix="fastmarco-tokenize")
+        self.unsent = Unsent(config.max_unsent_bytes, config.send_timeout_s)
         # answers (passage reads, JSON) are built on their own thread: never behind or ahead of tokenizing
         self.answers = ThreadPoolExecutor(1, thread_name_prefix="fastmarco-answer")
 
@@ -243,15 +311,25 @@ class Service:
                     f"body of {declared} bytes is over the limit of {limit} (--payload-limit)"
                 )
         received = bytearray()
-        async for chunk in request.stream():
-            received += chunk
-            if len(received) > limit:
-                raise PayloadTooLargeError(f"body is over the limit of {limit} bytes (--payload-limit)")
+
+        async def read() -> None:
+            async for chunk in request.stream():
+                received.extend(chunk)
+                if len(received) > limit:
+                    raise PayloadTooLargeError(f"body is over the limit of {limit} bytes (--payload-limit)")
+
+        try:
+            await asyncio.wait_for(read(), self.config.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestTimeoutError(
+                f"body: {len(received):,} bytes arrived in {self.config.body_timeout_s:g} s, not all of it"
+            ) from None
         return parse_json(bytes(received))
 
     async def run(self, request: Request, texts: list[str], k: int | None) -> JobResult | None:
         """Tokenize, queue, and wait for the batch; None when the client went away meanwhile."""
         assert self.batcher is not None, "the lifespan starts the batcher before any request"
+        self.unsent.check()
         loop = asyncio.get_running_loop()
         if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:  # a query or two: cheaper than a thread hop
             tokenized = self.engine.tokenize(texts)
@@ -397,6 +475,10 @@ class Service:
         return JSONResponse({"object": "list", "data": [entry]})
 
     async def health(self, request: Request) -> Response:
+        """200 while the server can answer; 503 once its collection is gone (a changed one is reopened
+        by the store itself), so an orchestrator replaces it instead of sending it searches."""
+        if self.passages is not None and not self.passages.path.is_file():
+            return JSONResponse({"status": "unhealthy", "reason": "the collection file is gone"}, 503)
         return JSONResponse({"status": "ok"})
 
     async def prometheus(self, request: Request) -> Response:
@@ -428,4 +510,5 @@ def create_app(engine: Engine, passages: PassageStore | None, config: ServeConfi
     ]
     app = Starlette(routes=routes, lifespan=service.lifespan, exception_handlers={HTTPException: _http_error})
     app.state.service = service
-    return RequestCounter(app, service.metrics, {route.path for route in routes}, config.allowed_hosts)
+    paths = {route.path for route in routes}
+    return RequestCounter(app, service.metrics, paths, config.allowed_hosts, service.unsent)

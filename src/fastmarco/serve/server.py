@@ -10,6 +10,7 @@ from types import FrameType
 from starlette.types import ASGIApp
 
 from fastmarco.errors import StoreIOError
+from fastmarco.serve.guard import HEADER_TIMEOUT_SECONDS, MAX_CONNECTIONS, guarded_protocol
 
 DRAIN_SECONDS = 30  # SIGTERM: in-flight requests get this long to finish
 
@@ -28,13 +29,22 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(app: ASGIApp, sock: socket.socket, *, access_log: bool = False) -> int:
+def serve(
+    app: ASGIApp,
+    sock: socket.socket,
+    *,
+    access_log: bool = False,
+    max_connections: int = MAX_CONNECTIONS,
+    header_timeout: float = HEADER_TIMEOUT_SECONDS,
+) -> int:
     """Serve until SIGTERM or SIGINT: stop accepting, drain in-flight requests, stop the batcher.
+    At most `max_connections` at once, a request's headers within `header_timeout` seconds (guard.py).
     Returns the exit status (0 after SIGTERM, 130 after SIGINT)."""
     import uvicorn
 
     config = uvicorn.Config(
         app,
+        http=guarded_protocol(max_connections, header_timeout),
         log_level="info" if access_log else "warning",
         access_log=access_log,
         timeout_graceful_shutdown=DRAIN_SECONDS,
