@@ -248,23 +248,64 @@ def read_run_both_ways(path: Path) -> None:
 
 
 def open_passages(path: Path) -> None:
+    """Every pid's text as the file has it, also after two lines swap under the open store (same size,
+    as `cp -p` leaves a file): never another pid's text."""
     with contextlib.suppress(FileNotFoundError):
         Path(str(path) + ".offsets.npz").unlink()
     with PassageStore.open(path) as store:
         for pid in ("7", "8", "x"):
             store.get(pid)
+        lines = path.read_bytes().splitlines(keepends=True)
+        if len(lines) < 2:
+            return
+        lines[0], lines[1] = lines[1], lines[0]
+        path.write_bytes(b"".join(lines))
+        try:
+            truth = dict(read_collection(path))
+        except FastmarcoError:
+            return  # the swapped file does not parse (a line lost its newline): the store may refuse it too
+        for pid, text in truth.items():
+            got = store.get(pid)
+            if got != text:
+                raise AssertionError(f"pid {pid!r}: the store gave {got!r}, the file has {text!r}")
 
 
-COLLECTIONS = [b"7\tthe first passage \xc3\xa9\n8\tanother one\n9\tthird\n", b"a\tstring ids\nb\tb text"]
+def parse_request(path: Path) -> None:
+    """The server's request parsing: JSON, then /search's and /v1/embeddings' fields."""
+    from fastmarco.serve.schema import Limits, embeddings_request, parse_json, search_request
+
+    limits = Limits(max_inputs=8, max_k=100, payload_bytes=100_000, max_results=200)
+    document = parse_json(path.read_bytes())
+    with contextlib.suppress(FastmarcoError):
+        search_request(document, limits)
+    embeddings_request(document, limits, 384)
+
+
+COLLECTIONS = [
+    b"7\tthe first passage \xc3\xa9\n8\tanother one\n9\tthird\n",
+    b"a\tstring ids\nb\tb text",
+    b"\xef\xbb\xbf\xef\xbb\xbf7\ttwo byte order marks\n8\tb\n",
+]
+REQUESTS = [
+    b'{"query": "do goldfish grow", "k": 10}',
+    b'{"queries": ["a", "\\ud800b"], "k": 3}',
+    b'{"input": ["x", "y"], "encoding_format": "base64"}',
+    b'{"input": "\\udfff"}',
+    b"[" * 5_000,
+]
 TEXT_TARGETS: dict[str, tuple[list[bytes], Callable[[Path], object]]] = {
     "collection": (COLLECTIONS, lambda p: list(read_collection(p))),
     "queries": (COLLECTIONS, load_queries),
-    "qrels": ([b"1 0 7 1\n1 0 8 0\n2 Q0 9 3\n", b"1\t0\t7\t1\n"], load_qrels),
+    "qrels": (
+        [b"1 0 7 1\n1 0 8 0\n2 Q0 9 3\n", b"1\t0\t7\t1\n", b"\xef\xbb\xbf\xef\xbb\xbf1 0 7 1\n"],
+        load_qrels,
+    ),
     "run": (
         [b"1 Q0 7 1 2.5 tag\n1 Q0 8 2 2.0 tag\n2 Q0 7 1 1.0 tag\n", b"1\t7\t1\n1\t8\t2\n2\t9\t1\n"],
         read_run_both_ways,
     ),
     "passage-store": (COLLECTIONS, open_passages),
+    "request": (REQUESTS, parse_request),
 }
 FILE_TARGETS: dict[str, type[Target]] = {
     cls.name: cls for cls in (ShardFileTarget, ShardManifestTarget, IndexManifestTarget, ModelManifestTarget)
