@@ -464,10 +464,10 @@ def main() -> None:
         body["kinds"][kind] = figures
         print(f"  {kind}: {json.dumps(figures)}", flush=True)
     body["planner_check"] = planner_check(run, body["kinds"])
-    body["goals"] = goal_check(body)
-    print(describe_goals(body["goals"]), flush=True)
     body["pyserini_published_bytes"] = PYSERINI_BYTES
     body["environment"] = environment(["fastmarco", "faiss-cpu", "onnxruntime", "numpy"])
+    body["goals"] = goal_check(body)
+    print(describe_goals(body["goals"]), flush=True)
     name = f"scale_{args.label or f'{args.rows}x{args.dim}'}"
     path = save(name, body)
     plot(body, RESULTS / f"{name}.png")
