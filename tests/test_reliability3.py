@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -277,34 +278,16 @@ def test_shards_missing_their_manifest_are_named_so(tmp_path: Path) -> None:
 
 def test_bm25_over_stopwords_only_and_queries_that_match_nothing(tmp_path: Path) -> None:
     pytest.importorskip("bm25s", reason="needs the bm25 extra")
-    (tmp_path / "stop.tsv").write_text("1\tthe and of\n2\tis it a\n")
     (tmp_path / "q.tsv").write_text("1\tgoldfish growth\n2\tthe of and\n3\tzebra\n")
-    stop = CliRunner().invoke(
-        main,
-        [
-            "bm25",
-            "--collection",
-            str(tmp_path / "stop.tsv"),
-            "--queries",
-            str(tmp_path / "q.tsv"),
-            "--out",
-            str(tmp_path / "r"),
-        ],
-    )
+
+    def bm25(collection: str) -> Any:
+        (tmp_path / "c.tsv").write_text(collection)
+        command = ["bm25", "--collection", str(tmp_path / "c.tsv"), "--queries", str(tmp_path / "q.tsv")]
+        return CliRunner().invoke(main, [*command, "--out", str(tmp_path / "r")])
+
+    stop = bm25("1\tthe and of\n2\tis it a\n")
     assert stop.exit_code == 1 and "none of its 2 passages has a word left" in stop.output, stop.output
-    (tmp_path / "c.tsv").write_text("1\tgoldfish grow as large as their tank\n2\tcats sleep all day\n")
-    ran = CliRunner().invoke(
-        main,
-        [
-            "bm25",
-            "--collection",
-            str(tmp_path / "c.tsv"),
-            "--queries",
-            str(tmp_path / "q.tsv"),
-            "--out",
-            str(tmp_path / "r"),
-        ],
-    )
+    ran = bm25("1\tgoldfish grow as large as their tank\n2\tcats sleep all day\n")
     assert ran.exit_code == 0, ran.output
     assert "note: 2 queries retrieved nothing" in ran.stderr and ran.stderr.rstrip().endswith(": 2, 3")
     assert {line.split()[0] for line in (tmp_path / "r").read_text().splitlines()} == {"1"}
