@@ -54,10 +54,11 @@ ENCODE_BATCH_ROWS = 65_536
 # vector): the row count, not the bytes, sets the time
 BFLAT_SECONDS_PER_ROW = 3.4e-9
 ASYMMETRIC_DEPTH = 4  # Hamming candidates per kept candidate when the asymmetric step is on
-# faiss's IndexBinaryHNSW on this 2-core VM, 384-bit codes: adding 1,000,000 rows with M 16 took 50.8 s
-# (n log n beyond); a search at 8,841,823 rows took ~7.3 ms for an efSearch of 1,600, bound by the
-# graph's memory accesses, not by the popcounts (so not by the code width).
-BHNSW_BUILD_SECONDS_PER_MILLION = 50.8
+# faiss's IndexBinaryHNSW on this 2-core VM: 8,841,823 rows with M 16 took 1,103 s with 384-bit codes
+# and 1,073 s with 768-bit ones (n log n from there; 1,000,000 rows alone took 50.8 s, half the rate:
+# the graph outgrows the caches); a search at 8.8M rows took ~7.3 ms for an efSearch of 1,600. Both
+# are bound by the graph's memory accesses, not by the popcounts, so not by the code width.
+BHNSW_BUILD_SECONDS_PER_MILLION = 104.0
 BHNSW_MS_PER_EF_AT_8M = 7.3 / 1600
 _ASYMMETRIC_CHUNK_FLOATS = 1 << 24  # unpacked candidate bits scored at once (64 MiB of float32)
 
