@@ -59,6 +59,9 @@ ASYMMETRIC_DEPTH = 4  # Hamming candidates per kept candidate when the asymmetri
 # the graph outgrows the caches); a search at 8.8M rows took ~7.3 ms for an efSearch of 1,600. Both
 # are bound by the graph's memory accesses, not by the popcounts, so not by the code width.
 BHNSW_BUILD_SECONDS_PER_MILLION = 104.0
+# faiss's binary IVF assigns each row to its list at ~6 ns of one core per (row, centroid) pair,
+# whatever the code width up to 96 bytes (as the exhaustive kernel: the pairs, not the bytes)
+BIVF_ASSIGN_CORE_SECONDS_PER_PAIR = 6e-9
 BHNSW_MS_PER_EF_AT_8M = 7.3 / 1600
 _ASYMMETRIC_CHUNK_FLOATS = 1 << 24  # unpacked candidate bits scored at once (64 MiB of float32)
 
@@ -194,9 +197,10 @@ class BinaryFamily:
         ram = batch + largest_shard + rows * shape.code_bytes
         read = rows * dim * itemsize / 1e9  # one pass over the shards at ~1 GB/s
         seconds = read + rows * dim / 3e8  # packbits, ~300 M values/s
-        if shape.nlist:  # binary k-means and assignment: 313 s in all for BIVF8192 at 8.8M x 384
+        if shape.nlist:  # binary k-means and assignment: BIVF8192 at 8.8M rows, 313 s (384), 386 s (768)
             seconds += 2.0 * dim * train_rows * shape.nlist / (GEMM_FLOPS_PER_CORE / 2 * cores)
-            seconds += rows * shape.nlist * code / (8 * 1e9 * cores)
+            # assignment costs per (row, centroid) pair, not per byte: 48- and 96-byte codes alike
+            seconds += rows * shape.nlist * BIVF_ASSIGN_CORE_SECONDS_PER_PAIR / cores
         if shape.hnsw:
             links = (shape.code_bytes - 2 * code) / 8  # M
             growth = math.log(max(rows, 2)) / math.log(1e6)
