@@ -153,7 +153,7 @@ def test_engine_is_thread_safe_and_matches_serial(
     for a, b in zip(serial, parallel, strict=True):
         np.testing.assert_array_equal(a.ids, b.ids)
         np.testing.assert_array_equal(a.scores, b.scores)
-    assert engine.search(["x"], 50).ids[0, 40:].tolist() == [-1] * 10  # only 40 passages exist
+    assert engine.search(["x"], 50).ids.shape == (1, 40)  # k is capped at the 40 passages there are
 
 
 def test_engine_refuses_another_model(exported: dict[tuple[str, str], Path], tmp_path: Path) -> None:
