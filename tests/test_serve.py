@@ -377,6 +377,9 @@ def test_a_client_that_never_reads_its_answer_is_counted_then_dropped(built: dic
     # each such client once held ~60 MB outside --max-queue, for as long as it liked
     limits = Limits(max_inputs=64, max_k=1000, payload_bytes=100_000, max_results=100_000)
     with serving(built, limits=limits, max_unsent_bytes=1 << 20, send_timeout_s=1.5) as live:
+        # small kernel buffers on both sides (accepted sockets inherit the listener's), so the answer
+        # stays in the server whatever this machine's TCP autotuning allows
+        live.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
         reader = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, never read
         reader.connect(("127.0.0.1", live.port))
