@@ -81,6 +81,14 @@ def _parse(factory: str) -> tuple[str, int] | None:
     return ("flat", 0) if factory == "BFlat" else None
 
 
+def _variant(factory: str) -> tuple[str, int]:
+    """`_parse` of a factory this family has claimed (so never None)."""
+    parsed = _parse(factory)
+    if parsed is None:
+        raise InputError(f"{factory!r} is not a binary factory (BFlat, BIVF<nlist>, BHNSW<M>)")
+    return parsed
+
+
 def asymmetric_top(
     queries: npt.NDArray[np.float32], rows: npt.NDArray[np.int64], codes: npt.NDArray[np.uint8], depth: int
 ) -> npt.NDArray[np.int64]:
@@ -172,7 +180,7 @@ class BinaryFamily:
         return _parse(factory) is not None
 
     def describe(self, factory: str, dim: int) -> FactoryShape:
-        variant, size = _parse(factory) or ("flat", 0)
+        variant, size = _variant(factory)
         code = math.ceil(dim / 8)
         stored = {"flat": code, "ivf": 2 * code + 8, "hnsw": 2 * code + 4 * 2 * size}[variant]
         return FactoryShape(
@@ -250,7 +258,7 @@ class BinaryFamily:
             "index_bytes": codes_path.stat().st_size,
             "kernel": _native.hamming_kernels()[0],  # what `auto` runs on the building machine
         }
-        variant, _ = _parse(shape.factory) or ("flat", 0)
+        variant, _ = _variant(shape.factory)
         if variant != "flat":
             built["index_bytes"] += self._build_faiss(codes, shape, train_rows, dim, say, out)
         del codes
@@ -280,7 +288,7 @@ class BinaryFamily:
         self, directory: Path, manifest: IndexManifest, shard_set: ShardSet, nprobe: int | None
     ) -> BinaryBackend:
         codes = _open_codes(directory / CODES_FILE, len(shard_set), shard_set.dim)
-        variant, _ = _parse(manifest.factory) or ("flat", 0)
+        variant, _ = _variant(manifest.factory)
         if nprobe is not None and nprobe <= 0:
             raise InputError(f"nprobe must be positive, got {nprobe}")
         if variant == "flat":
