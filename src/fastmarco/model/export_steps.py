@@ -70,13 +70,31 @@ def trace_to_onnx(model: Any, out: Path, *, task: str, library: str, opset: int 
     """optimum's exporter on a loaded model; returns OUT/model.onnx."""
     from optimum.exporters.onnx import onnx_export_from_model
 
-    # torch/optimum warn about their own internals (TorchScript exporter, tracer); not actionable
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        onnx_export_from_model(model, out, task=task, library_name=library, opset=opset, do_validation=False)
+    # torch/optimum warn about their own internals (TorchScript exporter, tracer); not actionable: they
+    # go to fastmarco's debug log, as does optimum's logged advice to install accelerate for a tied-weight
+    # check that a sentence embedding or cross-encoder graph (no tied LM head) does not need
+    exporter_log = logging.getLogger("optimum.exporters.onnx.base")
+    quiet = _ToDebug()
+    exporter_log.addFilter(quiet)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            onnx_export_from_model(
+                model, out, task=task, library_name=library, opset=opset, do_validation=False
+            )
+    finally:
+        exporter_log.removeFilter(quiet)
     for warning in caught:
         log.debug("exporter warning: %s: %s", warning.category.__name__, warning.message)
     return out / "model.onnx"
+
+
+class _ToDebug(logging.Filter):
+    """Passes an exporter's log record to fastmarco's debug log instead of the user's terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        log.debug("exporter: %s", record.getMessage())
+        return False
 
 
 def build_record(
