@@ -13,9 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from fastmarco.corpus.text import unicode_problem
 from fastmarco.errors import InputError
-from fastmarco.model.runtime import OnnxModel
+from fastmarco.model.runtime import OnnxModel, checked_texts
 from fastmarco.progress import Progress, Update
 
 CHUNK_PAIRS = 8_192  # pairs tokenized at once: bounds the token lists held in memory
@@ -44,13 +43,8 @@ class CrossEncoderScorer(OnnxModel):
             raise InputError("queries and passages must be sequences of str, not one str")
         if len(queries) != len(passages):
             raise InputError(f"got {len(queries)} queries but {len(passages)} passages; pairs must match")
-        for name, texts in (("queries", queries), ("passages", passages)):
-            for i, text in enumerate(texts):
-                if not isinstance(text, str):
-                    raise InputError(f"{name}[{i}] is {type(text).__name__}, expected str")
-                problem = unicode_problem(text)
-                if problem:
-                    raise InputError(f"{name}[{i}] is {problem}")
+        checked_texts(queries, "queries")
+        checked_texts(passages, "passages")
         scores = np.empty(len(queries), dtype=np.float32)
         scored = 0
         for start in range(0, len(queries), CHUNK_PAIRS):

@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fastmarco.corpus.text import unicode_problem
 from fastmarco.errors import InputError
-from fastmarco.model.runtime import OnnxModel
+from fastmarco.model.runtime import OnnxModel, checked_texts
 from fastmarco.progress import Progress, Update
 
 CHUNK_TEXTS = 8_192
@@ -95,19 +94,9 @@ class Encoder(OnnxModel):
     def dim(self) -> int:
         return self.model.dim
 
-    @staticmethod
-    def _check_texts(texts: Sequence[Any], offset: int) -> list[str]:
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise InputError(f"texts[{offset + i}] is {type(text).__name__}, expected str")
-            problem = unicode_problem(text)
-            if problem:
-                raise InputError(f"texts[{offset + i}] is {problem}")
-        return list(texts)
-
     def tokenize(self, texts: Sequence[str], *, offset: int = 0) -> Tokenized:
         """Tokenize texts as `encode` does (`offset` only shifts the index an error names)."""
-        checked = self._check_texts(texts, offset)
+        checked = checked_texts(texts, offset=offset)
         n = len(checked)
         cut = np.fromiter((len(text) > self.max_chars for text in checked), dtype=np.bool_, count=n)
         encodings = self.tokenizer.encode_batch([self.bounded(text) for text in checked])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -14,6 +15,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from fastmarco.corpus.text import unicode_problem
 from fastmarco.errors import EncoderError, InputError, ModelError
 from fastmarco.model.manifest import ModelManifest
 
@@ -33,6 +35,18 @@ DEFAULT_MAX_BATCH = 1024
 # BPE token spans far fewer on real text (MS MARCO: ~4.5), so the tokens kept do not change, while a
 # 10 MB line no longer costs 1.75 GB and 19 s to tokenize in full and then truncate.
 CHARS_PER_TOKEN_BOUND = 32
+
+
+def checked_texts(texts: Sequence[Any], name: str = "texts", offset: int = 0) -> list[str]:
+    """`texts` as a list, each a str the tokenizer takes (valid Unicode); else an InputError naming
+    `name[offset + i]`."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"{name}[{offset + i}] is {type(text).__name__}, expected str")
+        problem = unicode_problem(text)
+        if problem:
+            raise InputError(f"{name}[{offset + i}] is {problem}")
+    return list(texts)
 
 
 @dataclass(frozen=True)
