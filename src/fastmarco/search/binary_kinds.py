@@ -59,10 +59,10 @@ ASYMMETRIC_DEPTH = 4  # Hamming candidates per kept candidate when the asymmetri
 # the graph outgrows the caches); a search at 8.8M rows took ~7.3 ms for an efSearch of 1,600. Both
 # are bound by the graph's memory accesses, not by the popcounts, so not by the code width.
 BHNSW_BUILD_SECONDS_PER_MILLION = 104.0
+BHNSW_MS_PER_EF_AT_8M = 7.3 / 1600
 # faiss's binary IVF assigns each row to its list at ~6 ns of one core per (row, centroid) pair,
 # whatever the code width up to 96 bytes (as the exhaustive kernel: the pairs, not the bytes)
 BIVF_ASSIGN_CORE_SECONDS_PER_PAIR = 6e-9
-BHNSW_MS_PER_EF_AT_8M = 7.3 / 1600
 _ASYMMETRIC_CHUNK_FLOATS = 1 << 24  # unpacked candidate bits scored at once (64 MiB of float32)
 
 
