@@ -66,10 +66,8 @@ def _widen(result: SearchResult, k: int) -> SearchResult:
 
 
 def merge_group_results(results: Sequence[SearchResult], first_rows: Sequence[int]) -> SearchResult:
-    """Merge per-group (nq, k) results (rows within each group) into one, rows global; a group that
-    returned fewer columns (fewer rows than k) is widened with missing slots first."""
-    width = max(r.rows.shape[1] for r in results)
-    results = [_widen(r, width) for r in results]
+    """Merge per-group (nq, k) results (rows within each group) into one, rows global (a group of
+    fewer rows than k is `_widen`ed to k first)."""
     scores = np.stack([r.scores for r in results])
     local_rows = np.stack([r.rows for r in results])
     offsets = np.asarray(first_rows, dtype=np.int64)
