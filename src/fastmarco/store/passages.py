@@ -162,11 +162,8 @@ class PassageStore:
         while not chunk.endswith(b"\n") and start + len(chunk) < self._size:
             chunk += os.pread(self._fd, 4096 if not chunk else 4 * len(chunk), start + len(chunk))
         found_pid, _, text = chunk.split(b"\n", 1)[0].partition(b"\t")
-        try:
-            same = lookup_keys([found_pid.decode("utf-8")], self.integer_ids)[0] == self._pids[at]
-        except UnicodeDecodeError:
-            same = False
-        if not same:
+        # `pid` was found, so it is the key's own spelling (an integer store holds canonical ids only)
+        if found_pid != pid.encode("utf-8"):
             raise _Stale
         return text.decode("utf-8")
 
