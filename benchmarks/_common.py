@@ -74,6 +74,16 @@ def environment(packages: list[str]) -> dict[str, Any]:
     }
 
 
+def proc_status_bytes(field: str, pid: int | str = "self") -> int | None:
+    """A memory field of /proc/PID/status (VmHWM: peak resident, reset by exec unlike ru_maxrss;
+    RssAnon: anonymous resident, not the page cache of maps) in bytes; None once the process is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) * 1024 for line in lines if line.startswith(f"{field}:")), None)
+
+
 def nvidia_smi(field: str) -> str | None:
     """One `nvidia-smi --query-gpu` field of the first GPU (e.g. name, utilization.gpu); None without one."""
     try:

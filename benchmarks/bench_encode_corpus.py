@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import environment, nvidia_smi, save
+from _common import environment, nvidia_smi, proc_status_bytes, save
 
 
 def count_lines(path: Path) -> int:
@@ -46,15 +46,10 @@ def watch(child: subprocess.Popen[str], shards: Path, deadline: float | None) ->
     when each shard became durable (the manifest's row count), which is what a child stopped at
     `deadline` (SIGINT) has finished."""
     peak, rows_at = 0, [(0.0, 0)]
-    status = Path(f"/proc/{child.pid}/status")
     started = time.perf_counter()
     stopped = False
     while child.poll() is None:
-        try:
-            line = next(x for x in status.read_text().splitlines() if x.startswith("VmHWM:"))
-            peak = max(peak, int(line.split()[1]) * 1024)
-        except (OSError, StopIteration):
-            pass
+        peak = max(peak, proc_status_bytes("VmHWM", child.pid) or 0)
         try:
             rows = json.loads((shards / "manifest.json").read_text())["rows"]
         except (OSError, ValueError, KeyError):

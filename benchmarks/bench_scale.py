@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import RESULTS, environment, save, save_figure
+from _common import RESULTS, environment, proc_status_bytes, save, save_figure
 from bench_query import Generator, latency_summary, query_texts, recall, write_synthetic_shards
 from scale_goals import describe as describe_goals
 from scale_goals import goal_check
@@ -61,18 +61,12 @@ MINI_DL19_QUERIES = Path(__file__).resolve().parents[2] / "shared/data/msmarco-m
 
 def rss_anon_bytes() -> int:
     """Anonymous resident memory of this process (heap, faiss's index): not the page cache of maps."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return proc_status_bytes("RssAnon") or 0
 
 
 def peak_rss_bytes() -> int:
     """This process's peak resident memory (VmHWM: reset by exec, unlike getrusage's ru_maxrss)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return proc_status_bytes("VmHWM") or 0
 
 
 def drop_page_cache() -> bool:
