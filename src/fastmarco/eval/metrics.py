@@ -56,13 +56,7 @@ def rank_columns(run: RunColumns, source: str = "run") -> dict[str, list[str | N
     )
     qids = list(index)
     if run.scores is not None:
-        order = np.lexsort((-run.scores, codes))
-        # trec_eval breaks score ties by docno descending: re-sort only the tied runs of entries
-        key_q, key_s = codes[order], run.scores[order]
-        tied = np.flatnonzero((key_q[1:] == key_q[:-1]) & (key_s[1:] == key_s[:-1]))
-        for start, stop in _runs_of(tied):
-            span = order[start : stop + 1]
-            order[start : stop + 1] = span[np.argsort(run.pids[span].astype(str), kind="stable")[::-1]]
+        order = trec_order(codes, run.scores, run.pids)
     else:
         if (run.ranks < 1).any():
             bad = int(np.argmax(run.ranks < 1))
@@ -95,15 +89,29 @@ def rank_columns(run: RunColumns, source: str = "run") -> dict[str, list[str | N
     return ranked
 
 
-def _runs_of(adjacent: npt.NDArray[np.intp]) -> list[tuple[int, int]]:
-    """Given indexes i where item i ties with item i+1, the (first, last) item of each tied run."""
-    runs: list[tuple[int, int]] = []
-    for i in adjacent.tolist():
-        if runs and runs[-1][1] == i:
-            runs[-1] = (runs[-1][0], i + 1)
-        else:
-            runs.append((i, i + 1))
-    return runs
+def trec_order(
+    codes: npt.NDArray[np.int64], scores: npt.NDArray[np.float64], pids: npt.NDArray[np.object_]
+) -> npt.NDArray[np.intp]:
+    """The order trec_eval ranks entries in: by query code, score descending, then passage id
+    descending (its tie-break). Entries already in that order (run files as written) are not sorted
+    again, and only the ids of tied entries are sorted as strings."""
+    next_query, same_query = codes[1:] > codes[:-1], codes[1:] == codes[:-1]
+    if (next_query | (same_query & (scores[1:] <= scores[:-1]))).all():  # as written files usually are
+        order = np.arange(len(codes))
+    else:
+        order = np.lexsort((-scores, codes))
+    key_q, key_s = codes[order], scores[order]
+    same = (key_q[1:] == key_q[:-1]) & (key_s[1:] == key_s[:-1])
+    if not same.any():
+        return order
+    tied = np.zeros(len(order), dtype=bool)
+    tied[1:] |= same
+    tied[:-1] |= same
+    rows = order[tied]
+    _, position = np.unique(pids[rows].astype(str), return_inverse=True)
+    descending_id = np.zeros(len(scores), dtype=np.int64)
+    descending_id[rows] = -position
+    return np.lexsort((descending_id, -scores, codes))
 
 
 def _grades(qrels: Qrels, run: RankedRun, qids: list[str], depth: int) -> npt.NDArray[np.int64]:
