@@ -14,7 +14,9 @@ from fastmarco.store.shards import DEFAULT_ROWS_PER_SHARD
 @main.command()
 @click.option("--model", required=True, type=click.Path(file_okay=False), help="Exported model directory.")
 @click.option(
-    "--corpus", required=True, help="collection.tsv (pid<TAB>passage), or 'demo' for the bundled one."
+    "--corpus",
+    required=True,
+    help="collection.tsv (pid<TAB>passage) or BEIR corpus.jsonl (detected), or 'demo' for the bundled one.",
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Shard directory.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)

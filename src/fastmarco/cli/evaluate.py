@@ -29,7 +29,9 @@ def _named_run(value: str) -> tuple[str, str]:
 
 
 @main.command("eval")
-@click.option("--qrels", required=True, type=EXISTING_FILE, help="TREC or MS MARCO qrels.")
+@click.option(
+    "--qrels", required=True, type=EXISTING_FILE, help="TREC, MS MARCO or BEIR (qrels/SPLIT.tsv) qrels."
+)
 @click.option(
     "--run",
     "run_values",
@@ -182,8 +184,12 @@ def fuse(
 
 
 @main.command()
-@click.option("--collection", required=True, type=EXISTING_FILE, help="collection.tsv")
-@click.option("--queries", required=True, type=EXISTING_FILE, help="queries.tsv")
+@click.option(
+    "--collection", required=True, type=EXISTING_FILE, help="collection.tsv or BEIR corpus.jsonl (detected)."
+)
+@click.option(
+    "--queries", required=True, type=EXISTING_FILE, help="queries.tsv or BEIR queries.jsonl (detected)."
+)
 @click.option(
     "--out", required=True, type=click.Path(dir_okay=False), help="Run file to write (TREC format)."
 )
@@ -213,8 +219,12 @@ def bm25(collection: str, queries: str, out: str, depth: int) -> None:
     help="Exported bi-encoder or cross-encoder directory.",
 )
 @click.option("--run", "run_path", required=True, type=EXISTING_FILE, help="Candidates.")
-@click.option("--queries", required=True, type=EXISTING_FILE, help="queries.tsv")
-@click.option("--collection", required=True, type=EXISTING_FILE, help="collection.tsv")
+@click.option(
+    "--queries", required=True, type=EXISTING_FILE, help="queries.tsv or BEIR queries.jsonl (detected)."
+)
+@click.option(
+    "--collection", required=True, type=EXISTING_FILE, help="collection.tsv or BEIR corpus.jsonl (detected)."
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Run file to write.")
 @click.option(
     "--format", "run_format", type=click.Choice(["trec", "msmarco"]), default="trec", show_default=True

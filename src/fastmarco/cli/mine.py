@@ -16,9 +16,13 @@ def _system(value: str) -> tuple[str, str]:
 
 
 @main.command()
-@click.option("--queries", required=True, type=EXISTING_FILE, help="queries.tsv to mine for.")
+@click.option(
+    "--queries", required=True, type=EXISTING_FILE, help="queries.tsv or BEIR queries.jsonl to mine for."
+)
 @click.option("--qrels", required=True, type=EXISTING_FILE, help="Positives (TREC or MS MARCO qrels).")
-@click.option("--collection", required=True, type=EXISTING_FILE, help="collection.tsv")
+@click.option(
+    "--collection", required=True, type=EXISTING_FILE, help="collection.tsv or BEIR corpus.jsonl (detected)."
+)
 @click.option(
     "--system",
     "systems",

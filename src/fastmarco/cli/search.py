@@ -131,7 +131,7 @@ def index(
 @click.argument("index_dir", type=EXISTING_DIR)
 @click.argument("text", required=False)
 @click.option("-k", "k", type=POSITIVE, default=10, show_default=True, help="Results per query.")
-@click.option("--queries", type=EXISTING_FILE, help="Batch: a queries.tsv file.")
+@click.option("--queries", type=EXISTING_FILE, help="Batch: a queries.tsv or BEIR queries.jsonl file.")
 @click.option("--run", "run_path", type=click.Path(dir_okay=False), help="Batch: the run file to write.")
 @click.option(
     "--format", "run_format", type=click.Choice(["msmarco", "trec"]), default="trec", show_default=True

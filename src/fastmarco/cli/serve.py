@@ -12,7 +12,11 @@ from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, mai
 
 @main.command()
 @click.argument("index_dir", type=EXISTING_DIR)
-@click.option("--collection", type=EXISTING_FILE, help="collection.tsv: answer /search with passage text.")
+@click.option(
+    "--collection",
+    type=EXISTING_FILE,
+    help="collection.tsv or BEIR corpus.jsonl: answer /search with passage text.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port."

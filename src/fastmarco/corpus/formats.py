@@ -42,6 +42,15 @@ class Line:
 class CorpusFormat(Protocol):
     name: str
 
+    def sniff(self, head: bytes) -> bool:
+        """Whether a file starting with `head` (its first bytes, a byte order mark removed) is in this
+        format; the default format (MS MARCO TSV) is what no other format claims."""
+        ...
+
+    def parse(self, body: bytes, what: str) -> Record | str:
+        """The record of one line's bytes (no newline), or what is wrong with them."""
+        ...
+
     def lines(
         self, path: str | os.PathLike[str], *, what: str = "passage", start_byte: int = 0, start_line: int = 0
     ) -> Iterator[Line]:
@@ -49,8 +58,15 @@ class CorpusFormat(Protocol):
         that makes the rest of the file unreadable raises FormatError; one line's problem is yielded."""
         ...
 
+    def ids(self, path: str | os.PathLike[str]) -> Iterator[str]:
+        """The id of every line that has one, fast (for choosing how ids are stored); lines are
+        judged properly when read."""
+        ...
+
 
 CORPUS_FORMATS: dict[str, CorpusFormat] = {}
+DEFAULT_FORMAT = "msmarco-tsv"
+_SNIFF_BYTES = 4096
 
 
 def register(corpus_format: CorpusFormat) -> CorpusFormat:
@@ -69,9 +85,20 @@ def corpus_format(name: str) -> CorpusFormat:
         ) from None
 
 
+def detect(path: str | os.PathLike[str], format: str = "auto") -> CorpusFormat:
+    """The format `format` names, or for "auto" the one the file's first bytes show (the default
+    where no other format claims them)."""
+    if format != "auto":
+        return corpus_format(format)
+    with open(path, "rb") as handle:
+        head = handle.read(_SNIFF_BYTES).removeprefix(b"\xef\xbb\xbf")
+    claimed = [f for name, f in CORPUS_FORMATS.items() if name != DEFAULT_FORMAT and f.sniff(head)]
+    return claimed[0] if claimed else CORPUS_FORMATS[DEFAULT_FORMAT]
+
+
 def read_records(
-    path: str | os.PathLike[str], *, what: str = "passage", format: str = "msmarco-tsv"
+    path: str | os.PathLike[str], *, what: str = "passage", format: str = "auto"
 ) -> Iterator[Record]:
     """Every record of a file in order; the first bad line is a FormatError naming it."""
-    for line in corpus_format(format).lines(path, what=what):
+    for line in detect(path, format).lines(path, what=what):
         yield line.checked(path)

@@ -52,6 +52,20 @@ def parse(body: bytes, what: str) -> Record | str:
 class MsMarcoTsv:
     name = "msmarco-tsv"
 
+    def sniff(self, head: bytes) -> bool:
+        """Never claims a file: the default, chosen where no other format does."""
+        return False
+
+    def parse(self, body: bytes, what: str) -> Record | str:
+        return parse(body, what)
+
+    def ids(self, path: str | os.PathLike[str]) -> Iterator[str]:
+        with open(path, "rb", buffering=_READ_BUFFER) as handle:
+            for number, raw in enumerate(handle, 1):
+                head, tab, _ = (raw.removeprefix(BOM) if number == 1 else raw).partition(b"\t")
+                if tab:
+                    yield head.decode("latin-1")
+
     def lines(
         self, path: str | os.PathLike[str], *, what: str = "passage", start_byte: int = 0, start_line: int = 0
     ) -> Iterator[Line]:

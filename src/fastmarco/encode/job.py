@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastmarco import fingerprints
+from fastmarco.corpus.formats import detect
 from fastmarco.corpus.ids import integer_key
-from fastmarco.corpus.msmarco_tsv import BOM
 from fastmarco.errors import EncodeMismatchError, InputError
 from fastmarco.model.manifest import ModelManifest
 from fastmarco.progress import Update
@@ -37,13 +37,9 @@ def count_lines(path: Path) -> int:
 
 def detect_id_type(corpus: Path) -> IdType:
     """'int' when every id of the corpus may be stored as an integer (fastmarco.corpus.ids), else
-    'str': `007` beside `7` keeps every id a string. A line without a tab has no id; the reader
-    judges it."""
-    with open(corpus, "rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            head, tab, _ = (raw.removeprefix(BOM) if number == 1 else raw).partition(b"\t")
-            if tab and integer_key(head.decode("latin-1")) is None:
-                return "str"
+    'str': `007` beside `7` keeps every id a string. A line without an id is judged by the reader."""
+    if any(integer_key(ident) is None for ident in detect(corpus).ids(corpus)):
+        return "str"
     return "int"
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from fastmarco._atomic import fsync_dir, write_bytes_atomic
 from fastmarco._locks import output_lock
-from fastmarco.corpus.msmarco_tsv import BOM
+from fastmarco.corpus.formats import detect
 from fastmarco.encode.job import (
     DEFAULT_CHUNK_ROWS,
     LOCK_NAME,
@@ -95,9 +95,8 @@ def _load_plan(parts_dir: Path, plan: dict[str, Any]) -> None:
 
 
 def _find_lines(corpus: Path, pid: str) -> list[int]:
-    prefix = pid.encode() + b"\t"
-    with open(corpus, "rb") as handle:
-        return [number for number, raw in enumerate(handle, 1) if raw.removeprefix(BOM).startswith(prefix)]
+    """The lines of `corpus` whose record has id `pid` (the error path only: it parses every line)."""
+    return [line.number for line in detect(corpus).lines(corpus) if line.record and line.record.id == pid]
 
 
 def _check_no_duplicates_across_parts(corpus: Path, parts: list[ShardSet]) -> None:

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from fastmarco.corpus.formats import corpus_format
+from fastmarco.corpus.formats import detect
 from fastmarco.encode.job import LineRange, OnBadLine, count_lines
 from fastmarco.errors import FormatError
 
@@ -47,9 +47,7 @@ class CorpusReader:
 
     def lines(self, start_byte: int, start_line: int, stop_line: int | None = None) -> Iterator[CorpusLine]:
         with open(self.path, "rb") as handle:
-            for line in corpus_format("msmarco-tsv").lines(
-                self.path, start_byte=start_byte, start_line=start_line
-            ):
+            for line in detect(self.path).lines(self.path, start_byte=start_byte, start_line=start_line):
                 if line.number - 1 == stop_line:
                     return
                 reason = line.problem if line.record is None else self.problem(line.record.id)

@@ -103,17 +103,27 @@ def write_id_text(
     return count
 
 
+BEIR_QRELS_HEADER = ("query-id", "corpus-id", "score")
+
+
 def read_qrels(path: str | os.PathLike[str]) -> Iterator[Judgement]:
-    """Stream judgements from TREC (``qid Q0 pid grade``) or MS MARCO (``qid 0 pid 1``) qrels."""
+    """Stream judgements from TREC (``qid Q0 pid grade``), MS MARCO (``qid 0 pid 1``) or BEIR qrels
+    (``query-id<TAB>corpus-id<TAB>score`` with that header line), told apart by the first lines."""
+    width = 0
     for number, line in _lines(path):
         fields = line.split()
-        if len(fields) != 4:
-            raise FormatError(path, number, f"expected 4 fields 'qid iter pid grade', found {len(fields)}")
+        if number == 1 and tuple(f.lower() for f in fields) == BEIR_QRELS_HEADER:
+            width = 3
+            continue
+        width = width or (3 if len(fields) == 3 else 4)
+        if len(fields) != width:
+            shape = "'query-id corpus-id score'" if width == 3 else "'qid iter pid grade'"
+            raise FormatError(path, number, f"expected {width} fields {shape}, found {len(fields)}")
         try:
-            grade = int(fields[3])
+            grade = int(fields[-1])
         except ValueError:
-            raise FormatError(path, number, f"grade {fields[3]!r} is not an integer") from None
-        yield Judgement(fields[0], fields[2], grade)
+            raise FormatError(path, number, f"grade {fields[-1]!r} is not an integer") from None
+        yield Judgement(fields[0], fields[-2], grade)
 
 
 def load_qrels(path: str | os.PathLike[str]) -> dict[str, dict[str, int]]:

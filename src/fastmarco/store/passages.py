@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco._atomic import write_bytes_atomic
-from fastmarco.corpus.formats import corpus_format
+from fastmarco.corpus.formats import DEFAULT_FORMAT, CorpusFormat, Record, detect
 from fastmarco.corpus.ids import all_integer, lookup_keys
 from fastmarco.errors import FormatError, InputError, StoreIOError
 
@@ -50,7 +50,7 @@ def _scan(path: Path) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64]]:
     (fastmarco.corpus.ids)."""
     pids: list[str] = []
     starts: list[int] = []
-    for line in corpus_format("msmarco-tsv").lines(path):
+    for line in detect(path).lines(path):
         pids.append(line.checked(path).id)
         starts.append(line.start)
     integer = all_integer(pids)
@@ -93,6 +93,7 @@ class PassageStore:
 
     def __init__(self, path: Path, pids: npt.NDArray[Any], starts: npt.NDArray[np.int64]) -> None:
         self.path = path
+        self._format: CorpusFormat = detect(path)
         self._lock = threading.Lock()
         self._fd = -1
         self._attach(pids, starts)
@@ -161,11 +162,16 @@ class PassageStore:
         chunk = b""
         while not chunk.endswith(b"\n") and start + len(chunk) < self._size:
             chunk += os.pread(self._fd, 4096 if not chunk else 4 * len(chunk), start + len(chunk))
-        found_pid, _, text = chunk.split(b"\n", 1)[0].partition(b"\t")
-        # `pid` was found, so it is the key's own spelling (an integer store holds canonical ids only)
-        if found_pid != pid.encode("utf-8"):
+        if self._format.name == DEFAULT_FORMAT:  # the common case, without decoding the line twice
+            found_pid, _, text = chunk.split(b"\n", 1)[0].partition(b"\t")
+            # `pid` was found, so it is the key's own spelling (an integer store holds canonical ids only)
+            if found_pid != pid.encode("utf-8"):
+                raise _Stale
+            return text.decode("utf-8")
+        record = self._format.parse(chunk.split(b"\n", 1)[0].rstrip(b"\r"), "passage")
+        if not isinstance(record, Record) or record.id != pid:
             raise _Stale
-        return text.decode("utf-8")
+        return record.text
 
     def texts(self, pids: Iterable[str]) -> dict[str, str]:
         """{pid: passage} for every pid; a pid the collection lacks is an error naming it."""
