@@ -142,12 +142,21 @@ def compare_runs(
     )
 
 
-def render(comparison: Comparison, format: Format, *, digits: int = 4) -> str:
-    """The comparison as a table in `format` (json carries p-values and per-query values too)."""
+def render(
+    comparison: Comparison,
+    format: Format,
+    *,
+    digits: int = 4,
+    references: Mapping[str, Mapping[str, float]] | None = None,
+) -> str:
+    """The comparison as a table in `format` (json carries p-values and per-query values too);
+    `references` (system -> metric -> published figure) add a "(published)" column per metric."""
     if format == "json":
         return json.dumps(asdict(comparison), indent=2)
+    references = references or {}
+    published = [m for m in comparison.metrics if any(m in references.get(s, {}) for s in comparison.systems)]
     letters = comparison.letters()
-    header = ["", "system", *comparison.metrics]
+    header = ["", "system", *comparison.metrics, *(f"{m} (published)" for m in published)]
     rows = []
     for name in comparison.systems:
         cells = [letters[name], name]
@@ -155,6 +164,8 @@ def render(comparison: Comparison, format: Format, *, digits: int = 4) -> str:
             marks = "".join(letters[o] for o in comparison.beats(name, metric))
             value = f"{comparison.means[name][metric]:.{digits}f}"
             cells.append(_marked(value, marks, format))
+        own = references.get(name, {})
+        cells += [f"{own[m]:.{digits}f}" if m in own else "-" for m in published]
         rows.append(cells)
     if format == "csv":
         buffer = io.StringIO()
@@ -178,7 +189,7 @@ def render(comparison: Comparison, format: Format, *, digits: int = 4) -> str:
         lines += ["| " + " | ".join(row) + " |" for row in rows]
     elif format == "latex":
         lines = [
-            "\\begin{tabular}{ll" + "r" * len(comparison.metrics) + "}",
+            "\\begin{tabular}{ll" + "r" * (len(header) - 2) + "}",
             "\\toprule",
             " & ".join(_latex_escape(h) for h in header) + " \\\\",
             "\\midrule",

@@ -124,9 +124,14 @@ def _grades(qrels: Qrels, run: RankedRun, qids: list[str], depth: int) -> npt.ND
     return grades
 
 
-def _parse(metric: str) -> tuple[str, int | None]:
+def parse_metric(metric: str) -> tuple[str, int | None]:
+    """(name, cut-off) of a metric such as "ndcg@10" or "map"; InputError for anything else."""
     name, _, cut = metric.partition("@")
-    if name not in ("mrr", "ndcg", "recall", "map") or (name != "map") != bool(cut):
+    if (
+        name not in ("mrr", "ndcg", "recall", "map")
+        or (name != "map") != bool(cut)
+        or not (cut or "1").isdigit()
+    ):
         raise InputError(f"unknown metric {metric!r}; use mrr@K, ndcg@K, recall@K or map")
     return name, int(cut) if cut else None
 
@@ -144,7 +149,7 @@ def evaluate(
     relevance_level: the lowest grade that counts as relevant for MRR, recall and MAP (TREC-DL
     uses 2 for recall and MAP passage ranking; MS MARCO qrels hold only grade 1).
     """
-    parsed = [(metric, *_parse(metric)) for metric in metrics]
+    parsed = [(metric, *parse_metric(metric)) for metric in metrics]
     judged_qids = sorted(qrels)
     trec_qids = judged_qids if include_missing else [q for q in judged_qids if q in run]
     depth = max((len(v) for v in run.values()), default=1)
