@@ -183,7 +183,7 @@ def test_experiment_reproduces_caches_and_reruns_only_what_changed(mini: Path, d
     assert "7 stages: 0 run" in second
     assert again["topics"]["dl19"]["means"] == dl19["means"]
 
-    path.write_text(config.replace("depth = 100", "depth = 50"))
+    path.write_text(config.replace('candidates = "bm25"\ndepth = 100\n', 'candidates = "bm25"\ndepth = 50\n'))
     invoke("experiment", str(path), "--output", str(out), "--quiet")
     third = json.loads((out / "results.json").read_text())
     assert sorted(s["kind"] for s in third["stages"] if not s["cached"]) == ["eval", "rerank"]
