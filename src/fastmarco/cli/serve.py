@@ -47,6 +47,32 @@ from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, mai
     show_default=True,
     help="Results a search request may ask: its queries x k.",
 )
+@click.option(
+    "--cross-encoder",
+    type=EXISTING_DIR,
+    help="Exported cross-encoder: adds /v1/rerank (and /rerank) and /search's 'rerank'.",
+)
+@click.option(
+    "--max-documents",
+    type=POSITIVE,
+    default=1_000,
+    show_default=True,
+    help="Re-ranking: documents per request.",
+)
+@click.option(
+    "--max-document-chars",
+    type=POSITIVE,
+    default=32_768,
+    show_default=True,
+    help="Re-ranking: characters per document.",
+)
+@click.option(
+    "--max-rerank-tokens",
+    type=POSITIVE,
+    default=262_144,
+    show_default=True,
+    help="Re-ranking: tokens of one request's query-document pairs.",
+)
 @click.option("--payload-limit", type=POSITIVE, default=2_000_000, show_default=True, help="Bytes per body.")
 @click.option(
     "--max-connections",
@@ -95,6 +121,10 @@ def serve(
     max_inputs: int,
     max_k: int,
     max_results: int,
+    cross_encoder: str | None,
+    max_documents: int,
+    max_document_chars: int,
+    max_rerank_tokens: int,
     payload_limit: int,
     max_connections: int,
     header_timeout: float,
@@ -107,7 +137,8 @@ def serve(
     access_log: bool,
     ray_address: str | None,
 ) -> None:
-    """Serve INDEX_DIR over HTTP: /v1/embeddings (OpenAI), /search, a search page at /."""
+    """Serve INDEX_DIR over HTTP: /v1/embeddings (OpenAI), /search, a search page at /, and with
+    --cross-encoder /v1/rerank (Cohere, Jina)."""
     try:
         from fastmarco.serve.app import ServeConfig, allowed_hosts_for, create_app
     except ImportError as exc:
@@ -127,6 +158,7 @@ def serve(
         threads=threads,
         verify=not no_verify,
         ray=ray_target(ray_address),
+        cross_encoder=cross_encoder,
     )
     passages = PassageStore.open(collection) if collection else None
     loaded = engine.describe()
@@ -136,7 +168,15 @@ def serve(
         max_batch_tokens=max_batch_tokens,
         max_wait_ms=max_wait_ms,
         max_queue=max_queue,
-        limits=Limits(max_inputs, max_k, payload_limit, max_results),
+        limits=Limits(
+            max_inputs,
+            max_k,
+            payload_limit,
+            max_results,
+            max_documents,
+            max_document_chars,
+            max_rerank_tokens,
+        ),
         api_key=api_key,
         allowed_hosts=allowed_hosts_for(host),
     )

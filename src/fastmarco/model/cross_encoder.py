@@ -9,6 +9,8 @@ and cut into batches under a token budget across queries; the scores come back i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +20,29 @@ from fastmarco.model.runtime import OnnxModel, checked_texts
 from fastmarco.progress import Progress, Update
 
 CHUNK_PAIRS = 8_192  # pairs tokenized at once: bounds the token lists held in memory
+
+
+@dataclass(frozen=True)
+class PairTokens:
+    """Pairs after tokenization (each truncated to max_seq_length, no padding): what a caller queues
+    before scoring, so the server can tokenize on one thread while another batch is scored."""
+
+    encodings: list[Any]
+    lengths: npt.NDArray[np.int64]
+
+    @property
+    def tokens(self) -> int:
+        return int(self.lengths.sum())
+
+    def __len__(self) -> int:
+        return len(self.encodings)
+
+    @staticmethod
+    def concat(parts: Sequence[PairTokens]) -> PairTokens:
+        return PairTokens(
+            [e for part in parts for e in part.encodings],
+            np.concatenate([part.lengths for part in parts]) if parts else np.zeros(0, np.int64),
+        )
 
 
 class CrossEncoderScorer(OnnxModel):
@@ -31,6 +56,33 @@ class CrossEncoderScorer(OnnxModel):
         "sentence-transformers CrossEncoder"
     )
 
+    def tokenize_pairs(self, queries: Sequence[str], passages: Sequence[str]) -> PairTokens:
+        """Tokenize pair i = (queries[i], passages[i]) as a pair, truncated longest-first."""
+        if isinstance(queries, str) or isinstance(passages, str):
+            raise InputError("queries and passages must be sequences of str, not one str")
+        if len(queries) != len(passages):
+            raise InputError(f"got {len(queries)} queries but {len(passages)} passages; pairs must match")
+        checked_texts(queries, "queries")
+        checked_texts(passages, "passages")
+        encodings = self.tokenizer.encode_batch(
+            [(self.bounded(q), self.bounded(p)) for q, p in zip(queries, passages, strict=True)]
+        )
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        return PairTokens(encodings, lengths)
+
+    def score_tokens(
+        self, pairs: PairTokens, progress: Progress | None = None, done: int = 0, total: int = 0
+    ) -> npt.NDArray[np.float32]:
+        """Scores of tokenized pairs, in their order: batches of similar length under the token budget."""
+        scores = np.empty(len(pairs), dtype=np.float32)
+        for rows in self.budget.plan(pairs.lengths):
+            feeds = self.pad([pairs.encodings[r] for r in rows], int(pairs.lengths[rows[0]]))
+            scores[rows] = self.run(feeds)
+            done += len(rows)
+            if progress is not None:
+                progress(Update("score", done, total or len(pairs), "pairs"))
+        return scores
+
     def score(
         self,
         queries: Sequence[str],
@@ -43,23 +95,9 @@ class CrossEncoderScorer(OnnxModel):
             raise InputError("queries and passages must be sequences of str, not one str")
         if len(queries) != len(passages):
             raise InputError(f"got {len(queries)} queries but {len(passages)} passages; pairs must match")
-        checked_texts(queries, "queries")
-        checked_texts(passages, "passages")
         scores = np.empty(len(queries), dtype=np.float32)
-        scored = 0
         for start in range(0, len(queries), CHUNK_PAIRS):
             stop = min(start + CHUNK_PAIRS, len(queries))
-            encodings = self.tokenizer.encode_batch(
-                [
-                    (self.bounded(query), self.bounded(passage))
-                    for query, passage in zip(queries[start:stop], passages[start:stop], strict=True)
-                ]
-            )
-            lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-            for rows in self.budget.plan(lengths):
-                feeds = self.pad([encodings[r] for r in rows], int(lengths[rows[0]]))
-                scores[rows + start] = self.run(feeds)
-                scored += len(rows)
-                if progress is not None:
-                    progress(Update("score", scored, len(queries), "pairs"))
+            pairs = self.tokenize_pairs(queries[start:stop], passages[start:stop])
+            scores[start:stop] = self.score_tokens(pairs, progress, start, len(queries))
         return scores

@@ -4,10 +4,11 @@ what the server will answer), built here so no caller loops over raw result arra
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from fastmarco.engine import Engine, SearchResult
 from fastmarco.store.formats import RunEntry
@@ -20,13 +21,25 @@ class Hit:
     pid: str
     score: float
     text: str | None = None  # with a passage store
+    rerank_score: float | None = None  # the cross-encoder's, for a hit re-ranked
 
     def as_json(self, with_text: bool) -> dict[str, Any]:
         """The hit as `query --json` prints it and `/search` answers it; `text` (null where the
-        collection lacks the pid) when a passage store was given."""
-        return {"rank": self.rank, "pid": self.pid, "score": self.score} | (
-            {"text": self.text} if with_text else {}
+        collection lacks the pid) when a passage store was given; `rerank_score` when re-ranked."""
+        return (
+            {"rank": self.rank, "pid": self.pid, "score": self.score}
+            | ({"text": self.text} if with_text else {})
+            | ({"rerank_score": self.rerank_score} if self.rerank_score is not None else {})
         )
+
+
+def reranked_hits(hits: list[Hit], scores: npt.NDArray[np.float32]) -> list[Hit]:
+    """`hits` with the first len(scores) reordered by the cross-encoder's `scores` (best first, ties
+    in retrieval order) and the rest after them as they were; ranks renumbered."""
+    top = len(scores)
+    order = np.argsort(-scores, kind="stable")
+    ordered = [replace(hits[i], rerank_score=float(scores[i])) for i in order] + hits[top:]
+    return [replace(hit, rank=rank) for rank, hit in enumerate(ordered, 1)]
 
 
 def hits_of(result: SearchResult, query: int, passages: PassageStore | None = None) -> list[Hit]:

@@ -1,4 +1,5 @@
-"""The ASGI app: OpenAI-compatible embeddings, search, a search page, health, info and metrics.
+"""The ASGI app: OpenAI-compatible embeddings, search (optionally re-ranked), Cohere/Jina-compatible
+re-ranking with a cross-encoder, a search page, health, info and metrics.
 
 One error boundary (`_answer_errors`) turns every FastmarcoError into a JSON error body shaped like
 OpenAI's (`{"error": {"message", "type", "param", "code"}}`) with its HTTP status; anything else is
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -29,7 +31,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fastmarco._version import __version__
-from fastmarco.engine import Engine
+from fastmarco.engine import Engine, PairTokens
 from fastmarco.errors import (
     FastmarcoError,
     FieldError,
@@ -42,10 +44,10 @@ from fastmarco.errors import (
     UnsupportedMediaError,
     WorkerError,
 )
-from fastmarco.pipelines.retrieve import hits_of
+from fastmarco.pipelines.retrieve import Hit, hits_of, reranked_hits
 from fastmarco.serve.batcher import Batcher, Job, JobResult
 from fastmarco.serve.metrics import Metrics
-from fastmarco.serve.schema import Limits, embeddings_request, parse_json, search_request
+from fastmarco.serve.schema import Limits, embeddings_request, parse_json, rerank_request, search_request
 from fastmarco.store.passages import PassageStore
 
 log = logging.getLogger("fastmarco.serve")
@@ -341,6 +343,30 @@ class Service:
         job = self.batcher.submit(tokenized, k)
         return await self._wait(request, job)
 
+    async def score(
+        self, request: Request, queries: list[str], documents: list[list[str]], field: str
+    ) -> JobResult | None:
+        """Tokenize each query's pairs with its documents, queue them as one job, and wait for the
+        scores (concatenated in order); None when the client went away meanwhile."""
+        assert self.batcher is not None, "the lifespan starts the batcher before any request"
+        self.unsent.check()
+        engine = self.engine
+
+        def tokenize() -> PairTokens:
+            return PairTokens.concat(
+                [engine.tokenize_pairs(q, d) for q, d in zip(queries, documents, strict=True)]
+            )
+
+        pairs = await asyncio.get_running_loop().run_in_executor(self.io, tokenize)
+        limit = self.config.limits.max_rerank_tokens
+        if pairs.tokens > limit:
+            raise PayloadTooLargeError(
+                f"{field}: {pairs.tokens:,} tokens in the query-document pairs, more than this server's "
+                f"limit of {limit:,} (--max-rerank-tokens); send fewer or shorter documents",
+                field,
+            )
+        return await self._wait(request, self.batcher.submit_pairs(pairs))
+
     async def _wait(self, request: Request, job: Job) -> JobResult | None:
         async def disconnected() -> None:
             while (await request.receive())["type"] != "http.disconnect":
@@ -383,6 +409,34 @@ class Service:
         with self.metrics.inflight.track_inprogress():
             return await self._search(request)
 
+    async def rerank(self, request: Request) -> Response:
+        with self.metrics.inflight.track_inprogress():
+            return await self._rerank(request)
+
+    async def _rerank(self, request: Request) -> Response:
+        started = time.perf_counter()
+        self.authorize(request)
+        asked = rerank_request(await self.body(request), self.config.limits)
+        result = await self.score(request, [asked.query], [asked.documents], "documents")
+        if result is None:
+            return Response(status_code=CLIENT_CLOSED)
+        scores = result.scores
+        assert scores is not None, "a scoring job always has scores"
+        order = np.argsort(-scores, kind="stable")[: asked.top_n]
+        results = [
+            {"index": int(i), "relevance_score": float(scores[i])}
+            | ({"document": {"text": asked.documents[i]}} if asked.return_documents else {})
+            for i in order
+        ]
+        document = {
+            "id": secrets.token_hex(8),
+            "model": self.loaded.cross_encoder.name if self.loaded.cross_encoder else None,
+            "results": results,
+            "meta": {"billed_units": {"search_units": 1}, "tokens": {"input_tokens": result.tokens}},
+            "usage": {"total_tokens": result.tokens},
+        }
+        return JSONResponse(document, headers=self.headers(started, result))
+
     async def _embeddings(self, request: Request) -> Response:
         started = time.perf_counter()
         self.authorize(request)
@@ -409,18 +463,42 @@ class Service:
         started = time.perf_counter()
         self.authorize(request)
         asked = search_request(await self.body(request), self.config.limits)
+        if asked.rerank and (self.engine.scorer is None or self.passages is None):
+            missing = (
+                "cross-encoder (serve --cross-encoder DIR)" if self.passages else "collection (--collection)"
+            )
+            raise FieldError("rerank", f"this server has no {missing} to re-rank with")
         result = await self.run(request, asked.texts, asked.k)
         if result is None:
             return Response(status_code=CLIENT_CLOSED)
         found = result.found
         assert found is not None, "a search job always has results"
+        inline = self.passages is None and len(asked.texts) * asked.k <= INLINE_ANSWER_RESULTS
+
+        def collect() -> list[list[Hit]]:
+            return [hits_of(found, i, self.passages) for i in range(len(asked.texts))]
+
+        # a few ids and scores: cheaper here than a thread hop; passage reads go to the answers thread
+        hits = (
+            collect() if inline else await asyncio.get_running_loop().run_in_executor(self.answers, collect)
+        )
+        if asked.rerank:
+            tops = [h[: asked.rerank] for h in hits]
+            scored = await self.score(
+                request, asked.texts, [[hit.text or "" for hit in top] for top in tops], "rerank"
+            )
+            if scored is None:
+                return Response(status_code=CLIENT_CLOSED)
+            assert scored.scores is not None
+            ends = np.cumsum([len(top) for top in tops])
+            hits = [
+                reranked_hits(h, scored.scores[end - len(top) : end])
+                for h, top, end in zip(hits, tops, ends, strict=True)
+            ]
 
         def answer() -> bytes:
             results = [
-                {
-                    "query": text,
-                    "hits": [h.as_json(self.passages is not None) for h in hits_of(found, i, self.passages)],
-                }
+                {"query": text, "hits": [h.as_json(self.passages is not None) for h in hits[i]]}
                 for i, text in enumerate(asked.texts)
             ]
             document = {
@@ -431,8 +509,8 @@ class Service:
             }
             return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
-        if self.passages is None and len(asked.texts) * asked.k <= INLINE_ANSWER_RESULTS:
-            body = answer()  # a few ids and scores: cheaper here than a thread hop
+        if inline:
+            body = answer()
         else:
             body = await asyncio.get_running_loop().run_in_executor(self.answers, answer)
         return Response(body, media_type="application/json", headers=self.headers(started, result))
@@ -464,7 +542,11 @@ class Service:
                     "max_batch_tokens": self.config.max_batch_tokens,
                     "max_wait_ms": self.config.max_wait_ms,
                     "max_queue": self.config.max_queue,
+                    "max_documents": limits.max_documents,
+                    "max_document_chars": limits.max_document_chars,
+                    "max_rerank_tokens": limits.max_rerank_tokens,
                 },
+                "cross_encoder": loaded.cross_encoder.name if loaded.cross_encoder else None,
             }
         )
 
@@ -508,6 +590,11 @@ def create_app(engine: Engine, passages: PassageStore | None, config: ServeConfi
         Route("/v1/embeddings", _answer_errors(service.embeddings), methods=["POST"]),
         Route("/v1/models", _answer_errors(service.models), methods=["GET"]),
     ]
+    if engine.scorer is not None:
+        routes += [
+            Route("/v1/rerank", _answer_errors(service.rerank), methods=["POST"]),
+            Route("/rerank", _answer_errors(service.rerank), methods=["POST"]),
+        ]
     app = Starlette(routes=routes, lifespan=service.lifespan, exception_handlers={HTTPException: _http_error})
     app.state.service = service
     paths = {route.path for route in routes}

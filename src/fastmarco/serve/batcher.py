@@ -1,4 +1,5 @@
-"""Dynamic batching: concurrent requests coalesced into one encode and one search per k.
+"""Dynamic batching: concurrent requests coalesced into one encode, one search per k and one
+cross-encoder scoring of every re-ranking request's pairs.
 
 Requests arrive tokenized (the server tokenizes on its own thread while the current batch runs) and
 wait in a bounded queue. Whenever the engine is free, the loop takes queued requests in arrival order
@@ -6,8 +7,10 @@ up to `max_batch_tokens` real tokens (a single larger request runs alone), waiti
 `max_wait_ms` for more where the batch is not full, then runs the batch on one worker thread: one
 encode of every text, then one exact-refined search per distinct k (searching at the largest k and
 cutting would change faiss candidates, so each k is searched as `Engine.search` would). A request
-whose client has gone is skipped. A full queue refuses at once (OverloadedError, HTTP 429): memory is
-bounded by max_queue x the per-request limits, never by the offered load.
+whose client has gone is skipped. Re-ranking requests (query, document pairs tokenized by the
+cross-encoder) share the queue and the token budget with the texts. A full queue refuses at once
+(OverloadedError, HTTP 429): memory is bounded by max_queue x the per-request limits, never by the
+offered load.
 """
 
 from __future__ import annotations
@@ -22,15 +25,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from fastmarco.engine import Engine, SearchResult, Tokenized
+from fastmarco.engine import Engine, PairTokens, SearchResult, Tokenized
 from fastmarco.errors import OverloadedError
 from fastmarco.serve.metrics import Metrics
 
 
 @dataclass(frozen=True)
 class JobResult:
-    vectors: npt.NDArray[np.float32]  # (texts, dim)
+    vectors: npt.NDArray[np.float32]  # (texts, dim); (0, dim) for a re-ranking job
     found: SearchResult | None  # (texts, k) for a search job
+    scores: npt.NDArray[np.float32] | None  # (pairs,) for a re-ranking job
     queue_seconds: float
     encode_seconds: float
     search_seconds: float
@@ -41,11 +45,16 @@ class JobResult:
 
 @dataclass(eq=False)
 class Job:
-    tokenized: Tokenized
+    tokenized: Tokenized | None  # texts to embed (and search), or
+    pairs: PairTokens | None  # pairs to score with the cross-encoder
     k: int | None  # None: embeddings only
     future: asyncio.Future[JobResult]
     enqueued: float = field(default_factory=time.perf_counter)
     dropped: bool = False  # the client disconnected while the job waited
+
+    @property
+    def tokens(self) -> int:
+        return self.tokenized.tokens if self.tokenized is not None else self.pairs.tokens if self.pairs else 0
 
 
 class Batcher:
@@ -83,6 +92,14 @@ class Batcher:
         self._worker.shutdown(wait=True)
 
     def submit(self, tokenized: Tokenized, k: int | None) -> Job:
+        """Queue texts to embed, and to search at k unless k is None."""
+        return self._queue(Job(tokenized, None, k, asyncio.get_running_loop().create_future()))
+
+    def submit_pairs(self, pairs: PairTokens) -> Job:
+        """Queue (query, document) pairs to score with the cross-encoder."""
+        return self._queue(Job(None, pairs, None, asyncio.get_running_loop().create_future()))
+
+    def _queue(self, job: Job) -> Job:
         if len(self._waiting) >= self.max_queue:
             self.metrics.rejected.inc()
             retry_after = max(1.0, len(self._waiting) * self._batch_seconds)
@@ -91,7 +108,6 @@ class Batcher:
                 "retry later",
                 retry_after=retry_after,
             )
-        job = Job(tokenized, k, asyncio.get_running_loop().create_future())
         self._waiting.append(job)
         self.metrics.queue_depth.set(len(self._waiting))
         self._arrived.set()
@@ -104,10 +120,10 @@ class Batcher:
             if job.dropped:
                 self._waiting.popleft()
                 continue
-            if batch and tokens + job.tokenized.tokens > self.max_batch_tokens:
+            if batch and tokens + job.tokens > self.max_batch_tokens:
                 break
             batch.append(self._waiting.popleft())
-            tokens += job.tokenized.tokens
+            tokens += job.tokens
         return tokens
 
     async def _next_batch(self) -> list[Job]:
@@ -146,22 +162,40 @@ class Batcher:
                     job.future.set_result(result)
 
     def _run(self, batch: list[Job], started: float) -> list[JobResult]:
-        """One encode of every text, then one search per distinct k; on the worker thread."""
-        tokenized = Tokenized.concat([job.tokenized for job in batch])
-        vectors = self.engine.embed(tokenized)
+        """One encode of every text, one search per distinct k, one scoring of every pair; on the
+        worker thread."""
+        texts = [(i, job.tokenized) for i, job in enumerate(batch) if job.tokenized is not None]
+        pairs = [(i, job.pairs) for i, job in enumerate(batch) if job.pairs is not None]
+        spans: dict[int, tuple[int, int]] = {}
+        vectors = np.zeros((0, self.engine.index.dim), dtype=np.float32)
+        rows = 0
+        if texts:
+            tokenized = Tokenized.concat([t for _, t in texts])
+            vectors = self.engine.embed(tokenized)
+            self.metrics.batch_tokens.observe(tokenized.tokens)
+            for i, part in texts:
+                spans[i] = (rows, rows + len(part))
+                rows += len(part)
         encoded = time.perf_counter()
-        self.metrics.batch_rows.observe(len(tokenized))
-        self.metrics.batch_tokens.observe(tokenized.tokens)
-        self.metrics.encode_seconds.observe(encoded - started)
-        ends = np.cumsum([len(job.tokenized) for job in batch])
-        spans = [(int(end) - len(job.tokenized), int(end)) for job, end in zip(batch, ends, strict=True)]
+        scores: dict[int, npt.NDArray[np.float32]] = {}
+        if pairs:
+            joined = PairTokens.concat([p for _, p in pairs])
+            scored_pairs = self.engine.score_pairs(joined)
+            start = 0
+            for i, pair_part in pairs:
+                scores[i] = scored_pairs[start : start + len(pair_part)]
+                start += len(pair_part)
+            rows += len(joined)
+        scored = time.perf_counter()
+        self.metrics.batch_rows.observe(rows)
+        self.metrics.encode_seconds.observe(scored - started)
         found: dict[int, SearchResult] = {}
         search_seconds: dict[int, float] = {}
-        for k in sorted({job.k for job in batch if job.k is not None}):
-            members = [i for i, job in enumerate(batch) if job.k == k]
-            rows = np.concatenate([np.arange(*spans[i]) for i in members])
+        for k in sorted({k for i, _ in texts if (k := batch[i].k) is not None}):
+            members = [i for i, _ in texts if batch[i].k == k]
+            selected = np.concatenate([np.arange(*spans[i]) for i in members])
             before = time.perf_counter()
-            result = self.engine.search_vectors(vectors[rows], k)
+            result = self.engine.search_vectors(vectors[selected], k)
             search_seconds[k] = time.perf_counter() - before
             self.metrics.search_seconds.observe(search_seconds[k])
             start = 0
@@ -177,16 +211,19 @@ class Batcher:
         for i, job in enumerate(batch):
             queued = started - job.enqueued
             self.metrics.queue_seconds.observe(queued)
+            span = spans.get(i, (0, 0))
+            truncated = int(job.tokenized.truncated.sum()) if job.tokenized is not None else 0
             results.append(
                 JobResult(
-                    vectors[spans[i][0] : spans[i][1]],
+                    vectors[span[0] : span[1]],
                     found.get(i),
+                    scores.get(i),
                     queued,
-                    encoded - started,
+                    (encoded - started) if job.tokenized is not None else (scored - encoded),
                     search_seconds.get(job.k, 0.0) if job.k is not None else 0.0,
-                    len(tokenized),
-                    job.tokenized.tokens,
-                    int(job.tokenized.truncated.sum()),
+                    rows,
+                    job.tokens,
+                    truncated,
                 )
             )
         return results

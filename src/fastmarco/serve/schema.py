@@ -18,6 +18,10 @@ class Limits:
     # results a /search request may ask (queries x k): 256 queries x k 1000 (2 KB asked) built 106 MB
     # and took 24 s of CPU; 20,000 results are ~2 MB without passage texts, ~20 MB with
     max_results: int = 20_000
+    # re-ranking: documents per request, characters per document, tokens of a request's pairs
+    max_documents: int = 1_000
+    max_document_chars: int = 32_768
+    max_rerank_tokens: int = 262_144
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,15 @@ class EmbeddingsRequest:
 class SearchRequest:
     texts: list[str]
     k: int
+    rerank: int  # re-rank each query's top `rerank` hits with the cross-encoder (0: no)
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    query: str
+    documents: list[str]
+    top_n: int  # results to return, best first
+    return_documents: bool
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -125,4 +138,77 @@ def search_request(document: dict[str, Any], limits: Limits) -> SearchRequest:
             f"{limits.max_results:,} (--max-results); ask fewer queries or a smaller k",
             "k",
         )
-    return SearchRequest(texts, k)
+    rerank = document.get("rerank", 0)
+    if type(rerank) is not int or not 0 <= rerank <= k:
+        raise FieldError("rerank", f"expected an integer between 0 and k ({k}), got {rerank!r}")
+    if rerank * len(texts) > limits.max_documents:
+        raise PayloadTooLargeError(
+            f"{len(texts)} queries x rerank {rerank} = {rerank * len(texts):,} documents to re-rank, more "
+            f"than this server's limit of {limits.max_documents:,} (--max-documents)",
+            "rerank",
+        )
+    return SearchRequest(texts, k, rerank)
+
+
+def rerank_request(document: dict[str, Any], limits: Limits) -> RerankRequest:
+    """Cohere's and Jina's /rerank body: query, documents (strings or objects with "text"), top_n,
+    return_documents, model; other fields Cohere's client sends (rank_fields, max_chunks_per_doc) are
+    accepted when empty."""
+    query = document.get("query")
+    if not isinstance(query, str):
+        raise FieldError(
+            "query", f"expected a string, got {type(query).__name__}" if "query" in document else "missing"
+        )
+    _text(query, "query")
+    if len(query) > limits.max_document_chars:
+        raise PayloadTooLargeError(
+            f"query: {len(query):,} characters, more than this server's limit of "
+            f"{limits.max_document_chars:,} (--max-document-chars)",
+            "query",
+        )
+    given = document.get("documents")
+    if not isinstance(given, list):
+        raise FieldError(
+            "documents",
+            f"expected a list, got {type(given).__name__}" if "documents" in document else "missing",
+        )
+    if not given:
+        raise FieldError("documents", "the list is empty")
+    if len(given) > limits.max_documents:
+        raise PayloadTooLargeError(
+            f"documents: {len(given):,} documents, more than this server's limit of {limits.max_documents:,} "
+            "(--max-documents); split the request",
+            "documents",
+        )
+    texts = []
+    for i, item in enumerate(given):
+        field = f"documents[{i}]"
+        if isinstance(item, dict):
+            item, field = item.get("text"), f"documents[{i}].text"
+        if not isinstance(item, str):
+            raise FieldError(
+                field, f"expected a string (or an object with a 'text' string), got {type(item).__name__}"
+            )
+        if len(item) > limits.max_document_chars:
+            raise PayloadTooLargeError(
+                f"{field}: {len(item):,} characters, more than this server's limit of "
+                f"{limits.max_document_chars:,} (--max-document-chars)",
+                field,
+            )
+        texts.append(_text(item, field))
+    top_n = document.get("top_n")
+    if top_n is None:
+        top_n = len(texts)
+    if type(top_n) is not int or top_n < 1:
+        raise FieldError("top_n", f"expected a positive integer, got {top_n!r}")
+    return_documents = document.get("return_documents", False)
+    if return_documents is None:
+        return_documents = False
+    if not isinstance(return_documents, bool):
+        raise FieldError("return_documents", f"expected true or false, got {return_documents!r}")
+    if document.get("model") is not None and not isinstance(document["model"], str):
+        raise FieldError("model", f"expected a string, got {type(document['model']).__name__}")
+    for unsupported in ("rank_fields", "max_chunks_per_doc"):
+        if document.get(unsupported):
+            raise FieldError(unsupported, "not supported by this server: send plain documents")
+    return RerankRequest(query, texts, min(top_n, len(texts)), return_documents)
