@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import shutil
+import subprocess
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -195,3 +198,29 @@ def test_concurrent_embeddings_and_reranks_are_batched_and_answered_alike(
         for i, scores in enumerate(reranked):
             np.testing.assert_allclose(scores, np.sort(expected[i % 3 :])[::-1][:3], atol=1e-5)
         assert set(embedded) == {200}
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)"
+)
+def test_search_page_rerank_toggle_in_headless_chromium(server: LiveServer, tmp_path: Path) -> None:
+    chromium = [
+        "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000",
+        f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+    ]  # fmt: skip
+    query = QUERY.replace(" ", "%20")
+    for toggle, rerank in (("&rerank=1", 10), ("", 0)):
+        dom = subprocess.run(
+            [*chromium, f"{server.url}/?q={query}{toggle}"], capture_output=True, text=True, timeout=120
+        ).stdout
+        body = {"query": QUERY, "k": 10} | ({"rerank": rerank} if rerank else {})
+        expected = [
+            h["pid"]
+            for h in httpx.post(f"{server.url}/search", json=body, timeout=60).json()["results"][0]["hits"]
+        ]
+        shown = re.findall(r'<li data-pid="([^"]+)"', dom)
+        assert shown == expected, dom[-2000:]
+        assert ('class="rerank-score"' in dom) == bool(rerank)
+        assert 'id="rerank-row"' in dom and (
+            'id="rerank-row" hidden' not in dom
+        )  # offered: it has a cross-encoder
