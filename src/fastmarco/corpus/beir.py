@@ -15,9 +15,7 @@ import os
 from collections.abc import Iterator
 
 from fastmarco.corpus.formats import Line, Record, register
-from fastmarco.corpus.msmarco_tsv import BOM, line_body
-
-_READ_BUFFER = 1 << 20
+from fastmarco.corpus.msmarco_tsv import checked_lines
 
 
 class BeirJsonl:
@@ -55,17 +53,7 @@ class BeirJsonl:
     def lines(
         self, path: str | os.PathLike[str], *, what: str = "passage", start_byte: int = 0, start_line: int = 0
     ) -> Iterator[Line]:
-        with open(path, "rb", buffering=_READ_BUFFER) as handle:
-            handle.seek(start_byte)
-            offset = start_byte
-            for number, raw in enumerate(handle, start_line + 1):
-                start = offset + (len(BOM) if number == 1 and raw.startswith(BOM) else 0)
-                offset += len(raw)
-                parsed = self.parse(line_body(path, number, raw), what)
-                if isinstance(parsed, Record):
-                    yield Line(number, start, offset, parsed, None)
-                else:
-                    yield Line(number, start, offset, None, parsed)
+        return checked_lines(path, self.parse, what, start_byte, start_line)
 
     def ids(self, path: str | os.PathLike[str]) -> Iterator[str]:
         for line in self.lines(path):

@@ -5,7 +5,7 @@ byte (the collection's mojibake is valid UTF-8 and stays as it is)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from fastmarco.corpus.formats import Line, Record, register
 from fastmarco.errors import FormatError
@@ -49,6 +49,28 @@ def parse(body: bytes, what: str) -> Record | str:
     return Record(ident, text)
 
 
+def checked_lines(
+    path: str | os.PathLike[str],
+    parse_body: Callable[[bytes, str], Record | str],
+    what: str,
+    start_byte: int = 0,
+    start_line: int = 0,
+) -> Iterator[Line]:
+    """Every line of a line-per-record file from `start_byte` (the start of line `start_line` + 1), its
+    body (see `line_body`) parsed by `parse_body`: the line-splitting every such format shares."""
+    with open(path, "rb", buffering=_READ_BUFFER) as handle:
+        handle.seek(start_byte)
+        offset = start_byte
+        for number, raw in enumerate(handle, start_line + 1):
+            start = offset + (len(BOM) if number == 1 and raw.startswith(BOM) else 0)
+            offset += len(raw)
+            parsed = parse_body(line_body(path, number, raw), what)
+            if isinstance(parsed, Record):
+                yield Line(number, start, offset, parsed, None)
+            else:
+                yield Line(number, start, offset, None, parsed)
+
+
 class MsMarcoTsv:
     name = "msmarco-tsv"
 
@@ -69,17 +91,7 @@ class MsMarcoTsv:
     def lines(
         self, path: str | os.PathLike[str], *, what: str = "passage", start_byte: int = 0, start_line: int = 0
     ) -> Iterator[Line]:
-        with open(path, "rb", buffering=_READ_BUFFER) as handle:
-            handle.seek(start_byte)
-            offset = start_byte
-            for number, raw in enumerate(handle, start_line + 1):
-                start = offset + (len(BOM) if number == 1 and raw.startswith(BOM) else 0)
-                offset += len(raw)
-                parsed = parse(line_body(path, number, raw), what)
-                if isinstance(parsed, Record):
-                    yield Line(number, start, offset, parsed, None)
-                else:
-                    yield Line(number, start, offset, None, parsed)
+        return checked_lines(path, parse, what, start_byte, start_line)
 
 
 register(MsMarcoTsv())
