@@ -65,6 +65,24 @@ def sample(mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, di
     return {"msmarco": msmarco, "beir": {**beir, "run": msmarco["run"]}}
 
 
+def served_search(index: Path, corpus: Path) -> str:
+    """`/search` with passage texts from `corpus`, as `fastmarco serve --collection` answers it."""
+    pytest.importorskip("starlette", reason="needs the serve extra")
+    from starlette.testclient import TestClient
+
+    from fastmarco.engine import Engine
+    from fastmarco.serve.app import ServeConfig, create_app
+
+    with (
+        Engine.open(index, device="cpu") as engine,
+        PassageStore.open(corpus) as passages,
+        TestClient(create_app(engine, passages, ServeConfig("tiny"))) as client,
+    ):
+        reply = client.post("/search", json={"query": "what is a corporation", "k": 5})
+        assert reply.status_code == 200, reply.text
+        return json.dumps(reply.json()["results"])
+
+
 def test_readers_detect_beir_and_keep_ids(sample: dict, tmp_path: Path) -> None:
     beir, msmarco = sample["beir"], sample["msmarco"]
     assert detect(beir["corpus"]).name == "beir" and detect(msmarco["corpus"]).name == "msmarco-tsv"
@@ -182,6 +200,7 @@ def test_every_verb_gives_the_same_output_on_beir(
             **{name: (out / f"{name}.trec").read_text() for name in ("bm25", "dense", "rerank")},
             **{f"eval {name}": text for name, text in evaluated.items()},
             "shown": shown,
+            "served": served_search(out / "flat", files["corpus"]),
         }
         ids = np.load(next((out / "shards").glob("ids-*.npy")))
         assert ids.dtype.kind == "i"  # MS MARCO's ids stay integer-stored from either layout
