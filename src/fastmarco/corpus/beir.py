@@ -50,6 +50,10 @@ class BeirJsonl:
             return f"empty {what} for _id {ident}"
         return Record(ident, joined, title or None)
 
+    def text_if(self, body: bytes, ident: str) -> str | None:
+        record = self.parse(body.rstrip(b"\r"), "passage")
+        return record.text if isinstance(record, Record) and record.id == ident else None
+
     def lines(
         self, path: str | os.PathLike[str], *, what: str = "passage", start_byte: int = 0, start_line: int = 0
     ) -> Iterator[Line]:

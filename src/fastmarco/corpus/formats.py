@@ -51,6 +51,11 @@ class CorpusFormat(Protocol):
         """The record of one line's bytes (no newline), or what is wrong with them."""
         ...
 
+    def text_if(self, body: bytes, ident: str) -> str | None:
+        """The text of the line `body` (no newline) when its id is `ident`, else None: the passage
+        store's check that the line at a remembered offset is still the one it remembers."""
+        ...
+
     def lines(
         self, path: str | os.PathLike[str], *, what: str = "passage", start_byte: int = 0, start_line: int = 0
     ) -> Iterator[Line]:

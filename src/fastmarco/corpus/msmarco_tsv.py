@@ -81,6 +81,11 @@ class MsMarcoTsv:
     def parse(self, body: bytes, what: str) -> Record | str:
         return parse(body, what)
 
+    def text_if(self, body: bytes, ident: str) -> str | None:
+        # compared as bytes, the text decoded only when it is the one (the store's hot path)
+        found, _, text = body.partition(b"\t")
+        return text.decode("utf-8") if found == ident.encode("utf-8") else None
+
     def ids(self, path: str | os.PathLike[str]) -> Iterator[str]:
         with open(path, "rb", buffering=_READ_BUFFER) as handle:
             for number, raw in enumerate(handle, 1):

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco._atomic import write_bytes_atomic
-from fastmarco.corpus.formats import DEFAULT_FORMAT, CorpusFormat, Record, detect
+from fastmarco.corpus.formats import CorpusFormat, detect
 from fastmarco.corpus.ids import all_integer, lookup_keys
 from fastmarco.errors import FormatError, InputError, StoreIOError
 
@@ -162,16 +162,11 @@ class PassageStore:
         chunk = b""
         while not chunk.endswith(b"\n") and start + len(chunk) < self._size:
             chunk += os.pread(self._fd, 4096 if not chunk else 4 * len(chunk), start + len(chunk))
-        if self._format.name == DEFAULT_FORMAT:  # the common case, without decoding the line twice
-            found_pid, _, text = chunk.split(b"\n", 1)[0].partition(b"\t")
-            # `pid` was found, so it is the key's own spelling (an integer store holds canonical ids only)
-            if found_pid != pid.encode("utf-8"):
-                raise _Stale
-            return text.decode("utf-8")
-        record = self._format.parse(chunk.split(b"\n", 1)[0].rstrip(b"\r"), "passage")
-        if not isinstance(record, Record) or record.id != pid:
+        # `pid` was found, so it is the key's own spelling (an integer store holds canonical ids only)
+        text = self._format.text_if(chunk.split(b"\n", 1)[0], pid)
+        if text is None:
             raise _Stale
-        return record.text
+        return text
 
     def texts(self, pids: Iterable[str]) -> dict[str, str]:
         """{pid: passage} for every pid; a pid the collection lacks is an error naming it."""
