@@ -36,8 +36,8 @@ def paired_t(control: FloatArray, treatment: FloatArray) -> float:
     except ImportError:
         raise InputError(f"the paired t-test needs scipy: {_EXTRA}") from None
     difference = treatment - control
-    if not difference.any() or np.ptp(difference) == 0:
-        return 1.0 if not difference.any() else 0.0
+    if np.ptp(difference) == 0:  # no variance (scipy would divide by zero): equal, or always apart
+        return 0.0 if difference.any() else 1.0
     return float(ttest_rel(control, treatment, alternative="two-sided").pvalue)
 
 
