@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from fastmarco.cli.app import DEVICE, EXISTING_FILE, POSITIVE, main
+from fastmarco.cli.app import DEVICE, EXISTING_FILE, FC, POSITIVE, main
 from fastmarco.errors import InputError
 from fastmarco.eval.compare import FORMATS, Format
 from fastmarco.eval.fusion import METHODS, NORMS, Method, Norm
@@ -28,18 +29,24 @@ def _named_run(value: str) -> tuple[str, str]:
     return name, path
 
 
+def named_runs_option(help: str) -> Callable[[FC], FC]:
+    """`--run [NAME=]PATH`, repeatable, parsed into (name, path) pairs."""
+    return click.option(
+        "--run",
+        "named",
+        required=True,
+        multiple=True,
+        metavar="[NAME=]PATH",
+        help=help,
+        callback=lambda ctx, param, values: [_named_run(value) for value in values],
+    )
+
+
 @main.command("eval")
 @click.option(
     "--qrels", required=True, type=EXISTING_FILE, help="TREC, MS MARCO or BEIR (qrels/SPLIT.tsv) qrels."
 )
-@click.option(
-    "--run",
-    "run_values",
-    required=True,
-    multiple=True,
-    metavar="[NAME=]PATH",
-    help="Run file; repeat it to compare runs (a table with significance tests).",
-)
+@named_runs_option("Run file; repeat it to compare runs (a table with significance tests).")
 @click.option("--metrics", default=",".join(METRICS), show_default=True, help="Comma-separated metrics.")
 @click.option(
     "--relevance-level",
@@ -67,7 +74,7 @@ def _named_run(value: str) -> tuple[str, str]:
 )
 def eval_command(
     qrels: str,
-    run_values: tuple[str, ...],
+    named: list[tuple[str, str]],
     metrics: str,
     relevance_level: int,
     include_missing: bool,
@@ -92,7 +99,6 @@ def eval_command(
 
     judged = load_qrels(qrels)
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()]
-    named = [_named_run(value) for value in run_values]
     names = [name for name, _ in named]
     if len(set(names)) != len(names):
         raise InputError(
@@ -139,14 +145,7 @@ def eval_command(
 
 
 @main.command()
-@click.option(
-    "--run",
-    "run_values",
-    required=True,
-    multiple=True,
-    metavar="[NAME=]PATH",
-    help="A run to fuse (at least two).",
-)
+@named_runs_option("A run to fuse (at least two).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Run file to write (TREC).")
 @click.option("--method", type=click.Choice(METHODS), default="rrf", show_default=True)
 @click.option("--rrf-k", type=click.IntRange(min=0), default=60, show_default=True)
@@ -156,7 +155,7 @@ def eval_command(
 @click.option("--weights", help="wsum: comma-separated, one per run (default 1 each: CombSUM).")
 @click.option("-k", "depth", type=POSITIVE, default=1000, show_default=True, help="Passages per query.")
 def fuse(
-    run_values: tuple[str, ...],
+    named: list[tuple[str, str]],
     out: str,
     method: Method,
     rrf_k: int,
@@ -169,7 +168,6 @@ def fuse(
     from fastmarco.eval.fusion import fuse as fuse_runs
     from fastmarco.store.formats import read_run_columns, write_run
 
-    named = [_named_run(value) for value in run_values]
     try:
         weight_values = [float(w) for w in weights.split(",")] if weights else None
     except ValueError:
