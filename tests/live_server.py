@@ -26,6 +26,12 @@ class LiveServer:
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.01)
 
+    def __enter__(self) -> LiveServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(30)

@@ -62,11 +62,8 @@ def built(exported: dict[tuple[str, str], Path], tmp_path_factory: pytest.TempPa
 @contextlib.contextmanager
 def serving(built: dict[str, Any], engine: Engine | None = None, **overrides: Any) -> Iterator[LiveServer]:
     config = replace(ServeConfig("tiny", limits=LIMITS), **overrides)
-    live = LiveServer(create_app(engine or built["engine"], built["passages"], config))
-    try:
+    with LiveServer(create_app(engine or built["engine"], built["passages"], config)) as live:
         yield live
-    finally:
-        live.stop()
 
 
 @pytest.fixture(scope="module")

@@ -76,11 +76,8 @@ def built(mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
 @contextlib.contextmanager
 def serving(built: dict[str, Any], **overrides: Any) -> Iterator[LiveServer]:
     config = replace(ServeConfig("minilm", limits=LIMITS), **overrides)
-    live = LiveServer(create_app(built["engine"], built["passages"], config))
-    try:
+    with LiveServer(create_app(built["engine"], built["passages"], config)) as live:
         yield live
-    finally:
-        live.stop()
 
 
 @pytest.fixture(scope="module")
