@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import environment, save, save_figure
+from _common import environment, proc_status_bytes, save, save_figure
 
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "msmarco-mini"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -108,10 +108,10 @@ class Server:
             return False
 
     def rss_mb(self) -> float:
-        return _status_field(self.process.pid, "VmRSS:") / 1024
+        return (proc_status_bytes("VmRSS", self.process.pid) or 0) / 2**20
 
     def peak_rss_mb(self) -> float:
-        return _status_field(self.process.pid, "VmHWM:") / 1024
+        return (proc_status_bytes("VmHWM", self.process.pid) or 0) / 2**20
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
@@ -123,13 +123,6 @@ class Server:
         if self.process.stderr is not None:
             self.process.stderr.close()
         return code
-
-
-def _status_field(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field):
-            return float(line.split()[1])
-    return 0.0
 
 
 # ------------------------------------------------------------------------------------ load driver
