@@ -65,6 +65,13 @@ def sample(mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, di
     return {"msmarco": msmarco, "beir": {**beir, "run": msmarco["run"]}}
 
 
+def stripped_rows(path: Path) -> list[dict]:
+    """A mined JSON Lines file with its texts stripped: BEIR's title join strips a passage's edges
+    (`(title + " " + text).strip()`), where MS MARCO's TSV keeps them."""
+    rows = [json.loads(line) for line in path.read_text().removesuffix("\n").split("\n")]  # not U+2028
+    return [{k: v.strip() if isinstance(v, str) else v for k, v in row.items()} for row in rows]
+
+
 def served_search(index: Path, corpus: Path) -> str:
     """`/search` with passage texts from `corpus`, as `fastmarco serve --collection` answers it."""
     pytest.importorskip("starlette", reason="needs the serve extra")
@@ -187,6 +194,13 @@ def test_every_verb_gives_the_same_output_on_beir(
             )
             for name in ("bm25", "dense", "rerank")
         }
+        run(
+            "mine", "--queries", str(files["queries"]), "--qrels", str(files["qrels"]),
+            "--collection", str(files["corpus"]), "--system", f"dense={out / 'flat'}", "--depth", "30",
+            "--num-negatives", "3", "--format", "jsonl", "--device", "cpu", "--out", str(out / "mined"),
+        )  # fmt: skip
+        mined = {p.name: stripped_rows(p) for p in sorted((out / "mined").glob("*.jsonl"))}
+        assert mined and all(mined.values())
         shown = run(
             "query",
             str(out / "flat"),
@@ -201,9 +215,55 @@ def test_every_verb_gives_the_same_output_on_beir(
             **{f"eval {name}": text for name, text in evaluated.items()},
             "shown": shown,
             "served": served_search(out / "flat", files["corpus"]),
+            **{f"mined {name}": text for name, text in mined.items()},
         }
         ids = np.load(next((out / "shards").glob("ids-*.npy")))
         assert ids.dtype.kind == "i"  # MS MARCO's ids stay integer-stored from either layout
     for key, text in outputs["msmarco"].items():
         assert outputs["beir"][key] == text, key
     assert "ndcg@10" in outputs["beir"]["eval rerank"]
+
+
+def test_a_forced_corpus_format_reaches_every_verb(
+    exported: dict[tuple[str, str], Path], tmp_path: Path
+) -> None:
+    """`--corpus-format beir-text` reads a titled BEIR corpus without its titles in each verb (detection
+    alone can never pick it), is recorded where a rerun must match it, and a format that does not fit
+    the file fails on its first line."""
+    pytest.importorskip("bm25s", reason="needs the bm25 extra")
+    pytest.importorskip("faiss", reason="needs faiss (the cpu extra)")
+    corpus, queries = tmp_path / "corpus.jsonl", tmp_path / "queries.jsonl"
+    corpus.write_text(
+        '{"_id": "d1", "title": "Zebra", "text": "stripes on a horse"}\n'
+        '{"_id": "d2", "title": "", "text": "zebra crossing rules"}\n'
+        '{"_id": "d3", "title": "Moon", "text": "craters and dust"}\n'
+    )
+    queries.write_text('{"_id": "q1", "text": "zebra"}\n')
+    bm25 = {}
+    for forced in ("auto", "beir-text"):
+        out = tmp_path / f"bm25-{forced}.trec"
+        run("bm25", "--collection", str(corpus), "--queries", str(queries), "--out", str(out),
+            "--corpus-format", forced)  # fmt: skip
+        bm25[forced] = sorted(line.split()[2] for line in out.read_text().splitlines())
+    assert bm25 == {"auto": ["d1", "d2"], "beir-text": ["d2"]}  # d1's "zebra" is only in its title
+
+    with PassageStore.open(corpus, format="beir-text") as store:
+        assert store.get("d1") == "stripes on a horse"
+    with PassageStore.open(corpus) as store:  # the offsets file records its format: not reused here
+        assert store.get("d1") == "Zebra stripes on a horse"
+
+    model, shards = str(exported["bert-mean-normalize", "fp32"]), tmp_path / "shards"
+    encode = ["encode", "--model", model, "--corpus", str(corpus), "--out", str(shards), "--device", "cpu"]
+    run(*encode, "--corpus-format", "beir-text", "--quiet")
+    assert json.loads((shards / "manifest.json").read_text())["metadata"]["corpus"]["format"] == "beir-text"
+    refused = CliRunner().invoke(main, [*encode, "--quiet"])
+    assert refused.exit_code == 1 and "read the corpus as format 'beir-text', not 'beir'" in refused.output
+
+    run("index", str(shards), "--out", str(tmp_path / "flat"), "--kind", "flat")
+    shown = run("query", str(tmp_path / "flat"), "zebra", "--collection", str(corpus), "--device", "cpu",
+                "--corpus-format", "beir-text", "--json")  # fmt: skip
+    assert "stripes on a horse" in shown and "Zebra stripes" not in shown
+
+    wrong = CliRunner().invoke(main, [*encode[:-4], "--out", str(tmp_path / "tsv"), "--corpus-format",
+                                      "msmarco-tsv", "--quiet"])  # fmt: skip
+    assert wrong.exit_code == 1 and f"{corpus}:1:" in wrong.output and "Traceback" not in wrong.output

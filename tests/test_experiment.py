@@ -68,6 +68,7 @@ candidates = "a"
         (('model = "m"', 'model = "nope"'), 20, "systems.b.model: 'nope' is not a model"),
         (('kind = "rerank"', 'kind = "magic"'), 19, "systems.b.kind: 'magic' is not a system kind"),
         (('baseline = "a"', 'baseline = "c"'), 2, "experiment.baseline: 'c' is not a system"),
+        (('path = "c.tsv"', 'path = "c.tsv"\nformat = "csv"'), 6, "collection.format: 'csv'; use one"),
         (
             (
                 '[systems.a]\nkind = "run"\nruns = { t = "run.trec" }',

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import click
 
 from fastmarco._version import __version__
+from fastmarco.corpus.formats import format_choices
 from fastmarco.errors import FastmarcoError
 
 FC = TypeVar("FC", bound=Callable[..., Any])
@@ -37,6 +38,18 @@ DEVICE = click.Choice(["auto", "cpu", "cuda"])
 EXISTING_FILE = click.Path(exists=True, dir_okay=False)
 EXISTING_DIR = click.Path(exists=True, file_okay=False)
 POSITIVE = click.IntRange(min=1)
+
+
+def corpus_format_option(func: FC) -> FC:
+    """`--corpus-format`: how to read the collection (or corpus); detected from its first bytes unless
+    named."""
+    return click.option(
+        "--corpus-format",
+        type=click.Choice(format_choices()),
+        default="auto",
+        show_default=True,
+        help="Read the collection as this format instead of detecting it (beir-text: BEIR without titles).",
+    )(func)
 
 
 def ray_target(ray_address: str | None) -> bool | str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fastmarco.cli.app import DEVICE, POSITIVE, main, ray_option
+from fastmarco.cli.app import DEVICE, POSITIVE, corpus_format_option, main, ray_option
 from fastmarco.cli.progress import Reporter
 from fastmarco.store.shards import DEFAULT_ROWS_PER_SHARD
 
@@ -18,6 +18,7 @@ from fastmarco.store.shards import DEFAULT_ROWS_PER_SHARD
     required=True,
     help="collection.tsv (pid<TAB>passage) or BEIR corpus.jsonl (detected), or 'demo' for the bundled one.",
 )
+@corpus_format_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Shard directory.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option(
@@ -46,6 +47,7 @@ def encode(
     ctx: click.Context,
     model: str,
     corpus: str,
+    corpus_format: str,
     out: str,
     device: str,
     devices: str | None,
@@ -72,7 +74,13 @@ def encode(
         )
     progress = Reporter(bars=False if quiet else None)
     corpus_path = demo_corpus_path() if corpus == "demo" else Path(corpus)
-    options = {"rows_per_shard": shard_size, "dtype": dtype, "on_bad_line": on_bad_line, "restart": restart}
+    options = {
+        "rows_per_shard": shard_size,
+        "dtype": dtype,
+        "on_bad_line": on_bad_line,
+        "restart": restart,
+        "format": corpus_format,
+    }
     try:
         if devices:
             runner = None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from fastmarco.cli.app import DEVICE, EXISTING_FILE, FC, POSITIVE, main
+from fastmarco.cli.app import DEVICE, EXISTING_FILE, FC, POSITIVE, corpus_format_option, main
 from fastmarco.errors import InputError
 from fastmarco.eval.compare import FORMATS, Format
 from fastmarco.eval.fusion import METHODS, NORMS, Method, Norm
@@ -191,13 +191,16 @@ def fuse(
 @click.option(
     "--out", required=True, type=click.Path(dir_okay=False), help="Run file to write (TREC format)."
 )
+@corpus_format_option
 @click.option("-k", "depth", type=POSITIVE, default=1000, show_default=True, help="Passages per query.")
-def bm25(collection: str, queries: str, out: str, depth: int) -> None:
+def bm25(collection: str, queries: str, out: str, corpus_format: str, depth: int) -> None:
     """BM25 baseline run (bm25s; Lucene BM25, k1 0.9, b 0.4, English stopwords and stemming)."""
     from fastmarco.eval.bm25 import bm25_run
     from fastmarco.store.formats import load_queries, write_run
 
-    run = bm25_run(collection, load_queries(queries), depth, show_progress=sys.stderr.isatty())
+    run = bm25_run(
+        collection, load_queries(queries), depth, show_progress=sys.stderr.isatty(), format=corpus_format
+    )
     lines = write_run(out, run.entries, "trec", tag="fastmarco-bm25")
     click.echo(f"wrote {lines:,} lines for {len({e.qid for e in run.entries}):,} queries to {out}")
     if run.unmatched:
@@ -227,9 +230,17 @@ def bm25(collection: str, queries: str, out: str, depth: int) -> None:
 @click.option(
     "--format", "run_format", type=click.Choice(["trec", "msmarco"]), default="trec", show_default=True
 )
+@corpus_format_option
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 def rerank(
-    model: str, run_path: str, queries: str, collection: str, out: str, run_format: str, device: str
+    model: str,
+    run_path: str,
+    queries: str,
+    collection: str,
+    out: str,
+    run_format: str,
+    corpus_format: str,
+    device: str,
 ) -> None:
     """Re-rank a candidate run with a bi-encoder or a cross-encoder (the TREC-DL re-ranking protocol)."""
     from fastmarco.eval.metrics import rank_columns
@@ -240,7 +251,7 @@ def rerank(
 
     scorer = open_scorer(model, device=device)  # type: ignore[arg-type]  # click.Choice has checked it
     candidates = rank_columns(read_run_columns(run_path), source=run_path)
-    with PassageStore.open(collection) as passages:
+    with PassageStore.open(collection, format=corpus_format) as passages:
         entries = rerank_run(scorer, candidates, load_queries(queries), passages)
     lines = write_run(out, entries, run_format, tag="fastmarco-rerank")  # type: ignore[arg-type]
     click.echo(f"re-ranked {len(candidates):,} queries on {scorer.device}; wrote {lines:,} lines to {out}")

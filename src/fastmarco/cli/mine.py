@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fastmarco.cli.app import DEVICE, EXISTING_FILE, POSITIVE, main
+from fastmarco.cli.app import DEVICE, EXISTING_FILE, POSITIVE, corpus_format_option, main
 from fastmarco.cli.progress import Reporter
 
 
@@ -30,6 +30,7 @@ def _system(value: str) -> tuple[str, str]:
     metavar="NAME=INDEX_DIR",
     help="A candidate system: a fastmarco index (repeatable).",
 )
+@corpus_format_option
 @click.option("--bm25", is_flag=True, help="BM25 over the collection as a candidate system ('bm25').")
 @click.option(
     "--cross-encoder",
@@ -65,6 +66,7 @@ def mine(
     queries: str,
     qrels: str,
     collection: str,
+    corpus_format: str,
     systems: tuple[str, ...],
     bm25: bool,
     cross_encoder: str | None,
@@ -110,6 +112,7 @@ def mine(
         seed=seed,
         block_queries=block_queries,
         train_format=train_format,  # type: ignore[arg-type]
+        collection_format=corpus_format,
     )
     with Reporter() as progress:
         summary = mine(

@@ -7,7 +7,16 @@ from typing import Any
 
 import click
 
-from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, main, ray_option, ray_target
+from fastmarco.cli.app import (
+    DEVICE,
+    EXISTING_DIR,
+    EXISTING_FILE,
+    POSITIVE,
+    corpus_format_option,
+    main,
+    ray_option,
+    ray_target,
+)
 from fastmarco.cli.progress import Reporter
 from fastmarco.search.kinds import kind_names
 
@@ -137,6 +146,7 @@ def index(
     "--format", "run_format", type=click.Choice(["msmarco", "trec"]), default="trec", show_default=True
 )
 @click.option("--collection", type=EXISTING_FILE, help="Print passage texts from it.")
+@corpus_format_option
 @click.option("--model", type=click.Path(file_okay=False), help="Model (default: the encoding one).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="0: every core.")
@@ -158,6 +168,7 @@ def query(
     run_path: str | None,
     run_format: str,
     collection: str | None,
+    corpus_format: str,
     model: str | None,
     device: str,
     threads: int,
@@ -173,7 +184,7 @@ def query(
 
     if (text is None) == (queries is None) or (queries is None) != (run_path is None):
         raise click.UsageError("give either TEXT, or --queries with --run")
-    passages = PassageStore.open(collection) if collection is not None else None
+    passages = PassageStore.open(collection, format=corpus_format) if collection is not None else None
     engine = Engine.open(
         index_dir,
         model=model,

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, main, ray_option, ray_target
+from fastmarco.cli.app import (
+    DEVICE,
+    EXISTING_DIR,
+    EXISTING_FILE,
+    POSITIVE,
+    corpus_format_option,
+    main,
+    ray_option,
+    ray_target,
+)
 
 
 @main.command()
@@ -17,6 +26,7 @@ from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, mai
     type=EXISTING_FILE,
     help="collection.tsv or BEIR corpus.jsonl: answer /search with passage text.",
 )
+@corpus_format_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port."
@@ -113,6 +123,7 @@ from fastmarco.cli.app import DEVICE, EXISTING_DIR, EXISTING_FILE, POSITIVE, mai
 def serve(
     index_dir: str,
     collection: str | None,
+    corpus_format: str,
     host: str,
     port: int,
     max_batch_tokens: int,
@@ -160,7 +171,7 @@ def serve(
         ray=ray_target(ray_address),
         cross_encoder=cross_encoder,
     )
-    passages = PassageStore.open(collection) if collection else None
+    passages = PassageStore.open(collection, format=corpus_format) if collection else None
     loaded = engine.describe()
     name = served_model_name or default_model_name(loaded.model_source, loaded.model_directory)
     config = ServeConfig(

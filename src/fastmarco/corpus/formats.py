@@ -90,6 +90,11 @@ def corpus_format(name: str) -> CorpusFormat:
         ) from None
 
 
+def format_choices() -> list[str]:
+    """What a `--format` option accepts: "auto" (detect from the file) or a registered format."""
+    return ["auto", *sorted(CORPUS_FORMATS)]
+
+
 def detect(path: str | os.PathLike[str], format: str = "auto") -> CorpusFormat:
     """The format `format` names, or for "auto" the one the file's first bytes show (the default
     where no other format claims them)."""

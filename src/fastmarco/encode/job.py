@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastmarco import fingerprints
-from fastmarco.corpus.formats import detect
+from fastmarco.corpus.formats import CorpusFormat, corpus_format, detect
 from fastmarco.corpus.ids import integer_key
 from fastmarco.errors import EncodeMismatchError, InputError
 from fastmarco.model.manifest import ModelManifest
@@ -35,10 +35,10 @@ def count_lines(path: Path) -> int:
     return lines + (last != b"\n")
 
 
-def detect_id_type(corpus: Path) -> IdType:
+def detect_id_type(corpus: Path, corpus_format: CorpusFormat) -> IdType:
     """'int' when every id of the corpus may be stored as an integer (fastmarco.corpus.ids), else
     'str': `007` beside `7` keeps every id a string. A line without an id is judged by the reader."""
-    if any(integer_key(ident) is None for ident in detect(corpus).ids(corpus)):
+    if any(integer_key(ident) is None for ident in corpus_format.ids(corpus)):
         return "str"
     return "int"
 
@@ -91,6 +91,7 @@ class JobSpec:
     corpus: str
     corpus_fingerprint: str
     id_type: IdType
+    corpus_format: str  # the registered format's name, detected (or forced) once at create
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
     dtype: DType = "fp16"
     on_bad_line: OnBadLine = "error"
@@ -108,10 +109,12 @@ class JobSpec:
         on_bad_line: OnBadLine = "error",
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         model: ModelManifest | None = None,
+        format: str = "auto",
     ) -> JobSpec:
         corpus_path = Path(corpus)
         if not corpus_path.is_file():
             raise InputError(f"{corpus_path}: corpus not found")
+        reader = detect(corpus_path, format)
         if rows_per_shard <= 0 or chunk_rows <= 0:
             raise InputError(
                 f"rows per shard and chunk rows must be positive, got {rows_per_shard}, {chunk_rows}"
@@ -126,12 +129,17 @@ class JobSpec:
             model=model or ModelManifest.load(directory),
             corpus=str(corpus_path),
             corpus_fingerprint=fingerprints.of_file(corpus_path),
-            id_type=detect_id_type(corpus_path),
+            id_type=detect_id_type(corpus_path, reader),
+            corpus_format=reader.name,
             rows_per_shard=rows_per_shard,
             dtype=dtype,
             on_bad_line=on_bad_line,
             chunk_rows=chunk_rows,
         )
+
+    def reader(self) -> CorpusFormat:
+        """The corpus format that reads this job's corpus."""
+        return corpus_format(self.corpus_format)
 
     def part(self, line_range: LineRange) -> JobSpec:
         return replace(self, line_range=line_range)
@@ -150,7 +158,11 @@ class JobSpec:
                 "search_metric": self.model.search_metric,
                 "precision": self.model.precision,
             },
-            "corpus": {"name": Path(self.corpus).name, "fingerprint": self.corpus_fingerprint},
+            "corpus": {
+                "name": Path(self.corpus).name,
+                "fingerprint": self.corpus_fingerprint,
+                "format": self.corpus_format,
+            },
             "encode": encode,
         }
 
@@ -160,8 +172,12 @@ class JobSpec:
         problems = []
         if have.get("model", {}).get("fingerprint") != wanted["model"]["fingerprint"]:
             problems.append("was written with another model or export of it (fingerprints differ)")
-        if have.get("corpus", {}).get("fingerprint") != wanted["corpus"]["fingerprint"]:
+        had_corpus = have.get("corpus", {})
+        if had_corpus.get("fingerprint") != wanted["corpus"]["fingerprint"]:
             problems.append("was written from another corpus, or the corpus changed since")
+        # directories from before formats were recorded were written in the detected format
+        elif had_corpus.get("format", self.corpus_format) != self.corpus_format:
+            problems.append(f"read the corpus as format {had_corpus['format']!r}, not {self.corpus_format!r}")
         if have.get("encode") != wanted["encode"] or existing.rows_per_shard != self.rows_per_shard:
             problems.append(
                 f"was written with other settings ({have.get('encode')}, "

@@ -61,6 +61,7 @@ def encode_corpus(
     on_bad_line: OnBadLine = "error",
     restart: bool = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    format: str = "auto",
     progress: Progress | None = None,
 ) -> EncodeSummary:
     """Encode every passage of `corpus` into the shard directory `out` (see the module docstring).
@@ -74,6 +75,7 @@ def encode_corpus(
         dtype=dtype,
         on_bad_line=on_bad_line,
         chunk_rows=chunk_rows,
+        format=format,
         model=encoder.model,
     )
     return encode_job(encoder, spec, out, restart=restart, progress=progress)
@@ -133,7 +135,7 @@ def _encode_locked(
             pass
         os.truncate(skipped_path, cursor.skipped_bytes)  # lines of the shard in flight come again
         skipped_file = open(skipped_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
-    reader = CorpusReader(corpus_path, spec.id_type, spec.on_bad_line, skipped_file, seen)
+    reader = CorpusReader(corpus_path, spec.reader(), spec.id_type, spec.on_bad_line, skipped_file, seen)
     reader.skipped = cursor.skipped
     lines_total = count_lines(corpus_path) if line_range is None else line_range.lines
     total_estimate = lines_total - reader.skipped

@@ -31,7 +31,7 @@ import numpy as np
 
 from fastmarco._atomic import fsync_dir, write_bytes_atomic
 from fastmarco._locks import output_lock
-from fastmarco.corpus.formats import detect
+from fastmarco.corpus.formats import CorpusFormat
 from fastmarco.encode.job import (
     DEFAULT_CHUNK_ROWS,
     LOCK_NAME,
@@ -94,17 +94,19 @@ def _load_plan(parts_dir: Path, plan: dict[str, Any]) -> None:
     write_bytes_atomic(path, (json.dumps(plan, indent=2) + "\n").encode())
 
 
-def _find_lines(corpus: Path, pid: str) -> list[int]:
+def _find_lines(corpus: Path, corpus_format: CorpusFormat, pid: str) -> list[int]:
     """The lines of `corpus` whose record has id `pid` (the error path only: it parses every line)."""
-    return [line.number for line in detect(corpus).lines(corpus) if line.record and line.record.id == pid]
+    return [line.number for line in corpus_format.lines(corpus) if line.record and line.record.id == pid]
 
 
-def _check_no_duplicates_across_parts(corpus: Path, parts: list[ShardSet]) -> None:
+def _check_no_duplicates_across_parts(
+    corpus: Path, corpus_format: CorpusFormat, parts: list[ShardSet]
+) -> None:
     ids = np.concatenate([part.ids() for part in parts])
     values, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         pid = str(values[np.argmax(counts > 1)])
-        lines = _find_lines(corpus, pid)
+        lines = _find_lines(corpus, corpus_format, pid)
         raise FormatError(
             corpus,
             lines[-1],
@@ -128,10 +130,10 @@ def link_or_copy(source: Path, target: Path) -> None:
         os.replace(temporary, target)
 
 
-def merge_parts(out: Path, corpus: Path, directories: list[Path], metadata: dict[str, Any]) -> Manifest:
+def merge_parts(out: Path, spec: JobSpec, directories: list[Path]) -> Manifest:
     """One shard set in `out` from finished part directories, in order (see the module docstring)."""
     parts = [ShardSet.open(d, verify="checksum") for d in directories]
-    _check_no_duplicates_across_parts(corpus, parts)
+    _check_no_duplicates_across_parts(Path(spec.corpus), spec.reader(), parts)
     first = parts[0].manifest
     entries: list[ShardEntry] = []
     skipped_lines = b""
@@ -160,7 +162,7 @@ def merge_parts(out: Path, corpus: Path, directories: list[Path], metadata: dict
         write_bytes_atomic(out / SKIPPED_NAME, skipped_lines)
     fsync_dir(out)
     manifest = Manifest(
-        first.dim, first.dtype, first.id_type, first.rows_per_shard, metadata, entries, complete=True
+        first.dim, first.dtype, first.id_type, first.rows_per_shard, spec.metadata(), entries, complete=True
     )
     manifest.save(out)
     return manifest
@@ -177,6 +179,7 @@ def encode_corpus_on_devices(
     on_bad_line: OnBadLine = "error",
     restart: bool = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    format: str = "auto",
     progress: Progress | None = None,
     runner: Runner | None = None,
 ) -> EncodeSummary:
@@ -189,6 +192,7 @@ def encode_corpus_on_devices(
         dtype=dtype,
         on_bad_line=on_bad_line,
         chunk_rows=chunk_rows,
+        format=format,
     )
     out_path = Path(out)
     with output_lock(out_path / LOCK_NAME, str(out_path)):
@@ -210,7 +214,6 @@ def _encode_parts(
         if out_path.is_dir():
             remove_shard_set(out_path)
         shutil.rmtree(parts_dir, ignore_errors=True)
-    metadata = spec.metadata()
     if (out_path / MANIFEST_NAME).exists():
         existing = Manifest.load(out_path)
         spec.check_same_job(existing, out_path)
@@ -241,7 +244,7 @@ def _encode_parts(
         for k, line_range in enumerate(line_ranges)
     ]
     summaries = runner.run(tasks, progress)
-    manifest = merge_parts(out_path, corpus_path, [Path(task.directory) for task in tasks], metadata)
+    manifest = merge_parts(out_path, spec, [Path(task.directory) for task in tasks])
     shutil.rmtree(parts_dir)
     seconds = time.perf_counter() - started
     resumed_at = sum(s.resumed_at_row for s in summaries)

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from fastmarco.corpus.formats import detect
+from fastmarco.corpus.formats import CorpusFormat
 from fastmarco.encode.job import LineRange, OnBadLine, count_lines
 from fastmarco.errors import FormatError
 
@@ -27,9 +27,16 @@ class CorpusReader:
     """Lines of a collection.tsv from a byte offset, each checked; bad ones raise or go to a side file."""
 
     def __init__(
-        self, path: Path, id_type: str, on_bad_line: OnBadLine, skipped: TextIO | None, seen: set[Any]
+        self,
+        path: Path,
+        corpus_format: CorpusFormat,
+        id_type: str,
+        on_bad_line: OnBadLine,
+        skipped: TextIO | None,
+        seen: set[Any],
     ) -> None:
         self.path = path
+        self.format = corpus_format
         self.id_type = id_type
         self.on_bad_line = on_bad_line
         self.skipped_file = skipped
@@ -47,7 +54,7 @@ class CorpusReader:
 
     def lines(self, start_byte: int, start_line: int, stop_line: int | None = None) -> Iterator[CorpusLine]:
         with open(self.path, "rb") as handle:
-            for line in detect(self.path).lines(self.path, start_byte=start_byte, start_line=start_line):
+            for line in self.format.lines(self.path, start_byte=start_byte, start_line=start_line):
                 if line.number - 1 == stop_line:
                     return
                 reason = line.problem if line.record is None else self.problem(line.record.id)

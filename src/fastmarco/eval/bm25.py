@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco import fingerprints
+from fastmarco.corpus.formats import detect
 from fastmarco.errors import InputError
 from fastmarco.store.formats import RunEntry, read_collection
 
@@ -44,13 +45,15 @@ class BM25Index:
         k1: float = K1,
         b: float = B,
         show_progress: bool = False,
+        format: str = "auto",
     ) -> BM25Index:
         import bm25s
         import Stemmer
 
         stemmer = Stemmer.Stemmer("english")
+        reader = detect(collection, format)
         pids, texts = [], []
-        for pid, text in read_collection(collection):
+        for pid, text in read_collection(collection, format=reader.name):
             pids.append(pid)
             texts.append(text)
         if not pids:
@@ -64,7 +67,14 @@ class BM25Index:
             )
         retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
         retriever.index(corpus_tokens, show_progress=show_progress)
-        settings = {"k1": k1, "b": b, "stopwords": "en", "stemmer": "english", "bm25s": bm25s.__version__}
+        settings = {
+            "k1": k1,
+            "b": b,
+            "stopwords": "en",
+            "stemmer": "english",
+            "bm25s": bm25s.__version__,
+            "format": reader.name,
+        }
         fingerprint = fingerprints.combine(
             fingerprints.of_file(collection), fingerprints.of_settings(settings)
         )
@@ -103,10 +113,11 @@ def bm25_run(
     k1: float = K1,
     b: float = B,
     show_progress: bool = False,
+    format: str = "auto",
 ) -> BM25Run:
     """Retrieve the top k passages of the collection for each query: TREC entries with scores, and
     which queries retrieved nothing (they have no line in a run file, so a caller says so)."""
-    index = BM25Index.build(collection, k1=k1, b=b, show_progress=show_progress)
+    index = BM25Index.build(collection, k1=k1, b=b, show_progress=show_progress, format=format)
     qids = list(queries)
     entries: list[RunEntry] = []
     unmatched: list[str] = []

@@ -9,6 +9,7 @@ device = "cpu"               # auto | cpu | cuda
 
 [collection]
 path = "collection.tsv"      # or a BEIR corpus.jsonl; paths are relative to this file
+format = "auto"              # or a registered corpus format (beir-text: BEIR without titles)
 
 [models.minilm]
 source = "bundled:all-MiniLM-L6-v2"   # a sentence-transformers folder, a hub id, or an exported folder
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastmarco.corpus.formats import format_choices
 from fastmarco.errors import FormatError, InputError
 from fastmarco.eval.compare import FORMATS
 from fastmarco.eval.metrics import parse_metric
@@ -97,6 +99,7 @@ class Experiment:
     name: str
     output: Path
     collection: Path | None
+    collection_format: str  # "auto" (detected) or a registered corpus format
     models: dict[str, Model]
     topics: dict[str, Topics]
     systems: dict[str, System]  # in dependency order: a system after the systems it uses
@@ -171,9 +174,15 @@ def load(path: str | os.PathLike[str], *, output: str | os.PathLike[str] | None 
     settings = raw.get("experiment", {})
     _check_keys(where, ("experiment",), settings, _EXPERIMENT_KEYS)
     collection = None
+    collection_format = raw.get("collection", {}).get("format", "auto")
     if "collection" in raw:
-        _check_keys(where, ("collection",), raw["collection"], {"path": str})
+        _check_keys(where, ("collection",), raw["collection"], {"path": str, "format": str})
         collection = _file(where, base, ("collection", "path"), raw["collection"].get("path"))
+        if collection_format not in format_choices():
+            raise where.error(
+                ("collection", "format"),
+                f"{collection_format!r}; use one of {', '.join(format_choices())}",
+            )
 
     models = {}
     for name, body in raw.get("models", {}).items():
@@ -276,6 +285,7 @@ def load(path: str | os.PathLike[str], *, output: str | os.PathLike[str] | None 
         name=settings.get("name", config_path.stem),
         output=Path(output).resolve(),
         collection=collection,
+        collection_format=collection_format,
         models=models,
         topics=topics,
         systems=ordered,

@@ -11,7 +11,7 @@ Written into the experiment's output folder (atomically, each file):
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,10 @@ class Workflow:
     def __init__(self, experiment: Experiment, progress: Progress | None) -> None:
         self.experiment = experiment
         self.device = experiment.device
+        # a forced collection format is a parameter of every stage that reads the collection
+        self.collection_params: Mapping[str, str] = (
+            {"format": experiment.collection_format} if experiment.collection_format != "auto" else {}
+        )
         self.progress = progress
         self._stages: dict[tuple[str, ...], Stage | FileInput] = {}
 
@@ -70,7 +74,11 @@ class Workflow:
 
     def _shards(self, model: str) -> Stage:
         def make() -> Stage:
-            device, progress = self.device, self.progress
+            device, progress, collection_format = (
+                self.device,
+                self.progress,
+                self.experiment.collection_format,
+            )
 
             def action(folder: Path, inputs: list[Path]) -> None:
                 from fastmarco.encode.local import encode_corpus
@@ -78,12 +86,14 @@ class Workflow:
 
                 model_dir, collection = inputs
                 encoder = Encoder.open(model_dir, device=device)  # type: ignore[arg-type]
-                encode_corpus(encoder, collection, folder / "shards", progress=progress)
+                encode_corpus(
+                    encoder, collection, folder / "shards", format=collection_format, progress=progress
+                )
 
             return Stage(
                 "encode",
                 f"{self.collection().label} with {model}",
-                {},
+                dict(self.collection_params),
                 [self.model(model), self.collection()],
                 action,
                 "shards",

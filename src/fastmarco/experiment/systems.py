@@ -17,6 +17,7 @@ class Workflow(Protocol):
     """What a system kind builds its stages from (fastmarco.experiment.runner.Workflow)."""
 
     device: str
+    collection_params: Mapping[str, str]  # {"format": name} where the config forces one, else {}
 
     def collection(self) -> FileInput: ...
 
@@ -114,6 +115,7 @@ class Bm25(_Kind):
 
     def stage(self, name: str, settings: Mapping[str, Any], topic: str, flow: Workflow) -> Stage | FileInput:
         depth = settings.get("depth", 1000)
+        collection_format = flow.collection_params.get("format", "auto")
 
         def action(folder: Path, inputs: list[Path]) -> None:
             from fastmarco.eval.bm25 import bm25_run
@@ -122,7 +124,7 @@ class Bm25(_Kind):
             collection, queries = inputs
             write_run(
                 folder / "run.trec",
-                bm25_run(collection, load_queries(queries), depth).entries,
+                bm25_run(collection, load_queries(queries), depth, format=collection_format).entries,
                 "trec",
                 tag=name,
             )
@@ -130,7 +132,7 @@ class Bm25(_Kind):
         return Stage(
             "bm25",
             f"{name} on {topic}",
-            {"depth": depth},
+            {"depth": depth, **flow.collection_params},
             [flow.collection(), flow.queries(topic)],
             action,
             "run.trec",
@@ -194,6 +196,7 @@ class Rerank(_Kind):
 
     def stage(self, name: str, settings: Mapping[str, Any], topic: str, flow: Workflow) -> Stage | FileInput:
         depth, device = settings.get("depth", 100), flow.device
+        collection_format = flow.collection_params.get("format", "auto")
 
         def action(folder: Path, inputs: list[Path]) -> None:
             from fastmarco.eval.metrics import rank_columns
@@ -206,7 +209,7 @@ class Rerank(_Kind):
             candidates = rank_columns(read_run_columns(candidates_path), source=str(candidates_path))
             top = {q: pids[:depth] for q, pids in candidates.items()}
             scorer = open_scorer(model_dir, device=device)  # type: ignore[arg-type]
-            with PassageStore.open(collection) as passages:
+            with PassageStore.open(collection, format=collection_format) as passages:
                 entries = rerank(scorer, top, load_queries(queries), passages)
             write_run(folder / "run.trec", entries, "trec", tag=name)
 
@@ -216,7 +219,8 @@ class Rerank(_Kind):
             flow.queries(topic),
             flow.collection(),
         ]
-        return Stage("rerank", f"{name} on {topic}", {"depth": depth}, inputs, action, "run.trec")
+        params = {"depth": depth, **flow.collection_params}
+        return Stage("rerank", f"{name} on {topic}", params, inputs, action, "run.trec")
 
 
 class Fuse(_Kind):

@@ -104,6 +104,7 @@ class MineSpec:
     seed: int = 0
     block_queries: int = 1024
     train_format: TrainFormat = "parquet"
+    collection_format: str = "auto"  # a registered corpus format, or detected from the file
 
     def check(self) -> None:
         names = [name for name, _ in self.systems] + (["bm25"] if self.bm25 else [])
@@ -173,7 +174,9 @@ def _open_systems(spec: MineSpec, device: Device, show_progress: bool) -> list[S
             raise InputError(f"system '{name}': --device cuda asked for, but its encoder runs on the CPU")
         systems.append(system)
     if spec.bm25:
-        systems.append(BM25System(spec.collection, show_progress=show_progress))
+        systems.append(
+            BM25System(spec.collection, show_progress=show_progress, format=spec.collection_format)
+        )
     return systems
 
 
@@ -190,6 +193,8 @@ def _fingerprint(spec: MineSpec, systems: list[System], cross_fingerprint: str |
         "queries": fingerprints.of_file(spec.queries),
         "qrels": fingerprints.of_file(spec.qrels),
         "collection": fingerprints.of_file(spec.collection),
+        # a forced format changes the texts; jobs that detected it (every one before) record nothing
+        **({"collection_format": spec.collection_format} if spec.collection_format != "auto" else {}),
         "models": {system.name: system.fingerprint for system in systems},
         "cross_encoder": cross_fingerprint,
     }
@@ -320,7 +325,10 @@ def mine(
     target = Path(out)
     summary = MineSummary()
     wall = time.perf_counter()
-    with PassageStore.open(spec.collection) as passages, output_lock(target / ".lock", str(target)):
+    with (
+        PassageStore.open(spec.collection, format=spec.collection_format) as passages,
+        output_lock(target / ".lock", str(target)),
+    ):
         queries = _queries_to_mine(spec, passages, summary)
         if not queries:
             raise InputError(

@@ -95,10 +95,12 @@ class BM25System:
     name = "bm25"
     scores_positives = False
 
-    def __init__(self, collection: str | os.PathLike[str], show_progress: bool = False) -> None:
+    def __init__(
+        self, collection: str | os.PathLike[str], show_progress: bool = False, format: str = "auto"
+    ) -> None:
         from fastmarco.eval.bm25 import BM25Index
 
-        self.index = BM25Index.build(collection, show_progress=show_progress)
+        self.index = BM25Index.build(collection, show_progress=show_progress, format=format)
 
     @property
     def fingerprint(self) -> str:

@@ -59,9 +59,9 @@ def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
                 raise FormatError(path, number, f"invalid UTF-8 at byte {exc.start} of the line") from exc
 
 
-def read_collection(path: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:
-    """Stream (pid, passage) pairs from a collection.tsv."""
-    return ((record.id, record.text) for record in read_records(path, what="passage"))
+def read_collection(path: str | os.PathLike[str], *, format: str = "auto") -> Iterator[tuple[str, str]]:
+    """Stream (pid, passage) pairs from a collection (its format detected unless named)."""
+    return ((record.id, record.text) for record in read_records(path, what="passage", format=format))
 
 
 def read_queries(path: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:

@@ -31,13 +31,14 @@ from fastmarco.corpus.ids import all_integer, lookup_keys
 from fastmarco.errors import FormatError, InputError, StoreIOError
 
 OFFSETS_SUFFIX = ".offsets.npz"
-OFFSETS_VERSION = 3  # 3: the change time in the stamp; 2: integer keys by fastmarco.corpus.ids
+OFFSETS_VERSION = 4  # 4: the format in the stamp; 3: the change time; 2: integer keys (corpus.ids)
 
 
-def _stamp(path: Path) -> dict[str, int]:
+def _stamp(path: Path, corpus_format: CorpusFormat) -> dict[str, int | str]:
     info = path.stat()
     return {
         "version": OFFSETS_VERSION,
+        "format": corpus_format.name,
         "size": info.st_size,
         "mtime_ns": info.st_mtime_ns,
         "ctime_ns": info.st_ctime_ns,
@@ -45,12 +46,12 @@ def _stamp(path: Path) -> dict[str, int]:
     }
 
 
-def _scan(path: Path) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64]]:
+def _scan(path: Path, corpus_format: CorpusFormat) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64]]:
     """(keys sorted, line start of each); every line checked. Integer keys where every pid may be one
     (fastmarco.corpus.ids)."""
     pids: list[str] = []
     starts: list[int] = []
-    for line in detect(path).lines(path):
+    for line in corpus_format.lines(path):
         pids.append(line.checked(path).id)
         starts.append(line.start)
     integer = all_integer(pids)
@@ -68,11 +69,11 @@ class _Stale(Exception):
     """The collection no longer matches its offsets."""
 
 
-def _offsets(path: Path) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64]]:
+def _offsets(path: Path, corpus_format: CorpusFormat) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64]]:
     """The sorted keys and line starts of `path`: from its offsets file where the stamp matches, else
     scanned and saved (in memory only where the folder is read-only)."""
     offsets = path.with_name(path.name + OFFSETS_SUFFIX)
-    stamp = _stamp(path)
+    stamp = _stamp(path, corpus_format)
     if offsets.is_file():
         try:
             with np.load(offsets, allow_pickle=False) as saved:
@@ -80,7 +81,7 @@ def _offsets(path: Path) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64]]:
                     return saved["pids"], saved["starts"]
         except (OSError, ValueError, KeyError):
             pass  # unreadable or stale: rebuilt below
-    pids, starts = _scan(path)
+    pids, starts = _scan(path, corpus_format)
     buffer = io.BytesIO()
     np.savez(buffer, pids=pids, starts=starts, stamp=np.array(json.dumps(stamp)))
     with contextlib.suppress(OSError):  # a read-only folder: keep the offsets in memory only
@@ -89,14 +90,14 @@ def _offsets(path: Path) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64]]:
 
 
 class PassageStore:
-    """pid -> passage text of a collection.tsv (see the module docstring)."""
+    """pid -> passage text of a collection (see the module docstring)."""
 
-    def __init__(self, path: Path, pids: npt.NDArray[Any], starts: npt.NDArray[np.int64]) -> None:
+    def __init__(self, path: Path, corpus_format: CorpusFormat) -> None:
         self.path = path
-        self._format: CorpusFormat = detect(path)
+        self.format = corpus_format
         self._lock = threading.Lock()
         self._fd = -1
-        self._attach(pids, starts)
+        self._attach(*_offsets(path, corpus_format))
 
     def _attach(self, pids: npt.NDArray[Any], starts: npt.NDArray[np.int64]) -> None:
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -106,11 +107,12 @@ class PassageStore:
         self._size = os.fstat(fd).st_size
 
     @classmethod
-    def open(cls, collection: str | os.PathLike[str]) -> PassageStore:
+    def open(cls, collection: str | os.PathLike[str], *, format: str = "auto") -> PassageStore:
+        """The store of `collection`, read as `format` (detected from its first bytes for "auto")."""
         path = Path(collection)
         if not path.is_file():
             raise StoreIOError(f"{path}: collection not found")
-        return cls(path, *_offsets(path))
+        return cls(path, detect(path, format))
 
     def __len__(self) -> int:
         return len(self._pids)
@@ -139,7 +141,7 @@ class PassageStore:
             # the file changed under the store: rebuild the offsets from it as it is now, then once more
             if not self.path.is_file():
                 raise StoreIOError(f"{self.path}: the collection is gone since it was opened")
-            self._attach(*_offsets(self.path))
+            self._attach(*_offsets(self.path, self.format))
             try:
                 return self._read(pid)
             except _Stale:
@@ -163,7 +165,7 @@ class PassageStore:
         while not chunk.endswith(b"\n") and start + len(chunk) < self._size:
             chunk += os.pread(self._fd, 4096 if not chunk else 4 * len(chunk), start + len(chunk))
         # `pid` was found, so it is the key's own spelling (an integer store holds canonical ids only)
-        text = self._format.text_if(chunk.split(b"\n", 1)[0], pid)
+        text = self.format.text_if(chunk.split(b"\n", 1)[0], pid)
         if text is None:
             raise _Stale
         return text
