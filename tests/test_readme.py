@@ -38,10 +38,17 @@ def test_readme_imports_work() -> None:
 
 
 def test_benchmark_tables_are_the_rendering_of_the_committed_results() -> None:
-    """README figures are generated from benchmarks/results/*.json (benchmarks/readme_tables.py)."""
-    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "benchmarks" / "readme_tables.py")
+    """Every table in the README and docs/benchmarks.md is benchmarks/report.py's rendering of
+    benchmarks/results/*.json: none stale, none typed by hand outside a generated block."""
+    spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
     assert spec is not None and spec.loader is not None
-    tables = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tables)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    tables = report.rendered()
+    for page in report.PAGES:
+        text = page.read_text()
+        assert report.apply(text, tables) == text, f"{page.name}: run python benchmarks/report.py"
+        if page.name != "README.md":
+            assert report.unmarked_tables(text, tables) == [], f"{page.name}: a table typed by hand"
     readme = (ROOT / "README.md").read_text()
-    assert tables.apply(readme, tables.rendered()) == readme, "run python benchmarks/readme_tables.py"
+    assert report.unmarked_tables(readme, tables) == []

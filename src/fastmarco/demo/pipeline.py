@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastmarco._atomic import write_bytes_atomic
 from fastmarco.errors import ModelError
 from fastmarco.search.exact import search_shards
 from fastmarco.store.shards import ShardSet, ShardWriter
@@ -119,6 +120,14 @@ def run_pipeline(workdir: str | os.PathLike[str], device: str = "auto") -> Pipel
 
     started = time.perf_counter()
     root = Path(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    # the demo's data beside its outputs, so the next commands (docs/index.md) can go on from them
+    for source, name in (
+        (demo_corpus_path(), "collection.tsv"),
+        (demo_queries_path(), "queries.tsv"),
+        (demo_qrels_path(), "qrels.txt"),
+    ):
+        write_bytes_atomic(root / name, source.read_bytes())
     model = bundled_model_dir()
     export_model(str(model), root / "model", overwrite=True)
     encoder = Encoder.open(root / "model", device=device)  # type: ignore[arg-type]

@@ -1,0 +1,431 @@
+"""Every benchmark table in the README and the docs, rendered from the committed JSON results in
+benchmarks/results (never typed by hand), and the plots redrawn from the same JSON.
+
+    python benchmarks/report.py          # rewrite the tables in README.md and docs/
+    python benchmarks/report.py --check  # exit 1 if a page differs (tests/test_readme.py runs it)
+    python benchmarks/report.py --plots  # redraw docs/*.png from the JSON too (needs matplotlib)
+
+Each table sits between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in one of PAGES; every figure
+line states the machine (CPU and its flags where recorded) and the date of its run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PAGES = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md")
+SCALE_FILES = ("scale_8841823x384.json", "scale_8841823x768.json")
+QUERY_HNSW_FILES = (
+    ("1M x 384, all-MiniLM-L6-v2", "`--int8 --int8-attention`", "query_cpu-int8-attention-1000000x384.json"),
+    ("1M x 384, all-MiniLM-L6-v2", "`--int8`", "query_cpu-int8-1000000x384.json"),
+    ("1M x 384, all-MiniLM-L6-v2", "fp32", "query_cpu-fp32-1000000x384.json"),
+    (
+        "1M x 768, DistilBERT-base shape",
+        "`--int8 --int8-attention`",
+        "query_cpu-int8-attention-1000000x768.json",
+    ),
+    ("1M x 768, DistilBERT-base shape", "`--int8`", "query_cpu-int8-1000000x768.json"),
+    ("1M x 768, DistilBERT-base shape", "fp32", "query_cpu-fp32-1000000x768.json"),
+)
+
+
+def _load(name: str) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads((RESULTS / name).read_text())
+    return body
+
+
+def machine(body: dict[str, Any]) -> str:
+    """Where and when a result was measured, from its `environment`."""
+    environment = body["environment"]
+    flags = environment.get("cpu_flags")
+    cpu = f"{environment['cpu']} ({', '.join(flags)})" if flags else environment["cpu"]
+    return f"{environment['cpus']} cores, {cpu}, {environment['date'][:10]}"
+
+
+def _ms(value: float) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:,.1f}"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _gb(value: float | None) -> str:
+    return "—" if value is None else f"{value / 1e9:,.2f} GB"
+
+
+def _cell(figures: dict[str, Any], *path: str, fmt: str = "{:,.0f}") -> str:
+    value: Any = figures
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return "—"
+        value = value[key]
+    return fmt.format(value)
+
+
+def scale_table(body: dict[str, Any]) -> str:
+    """One row per kind of a bench_scale.py result."""
+    environment = body["environment"]
+    lines = [
+        f"{body['rows']:,} x {body['dim']} synthetic rows "
+        f"(`benchmarks/results/scale_{body['rows']}x{body['dim']}.json`), {environment['cpus']} cores, "
+        f"{environment['cpu']} "
+        f"({', '.join(environment.get('cpu_flags', []))}); one query's latency includes encoding it with "
+        f"`{Path(body['model']).name}`; recall against exact search, {body['queries']:,} queries.",
+        "",
+        "| kind | factory | build | peak build RSS | on disk | serving RSS | open cold / warm s | batch q/s "
+        "| p50 / p99 ms | search p50 ms | recall@10 | recall@100 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, figures in body["kinds"].items():
+        build, measure = figures.get("build", {}), figures.get("measure", {})
+        if "not_measured" in measure or build.get("fits") is False:
+            why = measure.get("not_measured") or build.get("why", "")
+            lines.append(f"| {kind} | {build.get('factory', '—')} | {why} |" + " |" * 9)
+            continue
+        seconds = build.get("build_seconds")
+        base = kind.removeprefix("plain-")
+        opened = measure.get("open_seconds", {})
+        cold = opened.get("cold", opened.get("first"))
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    kind,
+                    f"`{build['factory']}`" if "factory" in build else f"{base}, refine 0",
+                    "—" if seconds is None else f"{seconds:,.0f} s",
+                    _gb(build.get("peak_build_rss_bytes")),
+                    _gb(build.get("index_bytes")),
+                    _gb(measure.get("serving_rss_anon_bytes")),
+                    f"{'—' if cold is None else f'{cold:.2f}'} / {opened.get('warm', 0):.2f}",
+                    _cell(measure, "batch_qps"),
+                    f"{_cell(measure, 'latency_ms', 'p50', fmt='{:.1f}')} / "
+                    f"{_cell(measure, 'latency_ms', 'p99', fmt='{:.1f}')}",
+                    _cell(measure, "search_latency_ms", "p50", fmt="{:.1f}"),
+                    _cell(measure, "recall@10", fmt="{:.3f}"),
+                    _cell(measure, "recall@100", fmt="{:.3f}"),
+                ]
+            )
+            + " |"
+        )
+    goals = body.get("goals")
+    if goals:
+        met = ", ".join(goals["kinds_meeting_all"]) or "no kind"
+        missed = "; ".join(
+            f"{goal} {best['value']:,.4g} ({best['kind']}) against {best['target']:,.4g}"
+            for goal, best in goals["best"].items()
+            if not best["met"]
+        )
+        lines += ["", f"Against the goals ({met} meets all of them; best missed: {missed or 'none'}):", ""]
+        lines += [f"- {line}" for line in goals["bounds"]]
+    published = body.get("pyserini_published_bytes", {})
+    if published:
+        sizes = "; ".join(f"{name} {_gb(size)}" for name, size in published.items())
+        lines += ["", f"For scale, Pyserini's prebuilt indexes of the real corpus: {sizes}."]
+    return "\n".join(lines)
+
+
+def exact_search_table(body: dict[str, Any]) -> str:
+    lines = [
+        f"`benchmarks/results/exact_search_{body['rows']}x{body['dim']}.json`: {machine(body)}; "
+        f"top-{body['k']} "
+        f"inner product over {body['rows']:,} x {body['dim']}, queries/s; fastmarco reads fp16 from "
+        f"{body['shards']} memory-mapped shards, faiss {body['environment']['packages']['faiss-cpu']} "
+        f"`IndexFlatIP` and NumPy {body['environment']['packages']['numpy']} hold fp32.",
+        "",
+        "| queries per call | fastmarco fp16 | faiss IndexFlatIP fp32 | NumPy fp32 | fastmarco vs faiss | "
+        "top-k overlap |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in body["results"]:
+        lines.append(_row([
+            str(r["batch"]), f"{r['fastmarco_qps']:,.1f}", f"{r['faiss_flat_ip_qps']:,.1f}",
+            f"{r['numpy_qps']:,.1f}", f"{r['speedup_vs_faiss']:.2f}x", f"{r['topk_overlap_with_faiss']:.3f}",
+        ]))  # fmt: skip
+    return "\n".join(lines)
+
+
+def query_table(body: dict[str, Any]) -> str:
+    lines = [
+        f"`benchmarks/results/query_cpu-{body['rows']}x{body['dim']}.json`: {machine(body)}; "
+        f"{body['queries']:,} queries for recall, {body['latency_queries']:,} one at a time for latency.",
+        "",
+        "| kind | factory | build | index size | batch queries/s | p50 / p99 ms (with encoding) "
+        "| search p50 ms | recall@10 | recall@100 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, k in body["kinds"].items():
+        settings = ", ".join(
+            f"{name} {k[key]}" for name, key in (("efSearch", "ef_search"), ("nprobe", "nprobe"),
+                                                 ("refine", "refine")) if k.get(key)
+        )  # fmt: skip
+        lines.append(_row([
+            kind, f"`{k['factory']}`" + (f" ({settings})" if settings else ""),
+            f"{k['build_seconds']:,.0f} s",
+            _gb(k["index_bytes"]), f"{k['batch_qps']:,.0f}",
+            f"{_ms(k['latency_ms']['p50'])} / {_ms(k['latency_ms']['p99'])}",
+            _ms(k["search_latency_ms"]["p50"]), f"{k['recall@10']:.3f}", f"{k['recall@100']:.3f}",
+        ]))  # fmt: skip
+    return "\n".join(lines)
+
+
+def query_hnsw_table() -> str:
+    first = _load(QUERY_HNSW_FILES[0][2])
+    lines = [
+        f"`benchmarks/results/query_cpu-*-1000000x*.json`: {machine(first)} (each row's own run below the "
+        "table); HNSW32, one query at a time with its encoding.",
+        "",
+        "| rows x dim, query model | export | p50 / p99 ms with encoding | search p50 ms | recall@10 "
+        "| recall@100 | measured |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for shape, export, name in QUERY_HNSW_FILES:
+        body = _load(name)
+        k = body["kinds"]["hnsw"]
+        lines.append(_row([
+            shape, export, f"{k['latency_ms']['p50']:.2f} / {k['latency_ms']['p99']:.2f}",
+            f"{k['search_latency_ms']['p50']:.2f}", f"{k['recall@10']:.3f}", f"{k['recall@100']:.3f}",
+            body["environment"]["date"][:16].replace("T", " "),
+        ]))  # fmt: skip
+    return "\n".join(lines)
+
+
+def encode_cpu_table(body: dict[str, Any], name: str) -> str:
+    lines = [
+        f"`benchmarks/results/{name}`: {machine(body)}; {body['passages']:,} passages (throughput), "
+        f"{body['queries']:,} queries one at a time.",
+        "",
+        "| system | passages/s | one query p50 / p99 ms | DL19 nDCG@10 |",
+        "|---|---:|---:|---:|",
+    ]
+    for system, s in body["systems"].items():
+        lines.append(_row([
+            system, f"{s['passages_per_second']:,.1f}", f"{s['query_p50_ms']:.2f} / {s['query_p99_ms']:.2f}",
+            f"{s['dl19_rerank_ndcg10']:.4f}",
+        ]))  # fmt: skip
+    ratio = body.get("best_fastmarco_vs_best_sentence_transformers")
+    if ratio:
+        lines += ["", f"Best fastmarco export against the best sentence-transformers backend: {ratio:.2f}x."]
+    return "\n".join(lines)
+
+
+def mine_table(body: dict[str, Any]) -> str:
+    st = body["sentence-transformers"]["cold"]
+    lines = [
+        f"`benchmarks/results/mine-cold.json`: {machine(body)}; {body['inputs']['queries_asked']:,} queries "
+        f"over {body['settings']['passages']:,} passages, depth {body['settings']['depth']}, "
+        f"{body['settings']['num_negatives']} negatives, "
+        f"relative margin {body['settings']['relative_margin']}.",
+        "",
+        "| run (both models exported as) | sentence-transformers | fastmarco | speed-up | triplets "
+        "| negatives shared with fp32 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, label in (("cold", "cold, fp32"), ("cold_int8", "cold, `--int8`"),
+                       ("cold_int8_attention", "cold, `--int8 --int8-attention`")):  # fmt: skip
+        run = body["fastmarco"][key]
+        shared = run.get("negatives_shared_with_cold")
+        lines.append(_row([
+            label, f"{st['seconds']:,.1f} s",
+            f"{run['seconds']:,.1f} s (encode {run['encode_seconds']:,.1f})", f"{body['speedup'][key]:.2f}x",
+            f"{run['triplets']:,}", "" if shared is None else f"{shared:.0%}",
+        ]))  # fmt: skip
+    return "\n".join(lines)
+
+
+def serve_table(body: dict[str, Any]) -> str:
+    lines = [
+        f"`benchmarks/results/serve_cpu.json`: {machine(body)}.",
+        "",
+        "| clients | fastmarco serve req/s | p50 / p99 ms | FastAPI + ST + faiss req/s | p50 / p99 ms "
+        "| throughput |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for ours, theirs in zip(body["fastmarco"], body["baseline"], strict=True):
+        lines.append(_row([
+            str(ours["clients"]), f"{ours['requests_per_second']:,.1f}",
+            f"{_ms(ours['p50_ms'])} / {_ms(ours['p99_ms'])}", f"{theirs['requests_per_second']:,.1f}",
+            f"{_ms(theirs['p50_ms'])} / {_ms(theirs['p99_ms'])}",
+            f"{body['speedup'][str(ours['clients'])]:.1f}x",
+        ]))  # fmt: skip
+    return "\n".join(lines)
+
+
+def serve_peers_table(body: dict[str, Any]) -> str:
+    servers = body["servers"]
+    lines = [
+        f"`benchmarks/results/serve_peers_avx512.json`: {machine(body)}; {body['threads']} threads each, "
+        f"{body['seconds_per_level']:.0f} s a level, infinity's `{body['infinity_engine']}` engine; "
+        "requests/s and p50 / p99 ms (— : no answer within the level's window).",
+        "",
+        "| route | clients | fastmarco | infinity | FastAPI baseline | fastmarco / infinity |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+
+    def cell(level: dict[str, Any]) -> str:
+        if not level["requests"]:
+            return "—"
+        return f"{level['requests_per_second']:,.1f} ({_ms(level['p50_ms'])} / {_ms(level['p99_ms'])})"
+
+    for route in servers["fastmarco"]:
+        for ours, inf, base in zip(servers["fastmarco"][route], servers["infinity"][route],
+                                   servers["baseline"][route], strict=True):  # fmt: skip
+            ratio = ours["requests_per_second"] / inf["requests_per_second"] if inf["requests"] else None
+            lines.append(_row([
+                route, str(ours["clients"]), cell(ours), cell(inf), cell(base),
+                "—" if ratio is None else f"{ratio:.2f}x",
+            ]))  # fmt: skip
+    return "\n".join(lines)
+
+
+def significance_table(body: dict[str, Any]) -> str:
+    ours, ranx = body["fastmarco"], body["ranx"]
+    return "\n".join([
+        f"`benchmarks/results/significance_avx512.json`: {machine(body)}; {body['queries']:,} queries, "
+        f"{body['systems']} systems ({body['pairs']} pairs), {body['permutations']:,} permutations.",
+        "",
+        "| step | fastmarco | ranx |",
+        "|---|---:|---:|",
+        _row(["Fisher randomization, all pairs", f"{ours['fisher_all_pairs_s']:.2f} s "
+              f"(+{ours['fisher_compile_s']:.1f} s compile, once)",
+              f"{ranx['fisher_all_pairs_projected_s']:.2f} s ({ranx['fisher_one_pair_s']:.2f} s a pair)"]),
+        _row(["paired t-test, all pairs", f"{ours['paired_t_all_pairs_s']:.2f} s", ""]),
+        _row(["RRF fusion", f"{ours['fuse_rrf_s']:.1f} s", f"{ranx['fuse_rrf_s']:.1f} s"]),
+    ])  # fmt: skip
+
+
+def headline() -> str:
+    """The README's few figures, each with its machine and date, from the same JSON."""
+    exact = _load("exact_search_1000000x768.json")
+    sixteen = next(r for r in exact["results"] if r["batch"] == 16)
+    encode = _load("encode_cpu.json")
+    peers = _load("serve_peers_avx512.json")
+    mine = _load("mine-cold.json")
+    significance = _load("significance_avx512.json")
+    scale = _load("scale_8841823x384.json")
+    binary = scale["kinds"]["binary"]
+    rows = [
+        ("exact top-10 over 1M x 768, 16 queries a call",
+         f"{sixteen['speedup_vs_faiss']:.2f}x faiss `IndexFlatIP`", exact),
+        ("CPU passage encoding, all-MiniLM-L6-v2",
+         f"{encode['best_fastmarco_vs_best_sentence_transformers']:.2f}x sentence-transformers' best backend",
+         encode),
+        ("serving one-text embeddings, 32 clients",
+         f"{peers['vs_infinity_at_32']['embeddings-1']:.2f}x infinity-emb's requests/s", peers),
+        ("serving re-ranking of 20 documents, 32 clients",
+         f"{peers['vs_infinity_at_32']['rerank-20']:.2f}x infinity-emb's requests/s", peers),
+        ("hard-negative mining end to end, `--int8`",
+         f"{mine['speedup']['cold_int8']:.2f}x `mine_hard_negatives`", mine),
+        ("Fisher test, 6 pairs x 6,980 queries x 10,000 permutations",
+         f"{significance['fastmarco']['fisher_all_pairs_s']:.2f} s (ranx: "
+         f"{significance['ranx']['fisher_all_pairs_projected_s']:.1f} s)", significance),
+        (f"{scale['rows']:,} x {scale['dim']} binary index, one query with its encoding",
+         f"p50 {binary['measure']['latency_ms']['p50']:.1f} ms, "
+         f"recall@10 {binary['measure']['recall@10']:.3f}, "
+         f"{_gb(binary['build']['index_bytes'])} on disk", scale),
+    ]  # fmt: skip
+    lines = ["| what | fastmarco | machine, date |", "|---|---|---|"]
+    for what, figure, body in rows:
+        environment = body["environment"]
+        lines.append(_row([what, figure, f"{environment['cpus']}-core {environment['cpu']}, "
+                                         f"{environment['date'][:10]}"]))  # fmt: skip
+    return "\n".join(lines)
+
+
+def rendered() -> dict[str, str]:
+    """Every table by its marker name."""
+    tables: dict[str, str] = {
+        "headline": headline(),
+        "exact-search": exact_search_table(_load("exact_search_1000000x768.json")),
+        "query-1000000x768": query_table(_load("query_cpu-1000000x768.json")),
+        "query-hnsw": query_hnsw_table(),
+        "encode-cpu": encode_cpu_table(_load("encode_cpu.json"), "encode_cpu.json"),
+        "mine-cold": mine_table(_load("mine-cold.json")),
+        "serve": serve_table(_load("serve_cpu.json")),
+        "serve-peers": serve_peers_table(_load("serve_peers_avx512.json")),
+        "significance": significance_table(_load("significance_avx512.json")),
+    }
+    for name in SCALE_FILES:
+        tables[name.removesuffix(".json").replace("_", "-")] = scale_table(_load(name))
+    return tables
+
+
+def apply(text: str, tables: dict[str, str]) -> str:
+    """`text` with every marked block it holds replaced by its table."""
+    for name, table in tables.items():
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if begin not in text:
+            continue
+        if end not in text:
+            raise SystemExit(f"{begin} has no {end}")
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{begin}\n{table}\n{end}{tail}"
+    return text
+
+
+def unmarked_tables(text: str, tables: dict[str, str]) -> list[str]:
+    """Table lines of a page outside every generated block: typed by hand, which is what must not be."""
+    for name in tables:
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if begin in text:
+            head, rest = text.split(begin, 1)
+            text = head + rest.split(end, 1)[1]
+    return [line for line in text.splitlines() if line.startswith("|")]
+
+
+def _bench_module(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec.loader.exec_module(module)
+    return module
+
+
+def plots() -> None:
+    """Redraw every committed plot from its JSON with the benchmark's own plotting function."""
+    for module_name, function, result, target in (
+        ("bench_encode_cpu", "plot", "encode_cpu.json", "encode-cpu.png"),
+        ("bench_serve", "plot", "serve_cpu.json", "serve-throughput.png"),
+        ("bench_serve", "plot_peers", "serve_peers_avx512.json", "serve-peers.png"),
+    ):
+        getattr(_bench_module(module_name), function)(_load(result), ROOT / "docs" / target)
+    scale = _bench_module("bench_scale")
+    for name in SCALE_FILES:
+        scale.plot(_load(name), RESULTS / name.replace(".json", ".png"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 if a page is not up to date")
+    parser.add_argument("--plots", action="store_true", help="redraw the plots from the JSON too")
+    args = parser.parse_args()
+    tables = rendered()
+    stale = []
+    for page in PAGES:
+        current = page.read_text()
+        wanted = apply(current, tables)
+        if wanted != current:
+            stale.append(page.relative_to(ROOT))
+            if not args.check:
+                page.write_text(wanted)
+    if args.check and stale:
+        print(f"stale benchmark tables in {', '.join(map(str, stale))}: run python benchmarks/report.py")
+        sys.exit(1)
+    if args.plots and not args.check:
+        plots()
+
+
+if __name__ == "__main__":
+    main()
