@@ -55,6 +55,12 @@ def cpu_flags() -> list[str]:
     return []
 
 
+def cpu_family() -> str:
+    """The family a result is kept under (results are never overwritten by another family's)."""
+    flags = cpu_flags()
+    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "baseline"
+
+
 def environment(packages: list[str]) -> dict[str, Any]:
     versions = {}
     for name in packages:

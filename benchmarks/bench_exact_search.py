@@ -1,22 +1,32 @@
 """Exact top-k throughput: fastmarco (fp16 shards) vs faiss IndexFlatIP (fp32) vs NumPy, same run.
 
-    python benchmarks/bench_exact_search.py [--rows 1000000] [--dim 768] [--k 10]
+    python benchmarks/bench_exact_search.py [--rows 1000000] [--dim 768] [--k 10] [--builds]
 
-Prints a table and saves benchmarks/results/exact_search_<rows>x<dim>.json. All three search the
+Prints a table and saves benchmarks/results/exact_search_<rows>x<dim>_<cpu family>.json. All three search the
 same embeddings (unit-normalised Gaussian rows); fastmarco reads them as fp16 from memory-mapped
 shards (half the bytes), faiss and NumPy hold fp32 copies. Each figure is the best of --repeats.
+
+--builds also builds two wheels of this checkout, the portable default and `-march=native`, and
+times fastmarco's search from each (in its own process, over the same shards, rounds interleaved):
+runtime dispatch must keep the portable build within 5% of the native one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from _common import environment, save
+from _common import cpu_family, environment, save
 
 from fastmarco import ShardSet, ShardWriter, _native
 from fastmarco.search.exact import search_shards
@@ -44,6 +54,70 @@ def numpy_topk(queries: np.ndarray, rows: np.ndarray, k: int, batch: int = 256) 
     return out
 
 
+ROOT = Path(__file__).resolve().parents[1]
+BUILDS = {"portable": "", "native": "native"}  # build name -> FASTMARCO_MARCH
+
+
+def build_package(march: str, work: Path) -> Path:
+    """A wheel of this checkout built with -march=`march` (empty: the portable default), unpacked:
+    the folder to put first on PYTHONPATH."""
+    wheels, unpacked = work / f"wheel-{march or 'portable'}", work / f"pkg-{march or 'portable'}"
+    build_dir = work / f"build-{march or 'portable'}"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(wheels),
+         "-C", f"cmake.define.FASTMARCO_MARCH={march}", "-C", f"build-dir={build_dir}"],
+        check=True,
+    )  # fmt: skip
+    with zipfile.ZipFile(next(wheels.glob("fastmarco-*.whl"))) as wheel:
+        wheel.extractall(unpacked)
+    return unpacked
+
+
+CHILD = """
+import json, sys, time
+sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__]  # not the checkout
+import numpy as np
+from fastmarco import ShardSet, _native
+from fastmarco.search.exact import search_shards
+assert _native.__file__.startswith(sys.argv[1]), _native.__file__
+shards, k, batches, repeats = ShardSet.open(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+rng = np.random.default_rng(1)
+qps = {}
+for batch in (int(b) for b in batches.split(",")):
+    calls = rng.standard_normal((max(1, 16 // batch), batch, shards.dim), dtype=np.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for queries in calls:
+            search_shards(shards, queries, k)
+        best = min(best, (time.perf_counter() - start) / len(calls))
+    qps[batch] = batch / best
+print(json.dumps({"qps": qps, "march": _native.BUILD_MARCH, "variant": _native.simd_variant()}))
+"""
+
+
+def compare_builds(shard_dir: Path, k: int, batches: str, repeats: int, rounds: int) -> dict[str, Any]:
+    """fastmarco's queries/s per batch from each build's own process, the best of `rounds`
+    interleaved rounds (so a slow spell of the machine does not fall on one build only)."""
+    with tempfile.TemporaryDirectory(prefix="fastmarco-builds-") as scratch:
+        packages = {name: build_package(march, Path(scratch)) for name, march in BUILDS.items()}
+        found: dict[str, dict[str, Any]] = {}
+        for round_number in range(rounds):
+            for name, package in packages.items():
+                command = [sys.executable, "-c", CHILD, str(package), str(shard_dir), str(k), batches]
+                done = subprocess.run(
+                    [*command, str(repeats)], capture_output=True, text=True, check=True,
+                    env={**os.environ, "PYTHONPATH": str(package)},
+                )  # fmt: skip
+                measured = json.loads(done.stdout)
+                print(f"round {round_number + 1} {name:>8}: {measured}", flush=True)
+                best = found.setdefault(name, {**measured, "qps": {}})
+                for batch, qps in measured["qps"].items():
+                    best["qps"][batch] = max(best["qps"].get(batch, 0.0), qps)
+    ratio = {b: found["portable"]["qps"][b] / found["native"]["qps"][b] for b in found["native"]["qps"]}
+    return {"builds": found, "portable_vs_native": ratio, "rounds": rounds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -54,6 +128,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1,16,256,1024", help="query batch sizes")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rows-per-shard", type=int, default=250_000)
+    parser.add_argument("--builds", action="store_true", help="also compare portable and native builds")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds for --builds")
     args = parser.parse_args()
     import faiss  # the benchmark extra: pip install .[bench]
 
@@ -108,6 +184,11 @@ def main() -> None:
                 f"{row['numpy_qps']:>10.1f} {row['speedup_vs_faiss']:>8.2f}x {agree:>12.4f}",
                 flush=True,
             )
+        builds = (
+            compare_builds(Path(scratch) / "s", args.k, args.batches, args.repeats, args.rounds)
+            if args.builds
+            else None
+        )
 
     body = {
         "benchmark": "exact top-k inner product",
@@ -118,12 +199,17 @@ def main() -> None:
         "bytes_read_fastmarco_fp16": args.rows * args.dim * 2,
         "bytes_read_faiss_fp32": args.rows * args.dim * 4,
         "shard_write_seconds": write_seconds,
-        "simd_fp16": _native.simd_fp16_enabled(),
+        "build_march": _native.BUILD_MARCH,
+        "simd_variant": _native.simd_variant(),
         "threads": "all hardware threads (fastmarco threads=0, faiss omp default)",
         "results": results,
         "environment": environment(["fastmarco", "faiss-cpu", "numpy"]),
     }
-    print(f"saved {save(f'exact_search_{args.rows}x{args.dim}', body)}")
+    if builds is not None:
+        body["portable_vs_native"] = builds
+        for batch, ratio in builds["portable_vs_native"].items():
+            print(f"batch {batch}: portable build at {ratio:.3f}x the native build's queries/s")
+    print(f"saved {save(f'exact_search_{args.rows}x{args.dim}_{cpu_family()}', body)}")
 
 
 if __name__ == "__main__":

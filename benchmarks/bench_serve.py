@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import environment, proc_status_bytes, save, save_figure
+from _common import cpu_family, environment, proc_status_bytes, save, save_figure
 
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "msmarco-mini"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -450,8 +450,7 @@ def run_peers(args: argparse.Namespace) -> None:
         }
         print(f"fastmarco / infinity requests/s at 32 clients: {results['vs_infinity_at_32']}")
     plot_peers(results, DOCS / "serve-peers.png")
-    family = "avx512" if "avx512f" in results["environment"]["cpu_flags"] else "avx2"
-    print(f"saved {save(f'serve_peers_{family}', results)} and {DOCS / 'serve-peers.png'}")
+    print(f"saved {save(f'serve_peers_{cpu_family()}', results)} and {DOCS / 'serve-peers.png'}")
 
 
 def _at(results: dict[str, Any], server: str, label: str, clients: int) -> float:

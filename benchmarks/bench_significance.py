@@ -18,7 +18,7 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
-from _common import cpu_flags, environment, save
+from _common import cpu_family, environment, save
 
 from fastmarco.eval.fusion import NamedRun, fuse
 from fastmarco.eval.significance import fisher_randomization, paired_t
@@ -130,8 +130,7 @@ def main() -> None:
             f"fuse RRF in {ranx_rrf_s:.2f} s"
         )
     result["environment"] = environment(["numpy", "numba", "scipy", "ranx"])
-    family = "avx512" if "avx512f" in cpu_flags() else "avx2" if "avx2" in cpu_flags() else "baseline"
-    print(save(f"significance_{family}", result))
+    print(save(f"significance_{cpu_family()}", result))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-PAGES = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md")
+PAGES = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "wheels.md")
+EXACT_SEARCH_FILES = ("exact_search_1000000x768_avx2.json", "exact_search_1000000x768_avx512.json")
 SCALE_FILES = ("scale_8841823x384.json", "scale_8841823x768.json")
 QUERY_HNSW_FILES = (
     ("1M x 384, all-MiniLM-L6-v2", "`--int8 --int8-attention`", "query_cpu-int8-attention-1000000x384.json"),
@@ -37,8 +38,11 @@ QUERY_HNSW_FILES = (
 )
 
 
-def _load(name: str) -> dict[str, Any]:
-    body: dict[str, Any] = json.loads((RESULTS / name).read_text())
+def _load(name: str, missing_ok: bool = False) -> dict[str, Any]:
+    path = RESULTS / name
+    if missing_ok and not path.is_file():
+        return {}
+    body: dict[str, Any] = json.loads(path.read_text())
     return body
 
 
@@ -133,9 +137,9 @@ def scale_table(body: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def exact_search_table(body: dict[str, Any]) -> str:
+def exact_search_table(body: dict[str, Any], name: str) -> str:
     lines = [
-        f"`benchmarks/results/exact_search_{body['rows']}x{body['dim']}.json`: {machine(body)}; "
+        f"`benchmarks/results/{name}`: {machine(body)}; "
         f"top-{body['k']} "
         f"inner product over {body['rows']:,} x {body['dim']}, queries/s; fastmarco reads fp16 from "
         f"{body['shards']} memory-mapped shards, faiss {body['environment']['packages']['faiss-cpu']} "
@@ -149,6 +153,25 @@ def exact_search_table(body: dict[str, Any]) -> str:
         lines.append(_row([
             str(r["batch"]), f"{r['fastmarco_qps']:,.1f}", f"{r['faiss_flat_ip_qps']:,.1f}",
             f"{r['numpy_qps']:,.1f}", f"{r['speedup_vs_faiss']:.2f}x", f"{r['topk_overlap_with_faiss']:.3f}",
+        ]))  # fmt: skip
+    return "\n".join(lines)
+
+
+def builds_table(body: dict[str, Any], name: str) -> str:
+    """fastmarco's search from the portable and the -march=native wheel, side by side."""
+    builds = body["portable_vs_native"]
+    portable, native = builds["builds"]["portable"], builds["builds"]["native"]
+    lines = [
+        f"`benchmarks/results/{name}`: {machine(body)}; {body['rows']:,} x {body['dim']} fp16, "
+        f"top-{body['k']}, queries/s, best of {builds['rounds']} interleaved rounds; both builds ran the "
+        f"`{portable['variant']}` kernels.",
+        "",
+        "| queries per call | portable build | `-march=native` build | portable / native |",
+        "|---:|---:|---:|---:|",
+    ]
+    for batch, ratio in builds["portable_vs_native"].items():
+        lines.append(_row([
+            batch, f"{portable['qps'][batch]:,.1f}", f"{native['qps'][batch]:,.1f}", f"{ratio:.3f}",
         ]))  # fmt: skip
     return "\n".join(lines)
 
@@ -304,7 +327,7 @@ def significance_table(body: dict[str, Any]) -> str:
 
 def headline() -> str:
     """The README's few figures, each with its machine and date, from the same JSON."""
-    exact = _load("exact_search_1000000x768.json")
+    exact = _load(EXACT_SEARCH_FILES[0])
     sixteen = next(r for r in exact["results"] if r["batch"] == 16)
     encode = _load("encode_cpu.json")
     peers = _load("serve_peers_avx512.json")
@@ -344,7 +367,9 @@ def rendered() -> dict[str, str]:
     """Every table by its marker name."""
     tables: dict[str, str] = {
         "headline": headline(),
-        "exact-search": exact_search_table(_load("exact_search_1000000x768.json")),
+        "exact-search": "\n\n".join(
+            exact_search_table(_load(name), name) for name in EXACT_SEARCH_FILES if (RESULTS / name).is_file()
+        ),
         "query-1000000x768": query_table(_load("query_cpu-1000000x768.json")),
         "query-hnsw": query_hnsw_table(),
         "encode-cpu": encode_cpu_table(_load("encode_cpu.json"), "encode_cpu.json"),
@@ -355,6 +380,9 @@ def rendered() -> dict[str, str]:
     }
     for name in SCALE_FILES:
         tables[name.removesuffix(".json").replace("_", "-")] = scale_table(_load(name))
+    with_builds = [n for n in EXACT_SEARCH_FILES if "portable_vs_native" in _load(n, missing_ok=True)]
+    if with_builds:
+        tables["exact-search-builds"] = builds_table(_load(with_builds[-1]), with_builds[-1])
     return tables
 
 

@@ -13,6 +13,7 @@
 #include "hamming.hpp"
 #include "refine.hpp"
 #include "shard_file.hpp"
+#include "simd.hpp"
 #include "topk.hpp"
 
 namespace py = pybind11;
@@ -269,7 +270,11 @@ PYBIND11_MODULE(_native, m) {
         for (const auto kernel : fastmarco::hamming_kernels()) names.push_back(fastmarco::hamming_kernel_name(kernel));
         return names;
       },
-      "The Hamming kernels this CPU runs, fastest first ('auto' picks the first).");
+      "The Hamming kernels this CPU runs, fastest first.");
+  m.def(
+      "hamming_auto_kernel",
+      [] { return fastmarco::hamming_kernel_name(fastmarco::auto_kernel(fastmarco::simd_active())); },
+      "The kernel 'auto' runs: the fastest within the active SIMD variant (simd_variant()).");
   m.def(
       "checksum",
       [](const py::buffer& data) {
@@ -283,6 +288,28 @@ PYBIND11_MODULE(_native, m) {
         return fastmarco::checksum_bytes(ptr, bytes);
       },
       "data"_a, "XXH3-64 of a contiguous buffer: the checksum the shard format uses.");
-  m.def("simd_fp16_enabled", &fastmarco::simd_fp16_enabled,
-        "Whether fp16 rows are converted with F16C/AVX instructions in this build.");
+  m.def(
+      "simd_variant", [] { return fastmarco::simd_name(fastmarco::simd_active()); },
+      "The SIMD variant the kernels run: FASTMARCO_SIMD where set, else the widest this CPU runs.");
+  m.def(
+      "simd_variants",
+      [] {
+        std::vector<std::string> names;
+        for (const auto simd : fastmarco::simd_supported()) names.push_back(fastmarco::simd_name(simd));
+        return names;
+      },
+      "The SIMD variants this build holds and this CPU runs, widest first.");
+  m.def(
+      "simd_compiled",
+      [] {
+        std::vector<std::string> names;
+        for (const auto simd : fastmarco::simd_compiled()) names.push_back(fastmarco::simd_name(simd));
+        return names;
+      },
+      "Every SIMD variant this build holds, widest first.");
+  m.def(
+      "set_simd_variant",
+      [](const std::string& name) { fastmarco::set_simd_active(fastmarco::simd_from_name(name)); }, "name"_a,
+      "Runs the kernels with this variant from now on (tests, bug reports); one this CPU cannot run is an error.");
+  m.attr("BUILD_MARCH") = FASTMARCO_BUILD_MARCH;
 }

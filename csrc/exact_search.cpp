@@ -3,120 +3,28 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "half.hpp"
 #include "parallel.hpp"
+#include "simd.hpp"
 #include "topk.hpp"
 
-#if defined(__F16C__) && defined(__AVX__)
+#ifdef FASTMARCO_X86
 #include <immintrin.h>
-#define FASTMARCO_F16C 1
 #endif
 
 namespace fastmarco {
 namespace {
 
-// GCC/Clang vector extension: 8 fp32 lanes (one AVX register, two SSE registers elsewhere).
-typedef float v8f __attribute__((vector_size(32), aligned(32)));
-
-constexpr std::int64_t kPanel = 8;             // rows per packed panel (one v8f per dimension)
-constexpr std::int64_t kTileRows = 16;         // rows per micro-tile: two panels
+constexpr std::int64_t kDimPad = 8;            // queries and panels are padded to a multiple of 8 dims
+constexpr std::int64_t kSpanRows = 32;         // threads' row ranges start at multiples of this
 constexpr std::int64_t kTileQueries = 6;       // queries per micro-tile: 6 x 2 accumulators
 constexpr std::int64_t kBlockBytes = 256 << 10;  // packed row block, sized for L2
 constexpr std::int64_t kQueryChunkBytes = 2 << 20;  // queries kept hot while a thread streams its rows
 
 std::int64_t round_up(std::int64_t v, std::int64_t m) { return (v + m - 1) / m * m; }
-
-template <typename T>
-float load_value(const T* p);
-template <>
-float load_value<float>(const float* p) {
-  return *p;
-}
-template <>
-float load_value<std::uint16_t>(const std::uint16_t* p) {
-  return half_to_float(*p);
-}
-
-#ifdef FASTMARCO_F16C
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const std::uint16_t* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-
-// Transposes an 8x8 block held in r[0..7] (r[i] = row i) so that r[d] holds dimension d of all rows.
-inline void transpose8(__m256 r[8]) {
-  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-}
-#endif
-
-// Packs `count` (<= 8) rows starting at `src` into a panel laid out as panel[d * 8 + row],
-// converting to fp32 and zero-filling missing rows and padded dimensions.
-template <typename T>
-void pack_panel(const T* src, std::int64_t dim, std::int64_t count, std::int64_t padded_dim, float* panel) {
-  std::int64_t d = 0;
-#ifdef FASTMARCO_F16C
-  if (count == kPanel) {
-    for (; d + 8 <= dim; d += 8) {
-      __m256 r[8];
-      for (int i = 0; i < 8; ++i) r[i] = load8(src + i * dim + d);
-      transpose8(r);
-      for (int i = 0; i < 8; ++i) _mm256_store_ps(panel + (d + i) * kPanel, r[i]);
-    }
-  }
-#endif
-  for (; d < padded_dim; ++d) {
-    for (std::int64_t i = 0; i < kPanel; ++i) {
-      panel[d * kPanel + i] = (i < count && d < dim) ? load_value(src + i * dim + d) : 0.0f;
-    }
-  }
-}
-
-// scores[q][r] for MQ queries against one 16-row tile (two panels), r in [0, 16).
-template <int MQ>
-void micro_tile(const float* queries, std::int64_t padded_dim, const float* panel0, const float* panel1,
-                float scores[kTileQueries][kTileRows]) {
-  v8f acc0[MQ], acc1[MQ];
-  for (int i = 0; i < MQ; ++i) {
-    acc0[i] = v8f{};
-    acc1[i] = v8f{};
-  }
-  const v8f* x0 = reinterpret_cast<const v8f*>(panel0);
-  const v8f* x1 = reinterpret_cast<const v8f*>(panel1);
-  for (std::int64_t d = 0; d < padded_dim; ++d) {
-    const v8f a = x0[d];
-    const v8f b = x1[d];
-    for (int i = 0; i < MQ; ++i) {
-      const v8f q = queries[i * padded_dim + d] - v8f{};  // broadcast
-      acc0[i] += q * a;
-      acc1[i] += q * b;
-    }
-  }
-  for (int i = 0; i < MQ; ++i) {
-    std::memcpy(scores[i], &acc0[i], sizeof(v8f));
-    std::memcpy(scores[i] + kPanel, &acc1[i], sizeof(v8f));
-  }
-}
-
-using TileFn = void (*)(const float*, std::int64_t, const float*, const float*, float[kTileQueries][kTileRows]);
-constexpr TileFn kTileFns[kTileQueries + 1] = {nullptr,        micro_tile<1>, micro_tile<2>, micro_tile<3>,
-                                               micro_tile<4>, micro_tile<5>, micro_tile<6>};
 
 struct AlignedFloats {
   explicit AlignedFloats(std::size_t n) : data(static_cast<float*>(::operator new[](n * sizeof(float), std::align_val_t(64)))) {}
@@ -135,80 +43,60 @@ struct Job {
   bool cosine;
 };
 
-// Scans rows [begin, end) for all queries; writes best-first (nq, k) lists with row ids.
-template <typename T>
-void scan_rows(const Job& job, const T* rows, std::int64_t begin, std::int64_t end, float* out_scores,
-               std::int64_t* out_ids) {
-  const std::int64_t pd = job.padded_dim;
-  const std::int64_t block_rows =
-      std::max<std::int64_t>(kTileRows, kBlockBytes / (pd * static_cast<std::int64_t>(sizeof(float))) / kTileRows * kTileRows);
-  const std::int64_t chunk_queries =
-      std::max<std::int64_t>(kTileQueries, kQueryChunkBytes / (pd * static_cast<std::int64_t>(sizeof(float))));
-  AlignedFloats packed(static_cast<std::size_t>(block_rows * pd));
-  std::vector<float> inv_norm(static_cast<std::size_t>(block_rows), 1.0f);
-  std::vector<TopKHeap> heaps;
-  alignas(64) float tile[kTileQueries][kTileRows];
+using ScanFn = void (*)(const Job&, const void*, DType, std::int64_t, std::int64_t, float*, std::int64_t*);
 
-  for (std::int64_t q_begin = 0; q_begin < job.nq; q_begin += chunk_queries) {
-    const std::int64_t q_end = std::min(job.nq, q_begin + chunk_queries);
-    heaps.assign(static_cast<std::size_t>(q_end - q_begin), TopKHeap(job.k));
-    for (std::int64_t block = begin; block < end; block += block_rows) {
-      const std::int64_t n = std::min(block_rows, end - block);
-      const std::int64_t n_tiles = (n + kTileRows - 1) / kTileRows;
-      for (std::int64_t p = 0; p < n_tiles * 2; ++p) {
-        const std::int64_t first = p * kPanel;
-        const std::int64_t count = std::clamp<std::int64_t>(n - first, 0, kPanel);
-        pack_panel(rows + (block + first) * job.dim, job.dim, count, pd, packed.data + p * kPanel * pd);
-      }
-      if (job.cosine) {
-        for (std::int64_t r = 0; r < n; ++r) {
-          const float* panel = packed.data + (r / kPanel) * kPanel * pd;
-          float sq = 0.0f;
-          for (std::int64_t d = 0; d < job.dim; ++d) {
-            const float v = panel[d * kPanel + r % kPanel];
-            sq += v * v;
-          }
-          inv_norm[static_cast<std::size_t>(r)] = sq > 0.0f ? 1.0f / std::sqrt(sq) : 0.0f;
-        }
-      }
-      for (std::int64_t q0 = q_begin; q0 < q_end; q0 += kTileQueries) {
-        const int mq = static_cast<int>(std::min<std::int64_t>(kTileQueries, q_end - q0));
-        const TileFn fn = kTileFns[mq];
-        for (std::int64_t t = 0; t < n_tiles; ++t) {
-          const float* p0 = packed.data + (2 * t) * kPanel * pd;
-          fn(job.queries + q0 * pd, pd, p0, p0 + kPanel * pd, tile);
-          const std::int64_t row0 = t * kTileRows;
-          const std::int64_t valid = std::min<std::int64_t>(kTileRows, n - row0);
-          for (int i = 0; i < mq; ++i) {
-            TopKHeap& heap = heaps[static_cast<std::size_t>(q0 - q_begin + i)];
-            float threshold = heap.threshold();
-            for (std::int64_t r = 0; r < valid; ++r) {
-              float s = tile[i][r];
-              if (job.cosine) s *= inv_norm[static_cast<std::size_t>(row0 + r)];
-              if (s >= threshold) {
-                heap.push(s, block + row0 + r);
-                threshold = heap.threshold();
-              }
-            }
-          }
-        }
-      }
-    }
-    for (std::int64_t q = q_begin; q < q_end; ++q) {
-      heaps[static_cast<std::size_t>(q - q_begin)].drain_sorted(out_scores + q * job.k, out_ids + q * job.k);
-    }
+}  // namespace
+
+// One copy of the kernels per SIMD variant: 16 fp32 lanes a vector for AVX-512, 8 for AVX2, 4 for the
+// baseline (SSE2, NEON). Baseline uses F16C (and 8 lanes) only where the build's own -march has it.
+namespace exact_baseline {
+#if defined(__F16C__) && defined(__AVX__)
+#define FASTMARCO_KERNEL_F16C 1
+#define FASTMARCO_KERNEL_LANES 8
+#else
+#define FASTMARCO_KERNEL_F16C 0
+#define FASTMARCO_KERNEL_LANES 4  // one SSE2 or NEON register: 12 accumulators fit in 16 registers
+#endif
+#include "exact_kernels.inl"
+#undef FASTMARCO_KERNEL_F16C
+#undef FASTMARCO_KERNEL_LANES
+}  // namespace exact_baseline
+
+#ifdef FASTMARCO_X86
+#define FASTMARCO_KERNEL_F16C 1
+FASTMARCO_TARGET_PUSH(FASTMARCO_ISA_AVX2)
+namespace exact_avx2 {
+#define FASTMARCO_KERNEL_LANES 8
+#include "exact_kernels.inl"
+#undef FASTMARCO_KERNEL_LANES
+}  // namespace exact_avx2
+FASTMARCO_TARGET_POP
+FASTMARCO_TARGET_PUSH(FASTMARCO_ISA_AVX512)
+namespace exact_avx512 {
+#define FASTMARCO_KERNEL_LANES 16
+#include "exact_kernels.inl"
+#undef FASTMARCO_KERNEL_LANES
+}  // namespace exact_avx512
+FASTMARCO_TARGET_POP
+#undef FASTMARCO_KERNEL_F16C
+#endif
+
+namespace {
+
+ScanFn scan_for(Simd simd) {
+  switch (simd) {
+#ifdef FASTMARCO_X86
+    case Simd::Avx512:
+      return exact_avx512::scan;
+    case Simd::Avx2:
+      return exact_avx2::scan;
+#endif
+    default:
+      return exact_baseline::scan;
   }
 }
 
 }  // namespace
-
-bool simd_fp16_enabled() {
-#ifdef FASTMARCO_F16C
-  return true;
-#else
-  return false;
-#endif
-}
 
 void exact_search(const float* queries, std::int64_t nq, std::int64_t dim, const void* rows, DType dtype,
                   std::int64_t nrows, std::int64_t k, const SearchOptions& options, float* out_scores,
@@ -216,7 +104,7 @@ void exact_search(const float* queries, std::int64_t nq, std::int64_t dim, const
   if (nq < 0 || dim <= 0 || nrows < 0 || k <= 0) throw std::invalid_argument("exact_search: bad sizes");
   if (nq == 0) return;
   const bool cosine = options.metric == Metric::Cosine;
-  const std::int64_t pd = round_up(dim, kPanel);
+  const std::int64_t pd = round_up(dim, kDimPad);
   AlignedFloats padded(static_cast<std::size_t>(nq * pd));
   for (std::int64_t q = 0; q < nq; ++q) {
     float* dst = padded.data + q * pd;
@@ -227,13 +115,10 @@ void exact_search(const float* queries, std::int64_t nq, std::int64_t dim, const
   }
   const Job job{padded.data, nq, dim, pd, k, cosine};
 
-  const int threads = thread_count(options.threads, nrows / kTileRows);
+  const int threads = thread_count(options.threads, nrows / kSpanRows);
+  const ScanFn scan_fn = scan_for(simd_active());
   auto scan = [&](std::int64_t begin, std::int64_t end, float* s, std::int64_t* i) {
-    if (dtype == DType::Float16) {
-      scan_rows(job, static_cast<const std::uint16_t*>(rows), begin, end, s, i);
-    } else {
-      scan_rows(job, static_cast<const float*>(rows), begin, end, s, i);
-    }
+    scan_fn(job, rows, dtype, begin, end, s, i);
   };
   if (threads == 1) {
     scan(0, nrows, out_scores, out_ids);
@@ -243,7 +128,7 @@ void exact_search(const float* queries, std::int64_t nq, std::int64_t dim, const
   const std::size_t per_thread = static_cast<std::size_t>(nq * k);
   std::vector<float> part_scores(per_thread * threads);
   std::vector<std::int64_t> part_ids(per_thread * threads);
-  const std::int64_t span = round_up((nrows + threads - 1) / threads, kTileRows);
+  const std::int64_t span = round_up((nrows + threads - 1) / threads, kSpanRows);
   run_threads(threads, [&](int t) {
     const std::int64_t begin = std::min(nrows, t * span);
     const std::int64_t end = std::min(nrows, begin + span);

@@ -17,12 +17,10 @@ struct SearchOptions {
 // queries: (nq, dim) fp32 row-major; rows: (nrows, dim) of `dtype`, row-major.
 // Writes (nq, k) scores and row indices [0, nrows) best-first (higher score, then lower row),
 // padded with (-inf, -1) when nrows < k. For cosine, a zero-norm row or query scores 0.
-// Rows are split across threads; each thread streams its rows once per query chunk.
+// Rows are split across threads; each thread streams its rows once per query chunk. The kernels are
+// the SIMD variant simd_active() names (simd.hpp).
 void exact_search(const float* queries, std::int64_t nq, std::int64_t dim, const void* rows, DType dtype,
                   std::int64_t nrows, std::int64_t k, const SearchOptions& options, float* out_scores,
                   std::int64_t* out_ids);
-
-// Whether the fp16 conversion and transpose use F16C/AVX instructions in this build.
-bool simd_fp16_enabled();
 
 }  // namespace fastmarco

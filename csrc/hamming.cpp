@@ -5,11 +5,11 @@
 #include <stdexcept>
 
 #include "parallel.hpp"
+#include "simd.hpp"
 #include "topk.hpp"
 
-#if defined(__x86_64__) || defined(__i386__)
+#ifdef FASTMARCO_X86
 #include <immintrin.h>
-#define FASTMARCO_X86 1
 #endif
 
 namespace fastmarco {
@@ -103,6 +103,9 @@ __attribute__((target("avx2"))) void distances_avx2(const std::uint8_t* query, c
 }
 
 // AVX-512 VPOPCNTDQ: eight 64-bit popcounts an instruction; the last partial vector by a masked load.
+// GCC 12's own _mm512_reduce_add_epi64 trips -Wmaybe-uninitialized (its _mm256_undefined_si256).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 __attribute__((target("avx512f,avx512vpopcntdq"))) void distances_avx512(const std::uint8_t* query,
                                                                          const std::uint8_t* codes, std::int64_t count,
                                                                          std::int64_t nbytes,
@@ -127,6 +130,7 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) void distances_avx512(const s
     distances[r] = static_cast<std::uint16_t>(bits + tail_bits(query, row, 8 * words, nbytes));
   }
 }
+#pragma GCC diagnostic pop
 #endif
 
 bool cpu_has(HammingKernel kernel) {
@@ -195,6 +199,18 @@ std::vector<HammingKernel> hamming_kernels() {
   return found;
 }
 
+HammingKernel auto_kernel(Simd simd) {
+  // The fastest kernel within the active SIMD variant: forcing FASTMARCO_SIMD=baseline runs only
+  // baseline instructions (no POPCNT, which x86-64 v1 lacks), as a bug report may need.
+  for (const auto kernel : hamming_kernels()) {
+    if (simd == Simd::Avx512 || (simd == Simd::Avx2 && kernel != HammingKernel::Avx512) ||
+        kernel == HammingKernel::Generic) {
+      return kernel;
+    }
+  }
+  return HammingKernel::Generic;
+}
+
 std::string hamming_kernel_name(HammingKernel kernel) {
   switch (kernel) {
     case HammingKernel::Auto:
@@ -225,7 +241,7 @@ void hamming_topk(const std::uint8_t* queries, std::int64_t nq, const std::uint8
                   std::int64_t* out_ids) {
   if (nq < 0 || n < 0 || nbytes <= 0 || k <= 0) throw std::invalid_argument("hamming_topk: bad sizes");
   if (nbytes * 8 > 65535) throw std::invalid_argument("hamming_topk: codes wider than 65,535 bits");
-  if (kernel == HammingKernel::Auto) kernel = hamming_kernels().front();
+  if (kernel == HammingKernel::Auto) kernel = auto_kernel(simd_active());
   if (!cpu_has(kernel)) {
     throw std::invalid_argument("kernel '" + hamming_kernel_name(kernel) + "' is not supported by this CPU");
   }

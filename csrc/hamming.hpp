@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "simd.hpp"
+
 namespace fastmarco {
 
 // The popcount kernels this build has. `Auto` picks the fastest the CPU supports at run time, so a
@@ -14,6 +16,8 @@ enum class HammingKernel { Auto, Generic, Popcnt, Avx2, Avx512 };
 
 // Kernels this CPU can run, fastest first (Generic always last).
 std::vector<HammingKernel> hamming_kernels();
+// What `Auto` runs under a SIMD variant (simd_active() by default): the fastest kernel within it.
+HammingKernel auto_kernel(Simd simd);
 std::string hamming_kernel_name(HammingKernel kernel);
 HammingKernel hamming_kernel_from_name(const std::string& name);  // throws std::invalid_argument
 

@@ -4,32 +4,64 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
+#include <utility>
 
 #include "half.hpp"
 #include "parallel.hpp"
+#include "simd.hpp"
 #include "topk.hpp"
 
+#ifdef FASTMARCO_X86
+#include <immintrin.h>
+#endif
 
 namespace fastmarco {
 namespace {
 
-// dot(q, row) and |row|^2 in fp32, the same accumulation as a straightforward loop.
-template <typename T>
-void dot_and_norm(const float* q, const T* row, std::int64_t dim, float& dot, float& sq) {
-  float d = 0.0f, s = 0.0f;
-  for (std::int64_t i = 0; i < dim; ++i) {
-    float v;
-    if constexpr (std::is_same_v<T, std::uint16_t>) {
-      v = half_to_float(row[i]);
-    } else {
-      v = row[i];
-    }
-    d += q[i] * v;
-    s += v * v;
+using DotFn16 = void (*)(const float*, const std::uint16_t*, std::int64_t, float&, float&);
+using DotFn32 = void (*)(const float*, const float*, std::int64_t, float&, float&);
+
+}  // namespace
+
+// One copy of the kernel per SIMD variant. Baseline uses F16C only where the build's own -march has it.
+namespace refine_baseline {
+#if defined(__F16C__)
+#define FASTMARCO_KERNEL_F16C 1
+#else
+#define FASTMARCO_KERNEL_F16C 0
+#endif
+#include "refine_kernels.inl"
+#undef FASTMARCO_KERNEL_F16C
+}  // namespace refine_baseline
+
+#ifdef FASTMARCO_X86
+#define FASTMARCO_KERNEL_F16C 1
+FASTMARCO_TARGET_PUSH(FASTMARCO_ISA_AVX2)
+namespace refine_avx2 {
+#include "refine_kernels.inl"
+}  // namespace refine_avx2
+FASTMARCO_TARGET_POP
+FASTMARCO_TARGET_PUSH(FASTMARCO_ISA_AVX512)
+namespace refine_avx512 {
+#include "refine_kernels.inl"
+}  // namespace refine_avx512
+FASTMARCO_TARGET_POP
+#undef FASTMARCO_KERNEL_F16C
+#endif
+
+namespace {
+
+std::pair<DotFn16, DotFn32> dot_for(Simd simd) {
+  switch (simd) {
+#ifdef FASTMARCO_X86
+    case Simd::Avx512:
+      return {refine_avx512::dot_and_norm<std::uint16_t>, refine_avx512::dot_and_norm<float>};
+    case Simd::Avx2:
+      return {refine_avx2::dot_and_norm<std::uint16_t>, refine_avx2::dot_and_norm<float>};
+#endif
+    default:
+      return {refine_baseline::dot_and_norm<std::uint16_t>, refine_baseline::dot_and_norm<float>};
   }
-  dot = d;
-  sq = s;
 }
 
 }  // namespace
@@ -41,6 +73,7 @@ void refine_topk(const float* queries, std::int64_t nq, std::int64_t dim, const 
   for (std::size_t b = 0; b < blocks.size(); ++b) starts[b + 1] = starts[b] + blocks[b].count;
   const std::int64_t total = starts.back();
   const bool cosine = metric == Metric::Cosine;
+  const auto [dot16, dot32] = dot_for(simd_active());
 
   auto work = [&](std::int64_t q) {
     const float* query = queries + q * dim;
@@ -56,9 +89,9 @@ void refine_topk(const float* queries, std::int64_t nq, std::int64_t dim, const 
       const std::int64_t local = id - starts[b];
       float dot = 0.0f, sq = 0.0f;
       if (blocks[b].dtype == DType::Float16) {
-        dot_and_norm(query, static_cast<const std::uint16_t*>(blocks[b].rows) + local * dim, dim, dot, sq);
+        dot16(query, static_cast<const std::uint16_t*>(blocks[b].rows) + local * dim, dim, dot, sq);
       } else {
-        dot_and_norm(query, static_cast<const float*>(blocks[b].rows) + local * dim, dim, dot, sq);
+        dot32(query, static_cast<const float*>(blocks[b].rows) + local * dim, dim, dot, sq);
       }
       const float score = cosine ? (sq > 0.0f ? dot * qscale / std::sqrt(sq) : 0.0f) : dot;
       heap.push(score, id);

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from fastmarco import _native
 
 MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "msmarco-mini"
 
@@ -17,6 +20,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(params=_native.simd_compiled())
+def simd(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each SIMD variant the build holds, forced for one test (as FASTMARCO_SIMD would); one this CPU
+    cannot run is skipped, saying so."""
+    if request.param not in _native.simd_variants():
+        pytest.skip(f"this CPU cannot run the {request.param} kernels (it runs {_native.simd_variants()})")
+    before = _native.simd_variant()
+    _native.set_simd_variant(request.param)
+    yield request.param
+    _native.set_simd_variant(before)
 
 
 @pytest.fixture(scope="session")

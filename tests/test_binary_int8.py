@@ -40,6 +40,19 @@ def test_the_machine_has_the_portable_kernel_and_auto_picks_the_fastest() -> Non
     assert KERNELS[-1] == "generic" and len(set(KERNELS)) == len(KERNELS)
 
 
+def test_auto_runs_the_fastest_kernel_within_the_forced_simd_variant(simd: str) -> None:
+    allowed = {"avx512": KERNELS, "avx2": [k for k in KERNELS if k != "avx512-vpopcntdq"]}
+    assert _native.hamming_auto_kernel() == allowed.get(simd, ["generic"])[0]
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 256, size=(3_000, 48), dtype=np.uint8)
+    distances = np.empty((3, 10), dtype=np.int32)
+    rows = np.empty((3, 10), dtype=np.int64)
+    _native.hamming_topk(codes[:3], codes, 10, distances, rows, 0, "auto")
+    expected_d, expected_r = brute_force_hamming(codes[:3], codes, 10)
+    np.testing.assert_array_equal(distances, expected_d)
+    np.testing.assert_array_equal(rows, expected_r)
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("nbytes", [1, 7, 8, 13, 48, 64, 96, 100])
 @pytest.mark.parametrize("threads", [1, 2])

@@ -30,7 +30,7 @@ def write_set(tmp_path: Path, rows: np.ndarray, nshard: int, dtype: str) -> Shar
 @pytest.mark.parametrize("k", [1, 10, 1000])
 @pytest.mark.parametrize("nshard", [1, 2, 3, 5])
 def test_integer_data_ids_identical_to_numpy(
-    tmp_path: Path, dtype: str, dim: int, k: int, nshard: int
+    tmp_path: Path, dtype: str, dim: int, k: int, nshard: int, simd: str
 ) -> None:
     rng = np.random.default_rng(dim * 1000 + k + nshard)
     rows = integer_data(rng, 1500, dim, dtype)
@@ -47,7 +47,9 @@ def test_integer_data_ids_identical_to_numpy(
 @pytest.mark.parametrize("metric", ["ip", "cosine"])
 @pytest.mark.parametrize("dim", [1, 7, 384, 768])
 @pytest.mark.parametrize("k", [1, 10, 1000])
-def test_gaussian_data_matches_numpy(tmp_path: Path, dtype: str, metric: str, dim: int, k: int) -> None:
+def test_gaussian_data_matches_numpy(
+    tmp_path: Path, dtype: str, metric: str, dim: int, k: int, simd: str
+) -> None:
     rng = np.random.default_rng(dim + k)
     rows = rng.standard_normal((2000, dim)).astype(np.float32)
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
@@ -63,7 +65,7 @@ def test_gaussian_data_matches_numpy(tmp_path: Path, dtype: str, metric: str, di
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 8])
 @pytest.mark.parametrize("nq", [1, 5, 6, 7, 13])
-def test_thread_count_and_query_tiles_do_not_change_results(threads: int, nq: int) -> None:
+def test_thread_count_and_query_tiles_do_not_change_results(threads: int, nq: int, simd: str) -> None:
     rng = np.random.default_rng(nq)
     rows = integer_data(rng, 1037, 33, "fp16")
     queries = rng.integers(-3, 4, size=(nq, 33)).astype(np.float32)
@@ -74,7 +76,7 @@ def test_thread_count_and_query_tiles_do_not_change_results(threads: int, nq: in
 
 
 @pytest.mark.parametrize("n", [0, 1, 15, 17, 40])
-def test_k_larger_than_corpus_pads_with_sentinels(n: int) -> None:
+def test_k_larger_than_corpus_pads_with_sentinels(n: int, simd: str) -> None:
     rng = np.random.default_rng(n)
     rows = rng.standard_normal((n, 16)).astype(np.float16)
     scores, ids = exact_search(rng.standard_normal((3, 16)), rows, 100)
@@ -84,7 +86,7 @@ def test_k_larger_than_corpus_pads_with_sentinels(n: int) -> None:
     assert sorted(ids[0, :n].tolist()) == list(range(n))
 
 
-def test_cosine_zero_vectors_score_zero() -> None:
+def test_cosine_zero_vectors_score_zero(simd: str) -> None:
     rows = np.array([[0, 0], [1, 0], [0, 2]], dtype=np.float32)
     scores, ids = exact_search(np.array([[3.0, 0.0]]), rows, 3, "cosine")
     np.testing.assert_array_equal(ids, [[1, 0, 2]])
@@ -148,3 +150,46 @@ def test_refine_refuses_output_arrays_it_cannot_write_densely() -> None:
         )
     _native.refine_topk(queries, [rows], candidates, 3, "ip", good_scores, good_ids)
     np.testing.assert_array_equal(good_ids, candidates)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "fp32"])
+@pytest.mark.parametrize("metric", ["ip", "cosine"])
+@pytest.mark.parametrize("dim", [7, 384])
+def test_refine_rescores_candidates_as_numpy_does(dtype: str, metric: str, dim: int, simd: str) -> None:
+    rng = np.random.default_rng(dim)
+    blocks = [rng.standard_normal((n, dim)).astype(DTYPES[dtype]) for n in (300, 1, 200)]
+    rows = np.concatenate(blocks)
+    queries = rng.standard_normal((5, dim)).astype(np.float32)
+    # distinct candidates per query, as an index's first pass gives them; empty slots are skipped
+    candidates = np.stack([rng.choice(len(rows), 60, replace=False) for _ in range(5)]).astype(np.int64)
+    candidates[:, -3:] = MISSING_ID
+    k = 10
+    scores = np.empty((5, k), dtype=np.float32)
+    ids = np.empty((5, k), dtype=np.int64)
+    _native.refine_topk(queries, blocks, candidates, k, metric, scores, ids)
+    every = brute_force_scores(queries, rows, metric)
+    for q in range(5):
+        pool = np.unique(candidates[q][candidates[q] != MISSING_ID])
+        order = pool[np.lexsort((pool, -every[q, pool]))][:k]
+        np.testing.assert_array_equal(ids[q], order)
+        np.testing.assert_allclose(scores[q], every[q, order], rtol=1e-4, atol=1e-4)
+
+
+def test_the_variants_agree_on_ids_and_forcing_one_is_checked() -> None:
+    rng = np.random.default_rng(3)
+    rows = rng.integers(-3, 4, size=(3000, 384)).astype(np.float16)
+    queries = rng.integers(-3, 4, size=(8, 384)).astype(np.float32)
+    before = _native.simd_variant()
+    try:
+        found = {}
+        for variant in _native.simd_variants():
+            _native.set_simd_variant(variant)
+            found[variant] = exact_search(queries, rows, 50)
+        first = next(iter(found.values()))
+        for scores, ids in found.values():
+            np.testing.assert_array_equal(ids, first[1])
+            np.testing.assert_array_equal(scores, first[0])  # integer data: exact in every variant
+        with pytest.raises(InputError, match="not a SIMD variant of this build"):
+            _native.set_simd_variant("avx9")
+    finally:
+        _native.set_simd_variant(before)

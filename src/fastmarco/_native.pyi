@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import typing
 import typing_extensions
-__all__: list[str] = ['FORMAT_VERSION', 'HEADER_BYTES', 'MISSING_ID', 'ShardFile', 'ShardFileWriter', 'checksum', 'exact_search', 'hamming_kernels', 'hamming_topk', 'merge_topk', 'refine_topk', 'simd_fp16_enabled']
+__all__: list[str] = ['BUILD_MARCH', 'FORMAT_VERSION', 'HEADER_BYTES', 'MISSING_ID', 'ShardFile', 'ShardFileWriter', 'checksum', 'exact_search', 'hamming_auto_kernel', 'hamming_kernels', 'hamming_topk', 'merge_topk', 'refine_topk', 'set_simd_variant', 'simd_compiled', 'simd_variant', 'simd_variants']
 class ShardFileWriter:
     """
     Appends rows to '<path>.tmp' and publishes '<path>' atomically on finalize().
@@ -87,9 +87,13 @@ def exact_search(queries: numpy.ndarray, rows: numpy.ndarray, k: typing.Supports
     Fills out_scores (nq, k) float32 and out_ids (nq, k) int64 best-first; ties go to the lower row;
     missing results are (-inf, -1). threads=0 uses every hardware thread.
     """
+def hamming_auto_kernel() -> str:
+    """
+    The kernel 'auto' runs: the fastest within the active SIMD variant (simd_variant()).
+    """
 def hamming_kernels() -> list[str]:
     """
-    The Hamming kernels this CPU runs, fastest first ('auto' picks the first).
+    The Hamming kernels this CPU runs, fastest first.
     """
 def hamming_topk(queries: numpy.ndarray, codes: numpy.ndarray, k: typing.SupportsInt | typing.SupportsIndex, out_distances: numpy.ndarray, out_ids: numpy.ndarray, threads: typing.SupportsInt | typing.SupportsIndex = 0, kernel: str = 'auto') -> None:
     """
@@ -107,10 +111,23 @@ def refine_topk(queries: numpy.ndarray, shards: collections.abc.Sequence[numpy.n
     float16/float32 arrays, concatenated in order) and keeps the k best per query, best-first;
     ties go to the lower id, missing results are (-inf, -1).
     """
-def simd_fp16_enabled() -> bool:
+def set_simd_variant(name: str) -> None:
     """
-    Whether fp16 rows are converted with F16C/AVX instructions in this build.
+    Runs the kernels with this variant from now on (tests, bug reports); one this CPU cannot run is an error.
     """
+def simd_compiled() -> list[str]:
+    """
+    Every SIMD variant this build holds, widest first.
+    """
+def simd_variant() -> str:
+    """
+    The SIMD variant the kernels run: FASTMARCO_SIMD where set, else the widest this CPU runs.
+    """
+def simd_variants() -> list[str]:
+    """
+    The SIMD variants this build holds and this CPU runs, widest first.
+    """
+BUILD_MARCH: str = ''
 FORMAT_VERSION: int = 1
 HEADER_BYTES: int = 64
 MISSING_ID: int = -1

@@ -256,7 +256,7 @@ class BinaryFamily:
         codes.flush()
         built: dict[str, Any] = {
             "index_bytes": codes_path.stat().st_size,
-            "kernel": _native.hamming_kernels()[0],  # what `auto` runs on the building machine
+            "kernel": _native.hamming_auto_kernel(),  # what `auto` runs on the building machine
         }
         variant, _ = _variant(shape.factory)
         if variant != "flat":

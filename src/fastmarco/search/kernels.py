@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -14,6 +15,39 @@ Metric = Literal["ip", "cosine"]
 
 MISSING_ID: int = _native.MISSING_ID
 """Id of an empty result slot (fewer than k rows); its score is -inf."""
+
+
+def simd_variant() -> str:
+    """The SIMD variant the native kernels run (baseline, avx2, avx512; neon on ARM): the widest this
+    CPU runs, chosen once, or the one FASTMARCO_SIMD forces (an unknown or unrunnable one is an
+    InputError saying what the CPU runs)."""
+    return _native.simd_variant()
+
+
+def simd_variants() -> list[str]:
+    """The SIMD variants this build holds that this CPU runs, widest first."""
+    return _native.simd_variants()
+
+
+@dataclass(frozen=True)
+class NativeInfo:
+    """What the native module was built with and runs here (`fastmarco info`, bug reports)."""
+
+    march: str  # the build's -march ("" for the compiler's default target: a portable build)
+    compiled: list[str]  # the SIMD variants the module holds, widest first
+    runs: list[str]  # those this CPU runs
+    active: str  # the one the kernels use
+    hamming_kernel: str  # the popcount kernel the binary index kinds' "auto" runs
+
+
+def native_info() -> NativeInfo:
+    return NativeInfo(
+        march=_native.BUILD_MARCH,
+        compiled=_native.simd_compiled(),
+        runs=simd_variants(),
+        active=simd_variant(),
+        hamming_kernel=_native.hamming_auto_kernel(),
+    )
 
 
 def as_queries(queries: npt.ArrayLike, dim: int | None = None) -> npt.NDArray[np.float32]:
