@@ -103,7 +103,8 @@ def compare_builds(shard_dir: Path, k: int, batches: str, repeats: int, rounds: 
         packages = {name: build_package(march, Path(scratch)) for name, march in BUILDS.items()}
         found: dict[str, dict[str, Any]] = {}
         for round_number in range(rounds):
-            for name, package in packages.items():
+            order = list(packages.items())
+            for name, package in order if round_number % 2 == 0 else order[::-1]:  # neither always first
                 command = [sys.executable, "-c", CHILD, str(package), str(shard_dir), str(k), batches]
                 done = subprocess.run(
                     [*command, str(repeats)], capture_output=True, text=True, check=True,

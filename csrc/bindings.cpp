@@ -35,6 +35,14 @@ std::string shape_text(const py::array& a) {
 
 constexpr py::ssize_t kAny = -1;
 
+// The names of a list of kernels or variants, in order, for Python.
+template <typename T>
+std::vector<std::string> names_of(const std::vector<T>& items, std::string (*name)(T)) {
+  std::vector<std::string> names;
+  for (const T item : items) names.push_back(name(item));
+  return names;
+}
+
 void check_layout(const py::array& a, const char* name, std::initializer_list<py::ssize_t> shape, bool output,
                   std::size_t alignment) {
   bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
@@ -265,11 +273,7 @@ PYBIND11_MODULE(_native, m) {
         "missing results are (-1, -1). kernel: auto or one of hamming_kernels().");
   m.def(
       "hamming_kernels",
-      [] {
-        std::vector<std::string> names;
-        for (const auto kernel : fastmarco::hamming_kernels()) names.push_back(fastmarco::hamming_kernel_name(kernel));
-        return names;
-      },
+      [] { return names_of(fastmarco::hamming_kernels(), fastmarco::hamming_kernel_name); },
       "The Hamming kernels this CPU runs, fastest first.");
   m.def(
       "hamming_auto_kernel",
@@ -293,19 +297,11 @@ PYBIND11_MODULE(_native, m) {
       "The SIMD variant the kernels run: FASTMARCO_SIMD where set, else the widest this CPU runs.");
   m.def(
       "simd_variants",
-      [] {
-        std::vector<std::string> names;
-        for (const auto simd : fastmarco::simd_supported()) names.push_back(fastmarco::simd_name(simd));
-        return names;
-      },
+      [] { return names_of(fastmarco::simd_supported(), fastmarco::simd_name); },
       "The SIMD variants this build holds and this CPU runs, widest first.");
   m.def(
       "simd_compiled",
-      [] {
-        std::vector<std::string> names;
-        for (const auto simd : fastmarco::simd_compiled()) names.push_back(fastmarco::simd_name(simd));
-        return names;
-      },
+      [] { return names_of(fastmarco::simd_compiled(), fastmarco::simd_name); },
       "Every SIMD variant this build holds, widest first.");
   m.def(
       "set_simd_variant",

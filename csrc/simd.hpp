@@ -27,9 +27,10 @@
 #define FASTMARCO_TARGET_POP FASTMARCO_PRAGMA(GCC pop_options)
 #endif
 
-// The instruction sets of the x86 variants (baseline is the build's own, x86-64 unless -march).
-#define FASTMARCO_ISA_AVX2 "avx2,fma,f16c,popcnt"
-#define FASTMARCO_ISA_AVX512 "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,popcnt"
+// The x86 variants' instruction sets (exactly what simd.cpp checks the CPU for; baseline is the build's
+// own, x86-64 unless -march), scheduled for the first CPUs that have them.
+#define FASTMARCO_ISA_AVX2 "avx2,fma,f16c,popcnt,tune=haswell"
+#define FASTMARCO_ISA_AVX512 "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,popcnt,tune=skylake-avx512"
 
 namespace fastmarco {
 
