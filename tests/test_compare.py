@@ -27,9 +27,11 @@ from fastmarco.store.formats import (
 
 ranx = pytest.importorskip("ranx", reason="needs ranx (the dev extra)")
 pytest.importorskip("numba", reason="needs numba (the experiment extra)")
-# ranx's own numba kernels warn while compiling (an unsafe uint64 cast in its nDCG): theirs, not ours
+# ranx's own numba kernels warn while compiling (an unsafe uint64 cast in its nDCG): theirs, not ours.
+# numba may wrap the message in terminal colour codes (with the docs extra's packages installed), so
+# the pattern allows a prefix.
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:unsafe cast from uint64 to int64:numba.core.errors.NumbaTypeSafetyWarning"
+    "ignore:.*unsafe cast from uint64 to int64:numba.core.errors.NumbaTypeSafetyWarning"
 )
 
 
