@@ -18,6 +18,7 @@ from fastmarco.model.cross_encoder import CrossEncoderScorer
 from fastmarco.model.encoder import Encoder
 from fastmarco.model.scorer import BiEncoderScorer, open_scorer
 from fastmarco.progress import Update
+from fastmarco.store.passages import PassageStore
 
 pytest.importorskip("optimum.exporters.onnx", reason="needs the export extra: pip install '.[export]'")
 
@@ -149,3 +150,26 @@ def test_rerank_cli_takes_a_cross_encoder(
         assert ranked == list(np.argsort(-expected, kind="stable"))
         scores = [float(fields[4]) for fields in lines if fields[0] == qid]
         np.testing.assert_allclose(scores, np.sort(expected)[::-1], atol=1e-4)
+
+
+def test_the_reranker_is_one_object_for_the_cli_and_the_engine(
+    exported_cross: dict, exported: dict, tmp_path: Path
+) -> None:
+    """`fastmarco rerank` opens a `Reranker` alone (either kind); `Engine` holds a cross-encoder's:
+    the same scores, best first with ties in the order given."""
+    from fastmarco.engine import Reranker
+
+    cross = exported_cross["bert-cross-encoder", "fp32"]
+    bi = exported["bert-mean-normalize", "fp32"]
+    reranker = Reranker.open(cross, device="cpu")
+    assert reranker.cross_encoder is not None and Reranker.open(bi, device="cpu").cross_encoder is None
+    with pytest.raises(ModelError, match="not a cross-encoder"):
+        Reranker.open_cross_encoder(bi, device="cpu")
+    texts = [*CORPUS, LONG]
+    expected = CrossEncoderScorer.open(cross, device="cpu").score([CORPUS[0]] * len(texts), texts)
+    np.testing.assert_allclose(reranker.rerank(CORPUS[0], texts), expected, atol=1e-6, rtol=0)
+    collection = tmp_path / "collection.tsv"
+    collection.write_text("".join(f"p{i}\t{text}\n" for i, text in enumerate(texts)))
+    with PassageStore.open(collection) as passages:
+        ranked = reranker.rerank_pids(CORPUS[0], [f"p{i}" for i in range(len(texts))], passages)
+    assert [pid for pid, _ in ranked] == [f"p{i}" for i in np.argsort(-expected, kind="stable")]

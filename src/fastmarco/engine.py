@@ -3,7 +3,9 @@
 `Engine` is the one seam the front ends use (serve and its batcher, mine, the CLI, the demo): its
 verbs tokenize, embed, search by texts or vectors, look up stored vectors by pid, re-rank with a
 cross-encoder (when opened with one) and describe what is loaded; nothing above it reaches into the
-model or the index. `Tokenized`, `PairTokens` and `SearchResult` are re-exported here for them."""
+model or the index. Its re-ranking is a `Reranker`, which `fastmarco rerank` and the experiment's
+re-rank systems open alone (re-ranking a run needs no index). `Tokenized`, `PairTokens` and
+`SearchResult` are re-exported here for them."""
 
 from __future__ import annotations
 
@@ -19,11 +21,58 @@ from fastmarco.errors import IndexMismatchError, InputError
 from fastmarco.model.cross_encoder import CrossEncoderScorer, PairTokens
 from fastmarco.model.encoder import Encoder, Tokenized
 from fastmarco.model.runtime import Device
+from fastmarco.model.scorer import Scorer, open_scorer
 from fastmarco.search.backends import SearchIndex, SearchResult
 from fastmarco.search.groups import open_search_index
 from fastmarco.store.passages import PassageStore
 
-__all__ = ["Engine", "EngineInfo", "PairTokens", "SearchResult", "Tokenized"]
+__all__ = ["Engine", "EngineInfo", "PairTokens", "Reranker", "SearchResult", "Tokenized"]
+
+
+class Reranker:
+    """A re-ranking model opened once: a cross-encoder reading each (query, passage) pair, or a
+    bi-encoder scoring pairs by embedding similarity (the manifest says which). Scores are what
+    `CrossEncoder.predict` (or the embeddings' similarity) gives; every pair of a call is batched
+    together, across queries, under the model's token budget."""
+
+    def __init__(self, scorer: Scorer, directory: Path) -> None:
+        self.scorer = scorer
+        self.directory = directory
+        self.device = scorer.device
+
+    @classmethod
+    def open(
+        cls, directory: str | os.PathLike[str], *, device: Device = "auto", threads: int = 0
+    ) -> Reranker:
+        """A bi-encoder or cross-encoder export (`fastmarco rerank --model`)."""
+        return cls(open_scorer(directory, device, threads=threads), Path(directory))
+
+    @classmethod
+    def open_cross_encoder(
+        cls, directory: str | os.PathLike[str], *, device: Device = "auto", threads: int = 0
+    ) -> Reranker:
+        """A cross-encoder export; another kind is an error naming it (`serve --cross-encoder`)."""
+        return cls(CrossEncoderScorer.open(directory, device=device, threads=threads), Path(directory))
+
+    @property
+    def cross_encoder(self) -> CrossEncoderScorer | None:
+        return self.scorer if isinstance(self.scorer, CrossEncoderScorer) else None
+
+    def score(self, queries: Sequence[str], passages: Sequence[str]) -> npt.NDArray[np.float32]:
+        """The score of pair i = (queries[i], passages[i]), (n,) float32, higher is more relevant."""
+        return self.scorer.score(queries, passages)
+
+    def rerank(self, query: str, passages: Sequence[str]) -> npt.NDArray[np.float32]:
+        """The score of each passage for `query`, in the order given."""
+        return self.score([query] * len(passages), passages)
+
+    def rerank_pids(self, query: str, pids: Sequence[str], passages: PassageStore) -> list[tuple[str, float]]:
+        """(pid, score) best first for the passages `pids` of `passages`; ties keep the order given. A
+        pid the collection lacks is an error naming it."""
+        texts = passages.texts(pids)
+        scores = self.rerank(query, [texts[p] for p in pids])
+        order = np.argsort(-scores, kind="stable")
+        return [(pids[i], float(scores[i])) for i in order]
 
 
 @dataclass(frozen=True)
@@ -55,12 +104,12 @@ class Engine:
     """
 
     def __init__(
-        self, encoder: Encoder, index: SearchIndex, threads: int = 0, scorer: CrossEncoderScorer | None = None
+        self, encoder: Encoder, index: SearchIndex, threads: int = 0, reranker: Reranker | None = None
     ) -> None:
         self.encoder = encoder
         self.index = index
         self.threads = threads
-        self.scorer = scorer
+        self.reranker = reranker  # a cross-encoder's, where the engine was opened with one
 
     @classmethod
     def open(
@@ -92,13 +141,13 @@ class Engine:
                     f"{index_dir} was built from embeddings of another model, or another export of it, "
                     f"than {model_dir} (fingerprints differ)"
                 )
-            scorer = None
+            reranker = None
             if cross_encoder is not None:
-                scorer = CrossEncoderScorer.open(cross_encoder, device=device, threads=threads)
+                reranker = Reranker.open_cross_encoder(cross_encoder, device=device, threads=threads)
         except BaseException:
             index.close()
             raise
-        return cls(encoder, index, threads, scorer)
+        return cls(encoder, index, threads, reranker)
 
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
         """The model's tokens of each text, cut to its max_seq_length."""
@@ -130,33 +179,35 @@ class Engine:
         vectors[found] = stored.vectors_of(rows[found])
         return vectors, found
 
-    def _scorer(self) -> CrossEncoderScorer:
-        if self.scorer is None:
+    def _reranker(self) -> Reranker:
+        if self.reranker is None:
             raise InputError(
                 "this engine has no cross-encoder: open it with cross_encoder= (serve --cross-encoder)"
             )
-        return self.scorer
+        return self.reranker
+
+    def _cross_encoder(self) -> CrossEncoderScorer:
+        scorer = self._reranker().cross_encoder
+        assert scorer is not None  # Engine.open opens only a cross-encoder as its reranker
+        return scorer
 
     def tokenize_pairs(self, query: str, passages: Sequence[str]) -> PairTokens:
         """The cross-encoder's tokens of (query, passage) for each passage, for `score_pairs`."""
-        return self._scorer().tokenize_pairs([query] * len(passages), passages)
+        return self._cross_encoder().tokenize_pairs([query] * len(passages), passages)
 
     def score_pairs(self, pairs: PairTokens) -> npt.NDArray[np.float32]:
         """Cross-encoder scores of tokenized pairs (several queries' pairs may be concatenated)."""
-        return self._scorer().score_tokens(pairs)
+        return self._cross_encoder().score_tokens(pairs)
 
     def rerank(self, query: str, passages: Sequence[str]) -> npt.NDArray[np.float32]:
         """The cross-encoder's score of each passage for `query`, in the order given (what
         `CrossEncoder.predict` returns for the pairs)."""
-        return self.score_pairs(self.tokenize_pairs(query, passages))
+        return self._reranker().rerank(query, passages)
 
     def rerank_pids(self, query: str, pids: Sequence[str], passages: PassageStore) -> list[tuple[str, float]]:
         """(pid, score) best first for the passages `pids` of `passages`; ties keep the order given. A
         pid the collection lacks is an error naming it."""
-        texts = passages.texts(pids)
-        scores = self.rerank(query, [texts[p] for p in pids])
-        order = np.argsort(-scores, kind="stable")
-        return [(pids[i], float(scores[i])) for i in order]
+        return self._reranker().rerank_pids(query, pids, passages)
 
     def describe(self) -> EngineInfo:
         model = self.encoder.model
@@ -173,7 +224,7 @@ class Engine:
             index_kind=self.index.kind,
             index_factory=self.index.factory,
             rows=self.index.rows,
-            cross_encoder=None if self.scorer is None else Path(self.scorer.directory),
+            cross_encoder=None if self.reranker is None else self.reranker.directory,
         )
 
     def close(self) -> None:

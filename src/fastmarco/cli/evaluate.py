@@ -243,15 +243,15 @@ def rerank(
     device: str,
 ) -> None:
     """Re-rank a candidate run with a bi-encoder or a cross-encoder (the TREC-DL re-ranking protocol)."""
+    from fastmarco.engine import Reranker
     from fastmarco.eval.metrics import rank_columns
-    from fastmarco.model.scorer import open_scorer
     from fastmarco.pipelines.rerank import rerank as rerank_run
     from fastmarco.store.formats import load_queries, read_run_columns, write_run
     from fastmarco.store.passages import PassageStore
 
-    scorer = open_scorer(model, device=device)  # type: ignore[arg-type]  # click.Choice has checked it
+    reranker = Reranker.open(model, device=device)  # type: ignore[arg-type]  # click.Choice has checked it
     candidates = rank_columns(read_run_columns(run_path), source=run_path)
     with PassageStore.open(collection, format=corpus_format) as passages:
-        entries = rerank_run(scorer, candidates, load_queries(queries), passages)
+        entries = rerank_run(reranker, candidates, load_queries(queries), passages)
     lines = write_run(out, entries, run_format, tag="fastmarco-rerank")  # type: ignore[arg-type]
-    click.echo(f"re-ranked {len(candidates):,} queries on {scorer.device}; wrote {lines:,} lines to {out}")
+    click.echo(f"re-ranked {len(candidates):,} queries on {reranker.device}; wrote {lines:,} lines to {out}")

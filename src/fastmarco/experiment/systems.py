@@ -199,8 +199,8 @@ class Rerank(_Kind):
         collection_format = flow.collection_params.get("format", "auto")
 
         def action(folder: Path, inputs: list[Path]) -> None:
+            from fastmarco.engine import Reranker
             from fastmarco.eval.metrics import rank_columns
-            from fastmarco.model.scorer import open_scorer
             from fastmarco.pipelines.rerank import rerank
             from fastmarco.store.formats import load_queries, read_run_columns, write_run
             from fastmarco.store.passages import PassageStore
@@ -208,9 +208,9 @@ class Rerank(_Kind):
             model_dir, candidates_path, queries, collection = inputs
             candidates = rank_columns(read_run_columns(candidates_path), source=str(candidates_path))
             top = {q: pids[:depth] for q, pids in candidates.items()}
-            scorer = open_scorer(model_dir, device=device)  # type: ignore[arg-type]
+            reranker = Reranker.open(model_dir, device=device)  # type: ignore[arg-type]
             with PassageStore.open(collection, format=collection_format) as passages:
-                entries = rerank(scorer, top, load_queries(queries), passages)
+                entries = rerank(reranker, top, load_queries(queries), passages)
             write_run(folder / "run.trec", entries, "trec", tag=name)
 
         inputs = [

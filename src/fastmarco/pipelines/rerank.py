@@ -1,4 +1,4 @@
-"""Re-rank candidate runs with a `Scorer`: the TREC-DL protocol (re-score BM25's top 100)."""
+"""Re-rank candidate runs with a `Reranker`: the TREC-DL protocol (re-score BM25's top 100)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from fastmarco.engine import Reranker
 from fastmarco.errors import InputError
-from fastmarco.model.scorer import Scorer
 from fastmarco.store.formats import RunEntry
 from fastmarco.store.passages import PassageStore
 
 
 def rerank(
-    scorer: Scorer,
+    reranker: Reranker,
     candidates: Mapping[str, Sequence[str | None]],
     queries: Mapping[str, str],
     passages: PassageStore,
@@ -32,7 +32,7 @@ def rerank(
         raise InputError(f"{passages.path}: {len(absent)} candidate passages are missing, e.g. {absent[0]}")
     texts = passages.texts(wanted)
     pairs = [(qid, pid) for qid, pids in candidates.items() for pid in pids if pid is not None]
-    scores = scorer.score([queries[q] for q, _ in pairs], [texts[p] for _, p in pairs])
+    scores = reranker.score([queries[q] for q, _ in pairs], [texts[p] for _, p in pairs])
     entries: list[RunEntry] = []
     start = 0
     for qid, pids in candidates.items():

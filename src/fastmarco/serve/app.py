@@ -463,7 +463,7 @@ class Service:
         started = time.perf_counter()
         self.authorize(request)
         asked = search_request(await self.body(request), self.config.limits)
-        if asked.rerank and (self.engine.scorer is None or self.passages is None):
+        if asked.rerank and (self.engine.reranker is None or self.passages is None):
             missing = (
                 "cross-encoder (serve --cross-encoder DIR)" if self.passages else "collection (--collection)"
             )
@@ -590,7 +590,7 @@ def create_app(engine: Engine, passages: PassageStore | None, config: ServeConfi
         Route("/v1/embeddings", _answer_errors(service.embeddings), methods=["POST"]),
         Route("/v1/models", _answer_errors(service.models), methods=["GET"]),
     ]
-    if engine.scorer is not None:
+    if engine.reranker is not None:
         routes += [
             Route("/v1/rerank", _answer_errors(service.rerank), methods=["POST"]),
             Route("/rerank", _answer_errors(service.rerank), methods=["POST"]),
