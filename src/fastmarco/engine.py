@@ -38,7 +38,10 @@ class Reranker:
     def __init__(self, scorer: Scorer, directory: Path) -> None:
         self.scorer = scorer
         self.directory = directory
-        self.device = scorer.device
+
+    @property
+    def device(self) -> str:
+        return self.scorer.device
 
     @classmethod
     def open(

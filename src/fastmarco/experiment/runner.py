@@ -33,10 +33,7 @@ class Workflow:
     def __init__(self, experiment: Experiment, progress: Progress | None) -> None:
         self.experiment = experiment
         self.device = experiment.device
-        # a forced collection format is a parameter of every stage that reads the collection
-        self.collection_params: Mapping[str, str] = (
-            {"format": experiment.collection_format} if experiment.collection_format != "auto" else {}
-        )
+        self.collection_format = experiment.collection_format
         self.progress = progress
         self._stages: dict[tuple[str, ...], Stage | FileInput] = {}
 
@@ -44,6 +41,12 @@ class Workflow:
         if key not in self._stages:
             self._stages[key] = make()
         return self._stages[key]
+
+    @property
+    def collection_params(self) -> Mapping[str, str]:
+        """A forced collection format, as a parameter of every stage that reads the collection (none
+        for "auto", so caches made before formats could be forced stay valid)."""
+        return {"format": self.collection_format} if self.collection_format != "auto" else {}
 
     def collection(self) -> FileInput:
         assert self.experiment.collection is not None  # checked when the config was read
@@ -74,11 +77,7 @@ class Workflow:
 
     def _shards(self, model: str) -> Stage:
         def make() -> Stage:
-            device, progress, collection_format = (
-                self.device,
-                self.progress,
-                self.experiment.collection_format,
-            )
+            device, progress, collection_format = self.device, self.progress, self.collection_format
 
             def action(folder: Path, inputs: list[Path]) -> None:
                 from fastmarco.encode.local import encode_corpus

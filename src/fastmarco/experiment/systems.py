@@ -17,7 +17,10 @@ class Workflow(Protocol):
     """What a system kind builds its stages from (fastmarco.experiment.runner.Workflow)."""
 
     device: str
-    collection_params: Mapping[str, str]  # {"format": name} where the config forces one, else {}
+    collection_format: str  # "auto" or the registered format the config forces
+
+    @property
+    def collection_params(self) -> Mapping[str, str]: ...
 
     def collection(self) -> FileInput: ...
 
@@ -115,7 +118,7 @@ class Bm25(_Kind):
 
     def stage(self, name: str, settings: Mapping[str, Any], topic: str, flow: Workflow) -> Stage | FileInput:
         depth = settings.get("depth", 1000)
-        collection_format = flow.collection_params.get("format", "auto")
+        collection_format = flow.collection_format
 
         def action(folder: Path, inputs: list[Path]) -> None:
             from fastmarco.eval.bm25 import bm25_run
@@ -196,7 +199,7 @@ class Rerank(_Kind):
 
     def stage(self, name: str, settings: Mapping[str, Any], topic: str, flow: Workflow) -> Stage | FileInput:
         depth, device = settings.get("depth", 100), flow.device
-        collection_format = flow.collection_params.get("format", "auto")
+        collection_format = flow.collection_format
 
         def action(folder: Path, inputs: list[Path]) -> None:
             from fastmarco.engine import Reranker
