@@ -73,26 +73,32 @@ def build_package(march: str, work: Path) -> Path:
     return unpacked
 
 
-CHILD = """
-import json, sys, time
-sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__]  # not the checkout
-import numpy as np
-from fastmarco import ShardSet, _native
-from fastmarco.search.exact import search_shards
-assert _native.__file__.startswith(sys.argv[1]), _native.__file__
-shards, k, batches, repeats = ShardSet.open(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-rng = np.random.default_rng(1)
-qps = {}
-for batch in (int(b) for b in batches.split(",")):
-    calls = rng.standard_normal((max(1, 16 // batch), batch, shards.dim), dtype=np.float32)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for queries in calls:
-            search_shards(shards, queries, k)
-        best = min(best, (time.perf_counter() - start) / len(calls))
-    qps[batch] = batch / best
-print(json.dumps({"qps": qps, "march": _native.BUILD_MARCH, "variant": _native.simd_variant()}))
+def timed_calls(rng: np.random.Generator, batch: int, dim: int) -> np.ndarray:
+    """The query batches one figure times: small batches as a sequence of calls (16 queries in all),
+    as a serving loop makes them."""
+    return rng.standard_normal((max(1, 16 // batch), batch, dim), dtype=np.float32)
+
+
+def fastmarco_qps(shard_dir: str, k: int, batches: str, repeats: int) -> dict[str, Any]:
+    """fastmarco's queries/s per batch with the build this process imported (a compare_builds child)."""
+    shards = ShardSet.open(shard_dir)
+    rng = np.random.default_rng(1)
+    qps = {}
+    for batch in (int(b) for b in batches.split(",")):
+        calls = timed_calls(rng, batch, shards.dim)
+        qps[batch] = batch / seconds_per_call(lambda q: search_shards(shards, q, k), calls, repeats)
+    return {"qps": qps, "march": _native.BUILD_MARCH, "variant": _native.simd_variant()}
+
+
+# A compare_builds child: this script's own measurement, with fastmarco imported from the unpacked
+# wheel on PYTHONPATH (argv[1]) rather than from the checkout's editable install.
+CHILD = f"""
+import json, sys
+sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__]
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+import bench_exact_search as bench
+assert bench._native.__file__.startswith(sys.argv[1]), bench._native.__file__
+print(json.dumps(bench.fastmarco_qps(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))))
 """
 
 
@@ -158,8 +164,7 @@ def main() -> None:
         )
         for batch in (int(b) for b in args.batches.split(",")):
             queries = rng.standard_normal((batch, args.dim), dtype=np.float32)
-            # small batches are timed as a sequence of calls, as a serving loop makes them
-            calls = rng.standard_normal((max(1, 16 // batch), batch, args.dim), dtype=np.float32)
+            calls = timed_calls(rng, batch, args.dim)
             ours_s = seconds_per_call(lambda q: search_shards(shard_set, q, args.k), calls, args.repeats)
             faiss_s = seconds_per_call(lambda q: index.search(q, args.k), calls, args.repeats)
             numpy_s = seconds_per_call(
