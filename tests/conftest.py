@@ -8,6 +8,10 @@ import pytest
 
 from fastmarco import _native
 
+# Tests run every model on onnxruntime unless they name a runtime, so figures and golden files do not
+# hang on which runtime a host's calibration picks; the choice cache stays out of the home directory.
+os.environ["FASTMARCO_RUNTIME"] = "onnxruntime"
+
 MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "msmarco-mini"
 
 
@@ -20,6 +24,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def runtime_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ["FASTMARCO_CACHE_DIR"] = str(tmp_path_factory.mktemp("fastmarco-cache"))
 
 
 @pytest.fixture(params=_native.simd_compiled())

@@ -143,8 +143,9 @@ def test_busy_wait_off_stops_the_spin_when_a_run_returns_not_inside_it(
     returns leaves the cores to the search and tokenizing around it."""
 
     def entries(busy_wait: bool) -> dict[str, str]:
-        encoder = Encoder.open(exported["bert-mean-normalize", "fp32"], device="cpu", busy_wait=busy_wait)
-        options, found = encoder.session.get_session_options(), {}
+        model = exported["bert-mean-normalize", "fp32"]
+        encoder = Encoder.open(model, device="cpu", busy_wait=busy_wait, runtime="onnxruntime")
+        options, found = encoder.session.session.get_session_options(), {}
         for key in ("session.force_spinning_stop", "session.intra_op.allow_spinning"):
             with contextlib.suppress(RuntimeError):  # ORT's answer for a key never set
                 found[key] = options.get_session_config_entry(key)

@@ -45,17 +45,28 @@ class Reranker:
 
     @classmethod
     def open(
-        cls, directory: str | os.PathLike[str], *, device: Device = "auto", threads: int = 0
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        device: Device = "auto",
+        threads: int = 0,
+        runtime: str = "auto",
     ) -> Reranker:
         """A bi-encoder or cross-encoder export (`fastmarco rerank --model`)."""
-        return cls(open_scorer(directory, device, threads=threads), Path(directory))
+        return cls(open_scorer(directory, device, threads=threads, runtime=runtime), Path(directory))
 
     @classmethod
     def open_cross_encoder(
-        cls, directory: str | os.PathLike[str], *, device: Device = "auto", threads: int = 0
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        device: Device = "auto",
+        threads: int = 0,
+        runtime: str = "auto",
     ) -> Reranker:
         """A cross-encoder export; another kind is an error naming it (`serve --cross-encoder`)."""
-        return cls(CrossEncoderScorer.open(directory, device=device, threads=threads), Path(directory))
+        scorer = CrossEncoderScorer.open(directory, device=device, threads=threads, runtime=runtime)
+        return cls(scorer, Path(directory))
 
     @property
     def cross_encoder(self) -> CrossEncoderScorer | None:
@@ -126,11 +137,12 @@ class Engine:
         verify: bool = True,
         ray: bool | str = False,
         cross_encoder: str | os.PathLike[str] | None = None,
+        runtime: str = "auto",
     ) -> Engine:
         """`model` defaults to the model directory recorded when the shards were encoded; verify=False
         skips hashing the shards (see VectorIndex.open); ray=True or an address searches a grouped
         index's groups on Ray actors (call `close` to release them); `cross_encoder` (an exported
-        cross-encoder directory) enables `rerank`."""
+        cross-encoder directory) enables `rerank`; `runtime` runs both models (fastmarco.model.runtimes)."""
         if threads < 0:
             raise InputError(f"threads must be 0 (every core) or positive, got {threads}")
         index = open_search_index(index_dir, nprobe=nprobe, verify=verify, ray=ray)
@@ -138,7 +150,9 @@ class Engine:
             model_dir = model or index.model_directory
             if model_dir is None:
                 raise IndexMismatchError(f"{index_dir}: no model directory recorded; pass model=")
-            encoder = Encoder.open(model_dir, device=device, busy_wait=False, threads=threads)
+            encoder = Encoder.open(
+                model_dir, device=device, busy_wait=False, threads=threads, runtime=runtime
+            )
             if index.model_fingerprint is not None and encoder.fingerprint != index.model_fingerprint:
                 raise IndexMismatchError(
                     f"{index_dir} was built from embeddings of another model, or another export of it, "
@@ -146,7 +160,9 @@ class Engine:
                 )
             reranker = None
             if cross_encoder is not None:
-                reranker = Reranker.open_cross_encoder(cross_encoder, device=device, threads=threads)
+                reranker = Reranker.open_cross_encoder(
+                    cross_encoder, device=device, threads=threads, runtime=runtime
+                )
         except BaseException:
             index.close()
             raise

@@ -10,6 +10,7 @@ import click
 from fastmarco._version import __version__
 from fastmarco.corpus.formats import format_choices
 from fastmarco.errors import FastmarcoError
+from fastmarco.model.runtimes import runtime_names
 
 FC = TypeVar("FC", bound=Callable[..., Any])
 
@@ -49,6 +50,17 @@ def corpus_format_option(func: FC) -> FC:
         default="auto",
         show_default=True,
         help="Read the collection as this format instead of detecting it (beir-text: BEIR without titles).",
+    )(func)
+
+
+def runtime_option(func: FC) -> FC:
+    """`--runtime`: what runs the model; auto takes the fastest installed one on this host."""
+    return click.option(
+        "--runtime",
+        type=click.Choice(runtime_names()),
+        default="auto",
+        show_default=True,
+        help="Model runtime: auto picks the one that runs the export fastest here (measured once, cached).",
     )(func)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fastmarco.cli.app import DEVICE, POSITIVE, corpus_format_option, main, ray_option
+from fastmarco.cli.app import DEVICE, POSITIVE, corpus_format_option, main, ray_option, runtime_option
 from fastmarco.cli.progress import Reporter
 from fastmarco.store.shards import DEFAULT_ROWS_PER_SHARD
 
@@ -21,6 +21,7 @@ from fastmarco.store.shards import DEFAULT_ROWS_PER_SHARD
 @corpus_format_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Shard directory.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
+@runtime_option
 @click.option(
     "--devices",
     help="One worker process per device over contiguous parts of the corpus, e.g. 0,1 (GPUs) or cpu,cpu.",
@@ -50,6 +51,7 @@ def encode(
     corpus_format: str,
     out: str,
     device: str,
+    runtime: str,
     devices: str | None,
     ray_address: str | None,
     shard_size: int,
@@ -95,10 +97,11 @@ def encode(
                 parse_devices(devices),
                 progress=progress,
                 runner=runner,
+                runtime=runtime,
                 **options,  # type: ignore[arg-type]
             )
         else:
-            encoder = Encoder.open(model, device=device)  # type: ignore[arg-type]  # click.Choice has checked it
+            encoder = Encoder.open(model, device=device, runtime=runtime)  # type: ignore[arg-type]  # click.Choice
             if device == "auto" and not quiet:
                 click.echo(f"device auto: using {encoder.device}", err=True)
             summary = encode_corpus(encoder, corpus_path, out, progress=progress, **options)  # type: ignore[arg-type]

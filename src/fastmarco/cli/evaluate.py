@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from fastmarco.cli.app import DEVICE, EXISTING_FILE, FC, POSITIVE, corpus_format_option, main
+from fastmarco.cli.app import DEVICE, EXISTING_FILE, FC, POSITIVE, corpus_format_option, main, runtime_option
 from fastmarco.errors import InputError
 from fastmarco.eval.compare import FORMATS, Format
 from fastmarco.eval.fusion import METHODS, NORMS, Method, Norm
@@ -232,6 +232,7 @@ def bm25(collection: str, queries: str, out: str, corpus_format: str, depth: int
 )
 @corpus_format_option
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
+@runtime_option
 def rerank(
     model: str,
     run_path: str,
@@ -241,6 +242,7 @@ def rerank(
     run_format: str,
     corpus_format: str,
     device: str,
+    runtime: str,
 ) -> None:
     """Re-rank a candidate run with a bi-encoder or a cross-encoder (the TREC-DL re-ranking protocol)."""
     from fastmarco.engine import Reranker
@@ -249,7 +251,7 @@ def rerank(
     from fastmarco.store.formats import load_queries, read_run_columns, write_run
     from fastmarco.store.passages import PassageStore
 
-    reranker = Reranker.open(model, device=device)  # type: ignore[arg-type]  # click.Choice has checked it
+    reranker = Reranker.open(model, device=device, runtime=runtime)  # type: ignore[arg-type]  # click.Choice
     candidates = rank_columns(read_run_columns(run_path), source=run_path)
     with PassageStore.open(collection, format=corpus_format) as passages:
         entries = rerank_run(reranker, candidates, load_queries(queries), passages)

@@ -12,6 +12,12 @@ from fastmarco.cli.app import main
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to create.")
 @click.option("--fp16", is_flag=True, help="Convert to fp16 (for the GPU) after the transformer fusions.")
 @click.option(
+    "--bf16",
+    is_flag=True,
+    help="Run in bf16 on CPUs with bf16 instructions (AVX512_BF16, AMX) on the openvino runtime: the "
+    "fp32 graph, checked against sentence-transformers in bf16.",
+)
+@click.option(
     "--int8",
     is_flag=True,
     help="Quantize the MatMuls to int8 for the CPU (ONNX Runtime dynamic, outlier channels kept in "
@@ -39,6 +45,7 @@ def export(
     model: str,
     out: str,
     fp16: bool,
+    bf16: bool,
     int8: bool,
     int8_attention: bool,
     optimize: str | None,
@@ -55,6 +62,7 @@ def export(
         model,
         out,
         fp16=fp16,
+        bf16=bf16,
         int8=int8,
         int8_attention=int8_attention,
         optimize=optimize,  # type: ignore[arg-type]  # click.Choice has checked it

@@ -16,6 +16,7 @@ from fastmarco.cli.app import (
     main,
     ray_option,
     ray_target,
+    runtime_option,
 )
 from fastmarco.cli.progress import Reporter
 from fastmarco.search.kinds import kind_names
@@ -149,6 +150,7 @@ def index(
 @corpus_format_option
 @click.option("--model", type=click.Path(file_okay=False), help="Model (default: the encoding one).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
+@runtime_option
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="0: every core.")
 @click.option(
     "--no-verify",
@@ -171,6 +173,7 @@ def query(
     corpus_format: str,
     model: str | None,
     device: str,
+    runtime: str,
     threads: int,
     no_verify: bool,
     ray_address: str | None,
@@ -192,6 +195,7 @@ def query(
         threads=threads,
         verify=not no_verify,
         ray=ray_target(ray_address),
+        runtime=runtime,
     )
     with engine:
         if k > engine.index.rows > 0:

@@ -16,6 +16,7 @@ from fastmarco.cli.app import (
     main,
     ray_option,
     ray_target,
+    runtime_option,
 )
 
 
@@ -112,6 +113,7 @@ from fastmarco.cli.app import (
 )
 @click.option("--served-model-name", help="Model name in responses (default: the exported model's source).")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
+@runtime_option
 @click.option(
     "--no-verify", is_flag=True, help="Do not hash the shards at start-up (you verify them elsewhere)."
 )
@@ -144,6 +146,7 @@ def serve(
     model_dir: str | None,
     served_model_name: str | None,
     device: str,
+    runtime: str,
     no_verify: bool,
     access_log: bool,
     ray_address: str | None,
@@ -170,6 +173,7 @@ def serve(
         verify=not no_verify,
         ray=ray_target(ray_address),
         cross_encoder=cross_encoder,
+        runtime=runtime,
     )
     passages = PassageStore.open(collection, format=corpus_format) if collection else None
     loaded = engine.describe()

@@ -182,9 +182,11 @@ def encode_corpus_on_devices(
     format: str = "auto",
     progress: Progress | None = None,
     runner: Runner | None = None,
+    runtime: str = "auto",
 ) -> EncodeSummary:
     """Encode `corpus` into `out` with one worker per entry of `devices` (see the module docstring);
-    `runner` decides where the workers run (default: local processes)."""
+    `runner` decides where the workers run (default: local processes); `runtime` is each worker's
+    model runtime."""
     spec = JobSpec.create(
         model,
         corpus,
@@ -196,7 +198,7 @@ def encode_corpus_on_devices(
     )
     out_path = Path(out)
     with output_lock(out_path / LOCK_NAME, str(out_path)):
-        return _encode_parts(spec, out_path, devices, restart, progress, runner or ProcessRunner())
+        return _encode_parts(spec, out_path, devices, restart, progress, runner or ProcessRunner(), runtime)
 
 
 def _encode_parts(
@@ -206,6 +208,7 @@ def _encode_parts(
     restart: bool,
     progress: Progress | None,
     runner: Runner,
+    runtime: str,
 ) -> EncodeSummary:
     corpus_path, rows_per_shard = Path(spec.corpus), spec.rows_per_shard
     started = time.perf_counter()
@@ -240,6 +243,7 @@ def _encode_parts(
             threads if devices[k] == "cpu" else 0,
             spec.part(line_range),
             str(parts_dir / f"part-{k}"),
+            runtime,
         )
         for k, line_range in enumerate(line_ranges)
     ]

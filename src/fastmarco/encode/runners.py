@@ -20,9 +20,10 @@ from fastmarco.progress import Progress
 class PartTask:
     index: int
     device: str  # "cpu" or "cuda:N"
-    threads: int  # ONNX Runtime intra-op threads (0: its default)
+    threads: int  # the runtime's intra-op threads (0: its default)
     spec: JobSpec  # narrowed to this part's line range
     directory: str
+    runtime: str = "auto"  # the model runtime (fastmarco.model.runtimes)
 
 
 class Runner(Protocol):
@@ -40,7 +41,11 @@ def run_part(task: PartTask, report: Callable[[int, int, int], None]) -> EncodeS
     kind, _, number = task.device.partition(":")
     device: Device = "cuda" if kind == "cuda" else "cpu"
     encoder = Encoder.open(
-        task.spec.model_directory, device=device, device_id=int(number or 0), threads=task.threads
+        task.spec.model_directory,
+        device=device,
+        device_id=int(number or 0),
+        threads=task.threads,
+        runtime=task.runtime,
     )
     return encode_job(
         encoder,

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco.errors import ExportError
-from fastmarco.model.export_steps import PARITY_TEXTS, read_json_object, trace_to_onnx
+from fastmarco.model.export_steps import PARITY_TEXTS, check_runtime, read_json_object, trace_to_onnx
 from fastmarco.model.kinds import Similarity, Source, register_model_kind
 from fastmarco.model.quantize import tokenized_batches
 
@@ -33,7 +33,7 @@ SUPPORTED_ARCHITECTURES = ("bert", "distilbert", "roberta", "xlm-roberta", "mpne
 # this cosine to sentence-transformers' fp32 embedding. Dynamic int8 of all-MiniLM-L6-v2 measures 0.985
 # at worst over 300 real MS MARCO passages (mean 0.994) and keeps DL19 nDCG@10 within 0.005.
 INT8_MIN_COSINE = 0.97
-PARITY_FLOORS = {"fp32": 0.9999, "fp16": 0.999, "int8": INT8_MIN_COSINE}
+PARITY_FLOORS = {"fp32": 0.9999, "fp16": 0.999, "bf16": 0.999, "int8": INT8_MIN_COSINE}
 
 
 @dataclass
@@ -271,7 +271,7 @@ class BiEncoderKind:
         from fastmarco.model.encoder import Encoder
 
         texts = _check_texts(precision)
-        got = Encoder.open(exported, device="cpu").encode(texts)
+        got = Encoder.open(exported, device="cpu", runtime=check_runtime(precision)).encode(texts)
         parity = float(_cosines(expected, got).min())
         floor = PARITY_FLOORS[precision]
         if parity < floor:

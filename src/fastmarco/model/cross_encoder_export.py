@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco.errors import ExportError
-from fastmarco.model.export_steps import PARITY_TEXTS, trace_to_onnx
+from fastmarco.model.export_steps import PARITY_TEXTS, check_runtime, trace_to_onnx
 from fastmarco.model.kinds import Similarity, Source, register_model_kind
 from fastmarco.model.quantize import tokenized_batches
 
@@ -31,7 +31,7 @@ ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity"}
 
 # Score agreement with CrossEncoder.predict over the check pairs, as a fraction of the largest
 # |score| (at least 1): fp32 differs only by kernel rounding; fp16 and int8 by their precision.
-PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 5e-2}
+PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 3e-2, "int8": 5e-2}
 
 # Every manifest field that changes a score: two exports differing in any of them get two fingerprints.
 SCORE_SETTINGS: tuple[str, ...] = (
@@ -231,7 +231,8 @@ class CrossEncoderKind:
         from fastmarco.model.cross_encoder import CrossEncoderScorer
 
         queries, passages = check_pairs(precision)
-        got = CrossEncoderScorer.open(exported, device="cpu").score(queries, passages).astype(np.float64)
+        scorer = CrossEncoderScorer.open(exported, device="cpu", runtime=check_runtime(precision))
+        got = scorer.score(queries, passages).astype(np.float64)
         difference = float(np.abs(expected - got).max())
         allowed = PARITY_TOLERANCE[precision] * max(1.0, float(np.abs(expected).max()))
         if not difference <= allowed:  # also refuses NaN

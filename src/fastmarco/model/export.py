@@ -21,6 +21,7 @@ from fastmarco.model import bi_encoder_export, cross_encoder_export  # noqa: F40
 from fastmarco.model.export_steps import (
     OptimizeLevel,
     build_record,
+    check_bf16_runtime,
     fingerprint,
     optimize_graph,
     resolve_model,
@@ -48,6 +49,7 @@ def export_model(
     out: str | os.PathLike[str],
     *,
     fp16: bool = False,
+    bf16: bool = False,
     int8: bool = False,
     int8_attention: bool = False,
     optimize: OptimizeLevel | None = None,
@@ -57,9 +59,12 @@ def export_model(
     overwrite: bool = False,
 ) -> ExportReport:
     """Export MODEL (folder or hub id) to OUT; see the module docstring. A sentence-transformers
-    CrossEncoder is exported as a cross-encoder, anything else as a bi-encoder."""
-    if int8 and (fp16 or optimize == "O4"):
-        raise ExportError("int8 (for the CPU) and fp16 (for the GPU) exclude each other: choose one")
+    CrossEncoder is exported as a cross-encoder, anything else as a bi-encoder. bf16 keeps the fp32
+    graph and declares it run in bf16 (the openvino runtime, on CPUs with bf16 instructions)."""
+    if sum([int8, bf16, fp16 or optimize == "O4"]) > 1:
+        raise ExportError("int8 and bf16 (for the CPU) and fp16 (for the GPU) exclude each other: choose one")
+    if bf16:
+        check_bf16_runtime()
     if int8_attention and not int8:
         raise ExportError(
             "int8_attention (--int8-attention) quantizes the attention of an int8 export: add int8"
@@ -78,7 +83,7 @@ def export_model(
         quantization = (
             quantize_int8(onnx_path, kind.calibration(source), attention=int8_attention) if int8 else None
         )
-        precision = "int8" if int8 else "fp16" if fp16 or optimize == "O4" else "fp32"
+        precision = "int8" if int8 else "bf16" if bf16 else "fp16" if fp16 or optimize == "O4" else "fp32"
         expected = kind.expected(source, precision)
         manifest = {
             **kind.manifest_fields(source, expected),

@@ -97,6 +97,23 @@ class _ToDebug(logging.Filter):
         return False
 
 
+def check_runtime(precision: str) -> str:
+    """The runtime an export's parity check runs on: the one that runs that precision as declared."""
+    return "openvino" if precision == "bf16" else "onnxruntime"
+
+
+def check_bf16_runtime() -> None:
+    """A bf16 export is checked in bf16: that needs the openvino runtime, and a CPU that has bf16."""
+    from fastmarco.model.runtimes import RUNTIMES
+    from fastmarco.model.runtimes.openvino_runtime import bf16_capable
+
+    problem = RUNTIMES["openvino"].missing()
+    if problem:
+        raise ExportError(f"bf16 runs on the openvino runtime: {problem} (pip install 'fastmarco[openvino]')")
+    if not bf16_capable():
+        log.warning("this CPU has no bf16 instructions: the bf16 export is checked here in fp32")
+
+
 def build_record(
     onnx_path: Path,
     model: str,
@@ -122,6 +139,7 @@ def build_record(
             **{
                 name: _version(name)
                 for name in ("optimum-onnx", "onnxruntime", "torch", "transformers", "sentence-transformers")
+                + (("openvino",) if precision == "bf16" else ())
             },
         },
     }

@@ -1,7 +1,7 @@
-"""The one ONNX Runtime base of every exported model kind: `OnnxModel` opens a directory (manifest,
-session, tokenizer, device, token budget) with the same device rules (`cuda` without CUDA is an
-error, never a CPU fallback) and the same error messages, pads token batches and runs them (with IO
-binding on CUDA). The bi-encoder `Encoder` and the `CrossEncoderScorer` are its two subclasses."""
+"""The one base of every exported model kind: `OnnxModel` opens a directory (manifest, a runtime's
+session, tokenizer, device, token budget) with the same rules and error messages (the runtimes and
+how 'auto' picks one: fastmarco.model.runtimes), pads token batches and runs them. The bi-encoder
+`Encoder` and the `CrossEncoderScorer` are its two subclasses."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import numpy.typing as npt
 from fastmarco.corpus.text import unicode_problem
 from fastmarco.errors import EncoderError, InputError, ModelError
 from fastmarco.model.manifest import ModelManifest
+from fastmarco.model.runtimes import AUTO, Session, open_model_session
 
 log = logging.getLogger("fastmarco")
 
@@ -90,59 +91,6 @@ class TokenBudget:
         return batches
 
 
-def open_session(
-    root: Path,
-    model: ModelManifest,
-    device: Device,
-    *,
-    device_id: int = 0,
-    threads: int = 0,
-    busy_wait: bool = True,
-) -> tuple[Any, str]:
-    """(session, "cpu" or "cuda:N"). busy_wait=False stops ORT's CPU threads spinning once each run
-    returns; they still spin between the operators inside a run, which is where the spin pays."""
-    import onnxruntime as ort
-
-    if device not in ("cpu", "cuda", "auto"):
-        raise InputError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
-    if threads < 0:
-        raise InputError(f"threads must be 0 (ONNX Runtime's default) or positive, got {threads}")
-    available = ort.get_available_providers()
-    has_cuda = "CUDAExecutionProvider" in available
-    if device == "cuda" and not has_cuda:
-        raise EncoderError(
-            "device 'cuda' asked for, but onnxruntime has no CUDAExecutionProvider "
-            f"(available: {', '.join(available)}); install onnxruntime-gpu (pip install 'fastmarco[gpu]')"
-        )
-    use_cuda = device == "cuda" or (device == "auto" and has_cuda)
-    if use_cuda and hasattr(ort, "preload_dlls"):
-        ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels or torch, as onnxruntime-gpu documents
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    if not busy_wait:
-        options.add_session_config_entry("session.force_spinning_stop", "1")
-    providers: list[Any] = (
-        [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
-        if use_cuda
-        else ["CPUExecutionProvider"]
-    )
-    try:
-        session = ort.InferenceSession(str(root / model.model), options, providers=providers)
-    except Exception as exc:  # ORT raises its own types for an unreadable or invalid graph
-        raise EncoderError(f"{root / model.model}: ONNX Runtime cannot load it ({exc})") from exc
-    if use_cuda and session.get_providers()[0] != "CUDAExecutionProvider":
-        raise EncoderError(
-            f"CUDAExecutionProvider failed to initialise (session providers: {session.get_providers()}); "
-            "check the CUDA and cuDNN libraries onnxruntime-gpu needs"
-        )
-    chosen = f"cuda:{device_id}" if use_cuda else "cpu"
-    if device == "auto":
-        log.info("device auto: using %s (%s)", chosen, "CUDA present" if use_cuda else "no CUDA provider")
-    return session, chosen
-
-
 def load_tokenizer(root: Path, model: ModelManifest) -> Any:
     """The directory's fast tokenizer: no padding, truncation at the model's max_seq_length (pairs are
     cut longest-first, as transformers does), lower-casing first where the model asks for it."""
@@ -174,10 +122,11 @@ class OnnxModel:
         self,
         directory: Path,
         model: ModelManifest,
-        session: Any,
+        session: Session,
         tokenizer: Any,
         device: str,
         budget: TokenBudget,
+        runtime: str,
     ) -> None:
         self.directory = directory
         self.model = model
@@ -185,7 +134,8 @@ class OnnxModel:
         self.tokenizer = tokenizer
         self.device = device
         self.budget = budget
-        self.input_names = {i.name for i in session.get_inputs()}
+        self.runtime = runtime  # the registered runtime running the graph
+        self.input_names = session.input_names
         self.max_chars = model.max_seq_length * CHARS_PER_TOKEN_BOUND
 
     def bounded(self, text: str) -> str:
@@ -203,8 +153,10 @@ class OnnxModel:
         max_tokens: int | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
         busy_wait: bool = True,
+        runtime: str = AUTO,
     ) -> Model:
         """Load the ONNX graph and tokenizer. `cuda` without CUDA is an error, never a CPU fallback.
+        `runtime`: a registered runtime's name, or 'auto' (fastmarco.model.runtimes).
 
         busy_wait=False stops ONNX Runtime's CPU threads spinning when each run returns (they still
         spin inside it): right when other work shares the cores between runs (a query engine
@@ -215,11 +167,19 @@ class OnnxModel:
         model = ModelManifest.load(root)
         if model.kind != cls.kind:
             raise ModelError(cls.wrong_kind.format(root=root, held=model.kind))
-        session, chosen = open_session(
-            root, model, device, device_id=device_id, threads=threads, busy_wait=busy_wait
+        tokenizer = load_tokenizer(root, model)
+        opened = open_model_session(
+            root,
+            model,
+            device,
+            runtime,
+            vocab_size=tokenizer.get_vocab_size(),
+            device_id=device_id,
+            threads=threads,
+            busy_wait=busy_wait,
         )
-        budget = TokenBudget.for_device(chosen, max_tokens, max_batch)
-        return cls(root, model, session, load_tokenizer(root, model), chosen, budget)
+        budget = TokenBudget.for_device(opened.device, max_tokens, max_batch)
+        return cls(root, model, opened.session, tokenizer, opened.device, budget, opened.runtime)
 
     @property
     def fingerprint(self) -> str:
@@ -242,14 +202,5 @@ class OnnxModel:
         return feeds
 
     def run(self, feeds: dict[str, npt.NDArray[np.int64]]) -> npt.NDArray[np.float32]:
-        """The graph's one output for one padded batch (IO binding on CUDA)."""
-        if self.device.startswith("cuda"):
-            binding = self.session.io_binding()
-            for name, value in feeds.items():
-                binding.bind_cpu_input(name, value)
-            binding.bind_output(self.model.output, "cuda", int(self.device.split(":")[1]))
-            self.session.run_with_iobinding(binding)
-            result: npt.NDArray[np.float32] = binding.copy_outputs_to_cpu()[0]
-        else:
-            result = self.session.run([self.model.output], feeds)[0]
-        return result
+        """The graph's one output for one padded batch."""
+        return self.session.run(self.model.output, feeds)

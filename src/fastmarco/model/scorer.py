@@ -53,8 +53,10 @@ class BiEncoderScorer:
         return scores
 
 
-def open_scorer(directory: str | os.PathLike[str], device: Device = "auto", *, threads: int = 0) -> Scorer:
+def open_scorer(
+    directory: str | os.PathLike[str], device: Device = "auto", *, threads: int = 0, runtime: str = "auto"
+) -> Scorer:
     """The scorer a model directory calls for: its manifest says bi-encoder or cross-encoder."""
     if ModelManifest.load(Path(directory)).kind == "cross-encoder":
-        return CrossEncoderScorer.open(directory, device=device, threads=threads)
-    return BiEncoderScorer(Encoder.open(directory, device=device, threads=threads))
+        return CrossEncoderScorer.open(directory, device=device, threads=threads, runtime=runtime)
+    return BiEncoderScorer(Encoder.open(directory, device=device, threads=threads, runtime=runtime))

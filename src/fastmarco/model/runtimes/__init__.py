@@ -1,0 +1,256 @@
+"""The model runtime registry: what runs an exported ONNX graph. A runtime says which manifest
+precisions it runs and on which devices, why it cannot run here (not installed), and opens a
+`Session` (feeds in, the graph's one output back). ONNX Runtime (`onnxruntime`) is the default and
+the only one on CUDA; OpenVINO (`openvino`, the `openvino` extra) is the second CPU runtime, and the
+only one that runs a `bf16` export in bf16. A new runtime is one module that registers itself, plus
+its import at the bottom of this file.
+
+`runtime="auto"` (or FASTMARCO_RUNTIME) takes the one runtime that can run the model here, or, where
+several can, the fastest in a short benchmark on this host (a padded bulk batch, best of a few runs),
+measured once per model, host, thread count and runtime versions and cached in
+`$FASTMARCO_CACHE_DIR` (default `$XDG_CACHE_HOME/fastmarco`, `~/.cache/fastmarco`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from fastmarco._atomic import write_bytes_atomic
+from fastmarco.errors import EncoderError, InputError
+from fastmarco.model.manifest import ModelManifest
+
+log = logging.getLogger("fastmarco")
+
+AUTO = "auto"
+RUNTIME_ENV = "FASTMARCO_RUNTIME"
+CACHE_ENV = "FASTMARCO_CACHE_DIR"
+CHOICES_FILE = "runtime-choices.json"
+# The calibration batch: rows x tokens of an MS MARCO-sized bulk run (~83 tokens a passage, a token
+# budget of 4,096), timed best of CALIBRATION_RUNS after one warm-up run.
+CALIBRATION_SHAPE = (48, 85)
+CALIBRATION_RUNS = 3
+
+
+class Session(Protocol):
+    """One opened graph: feeds in, the named output back. Safe to call from several threads."""
+
+    input_names: frozenset[str]
+
+    def run(self, output: str, feeds: dict[str, npt.NDArray[np.int64]]) -> npt.NDArray[np.float32]: ...
+
+
+class Runtime(Protocol):
+    name: str
+    extra: str  # the pip extra that installs it
+
+    def missing(self) -> str | None:
+        """Why this runtime cannot run here (not installed), else None."""
+        ...
+
+    def runs(self, precision: str, device: str) -> bool:
+        """Whether it runs a model of this manifest precision on DEVICE ('cpu', 'cuda' or 'auto')."""
+        ...
+
+    def accelerated(self, device: str) -> bool:
+        """Whether it would run DEVICE's work on an accelerator here (then 'auto' takes it unmeasured)."""
+        ...
+
+    def versions(self) -> str: ...
+
+    def open(
+        self,
+        path: Path,
+        model: ModelManifest,
+        device: str,
+        *,
+        device_id: int,
+        threads: int,
+        busy_wait: bool,
+    ) -> tuple[Session, str]:
+        """(session, "cpu" or "cuda:N")."""
+        ...
+
+
+RUNTIMES: dict[str, Runtime] = {}
+
+
+def register_runtime(runtime: Runtime) -> Runtime:
+    if runtime.name in RUNTIMES:
+        raise ValueError(f"runtime {runtime.name!r} is registered twice")
+    RUNTIMES[runtime.name] = runtime
+    return runtime
+
+
+def runtime_names() -> list[str]:
+    """'auto' and every registered runtime, for a CLI choice."""
+    return [AUTO, *RUNTIMES]
+
+
+@dataclass(frozen=True)
+class Opened:
+    session: Session
+    device: str  # "cpu" or "cuda:N"
+    runtime: str
+
+
+def open_model_session(
+    root: Path,
+    model: ModelManifest,
+    device: str,
+    runtime: str = AUTO,
+    *,
+    vocab_size: int = 1000,
+    device_id: int = 0,
+    threads: int = 0,
+    busy_wait: bool = True,
+) -> Opened:
+    """The session that runs ROOT's graph: RUNTIME's (an error if it cannot run it here), or for
+    'auto' the one that can, or the fastest on this host where several can (see the module), timed on
+    token ids below `vocab_size`."""
+    if device not in ("cpu", "cuda", "auto"):
+        raise InputError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+    if threads < 0:
+        raise InputError(f"threads must be 0 (the runtime's default) or positive, got {threads}")
+    precision = model.precision or "fp32"
+    named = runtime if runtime != AUTO else os.environ.get(RUNTIME_ENV) or AUTO
+    source = f"{RUNTIME_ENV}={named}" if runtime == AUTO and named != AUTO else "runtime"
+    kwargs: dict[str, Any] = {"device_id": device_id, "threads": threads, "busy_wait": busy_wait}
+    if named != AUTO:
+        chosen = RUNTIMES.get(named)
+        if chosen is None:
+            raise InputError(f"{source}: unknown runtime {named!r}; known: {', '.join(runtime_names())}")
+        problem = chosen.missing()
+        if problem:
+            raise EncoderError(f"{source} {named}: {problem} (pip install 'fastmarco[{chosen.extra}]')")
+        if not chosen.runs(precision, device):
+            raise EncoderError(f"{source} {named}: does not run a {precision} model on device {device!r}")
+        session, chosen_device = chosen.open(root, model, device, **kwargs)
+        return Opened(session, chosen_device, named)
+    candidates = [r for r in RUNTIMES.values() if r.runs(precision, device) and r.missing() is None]
+    if not candidates:
+        raise EncoderError(f"{root}: no installed runtime runs a {precision} model on device {device!r}")
+    preferred = [r for r in candidates if r.accelerated(device)] or candidates
+    if len(preferred) == 1:
+        session, chosen_device = preferred[0].open(root, model, device, **kwargs)
+        return Opened(session, chosen_device, preferred[0].name)
+    return _fastest(root, model, preferred, kwargs, vocab_size)
+
+
+def _fastest(
+    root: Path, model: ModelManifest, candidates: list[Runtime], kwargs: dict[str, Any], vocab_size: int
+) -> Opened:
+    """The candidate the cache names for this model and host, else the fastest on the calibration
+    batch (and that choice cached)."""
+    key = _choice_key(model, candidates, kwargs["threads"])
+    path = choices_path()
+    choices = _read_choices(path)
+    cached = choices.get(key, {}).get("runtime")
+    for runtime in candidates:
+        if runtime.name == cached:
+            session, device = runtime.open(root, model, "cpu", **kwargs)
+            return Opened(session, device, runtime.name)
+    timings: dict[str, float] = {}
+    best: Opened | None = None
+    for runtime in candidates:
+        session, device = runtime.open(root, model, "cpu", **kwargs)
+        timings[runtime.name] = seconds = calibration_seconds(session, model, vocab_size)
+        if best is None or seconds < timings[best.runtime]:
+            best = Opened(session, device, runtime.name)
+    assert best is not None
+    log.info(
+        "runtime auto: %s for %s (%s)",
+        best.runtime,
+        root,
+        ", ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in timings.items()),
+    )
+    choices[key] = {
+        "runtime": best.runtime,
+        "seconds": timings,
+        "model": str(root),
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, json.dumps(choices, indent=1, sort_keys=True).encode())
+    except OSError as exc:  # a read-only home: measure again next time
+        log.warning("cannot cache the runtime choice in %s (%s)", path, exc)
+    return best
+
+
+def calibration_seconds(session: Session, model: ModelManifest, vocab_size: int) -> float:
+    """Best of CALIBRATION_RUNS of a padded bulk batch (after a warm-up run), in seconds."""
+    rows, width = CALIBRATION_SHAPE
+    width = min(width, model.max_seq_length)
+    spread = np.arange(rows * width, dtype=np.int64).reshape(rows, width) * 7919
+    ids = spread % max(1, vocab_size - 1) + 1  # token ids spread over the vocabulary, never 0
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    if "token_type_ids" in session.input_names:
+        feeds["token_type_ids"] = np.zeros_like(ids)
+    session.run(model.output, feeds)
+    best = float("inf")
+    for _ in range(CALIBRATION_RUNS):
+        began = time.perf_counter()
+        session.run(model.output, feeds)
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def choices_path() -> Path:
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit) / CHOICES_FILE
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fastmarco" / CHOICES_FILE
+
+
+def _read_choices(path: Path) -> dict[str, Any]:
+    try:
+        choices = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:  # a damaged cache is measured again, never fatal
+        log.warning("ignoring the runtime choice cache %s (%s)", path, exc)
+        return {}
+    return choices if isinstance(choices, dict) else {}
+
+
+def _choice_key(model: ModelManifest, candidates: list[Runtime], threads: int) -> str:
+    """Model fingerprint, precision, threads, the host's CPU and every candidate's version."""
+    parts = [
+        model.fingerprint,
+        model.precision or "fp32",
+        str(threads or os.cpu_count()),
+        platform.machine(),
+        _cpu_description(),
+        *sorted(f"{r.name} {r.versions()}" for r in candidates),
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
+def _cpu_description() -> str:
+    """The CPU's model name and flags (Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            lines = cpuinfo.read().splitlines()
+    except OSError:
+        return platform.processor()
+    found = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        name = name.strip()
+        if name in ("model name", "flags", "Features") and name not in found:
+            found[name] = value.strip()
+    return " | ".join(found[name] for name in sorted(found))
+
+
+from fastmarco.model.runtimes import onnx_runtime, openvino_runtime  # noqa: E402,F401  (register)

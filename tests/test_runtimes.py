@@ -1,0 +1,207 @@
+"""Model runtimes: OpenVINO against ONNX Runtime on the same exports (bi- and cross-encoders), bf16
+exports, how 'auto' picks and caches a runtime, and the errors for a runtime that cannot run."""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from tiny_models import CORPUS, build, build_cross_encoder
+
+from fastmarco.cli import main
+from fastmarco.errors import EncoderError, ExportError, InputError
+from fastmarco.model import runtimes
+from fastmarco.model.cross_encoder import CrossEncoderScorer
+from fastmarco.model.encoder import Encoder
+from fastmarco.model.runtimes import RUNTIMES, choices_path, open_model_session
+
+pytest.importorskip("openvino", reason="needs the openvino extra: pip install '.[openvino]'")
+pytest.importorskip("optimum.exporters.onnx", reason="needs the export extra: pip install '.[export]'")
+
+TEXTS = [*CORPUS, " ".join(CORPUS) * 3, ""]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny bi-encoder (fp32, bf16, int8) and cross-encoder (fp32, bf16), exported."""
+    from fastmarco.model.export import export_model
+
+    root = tmp_path_factory.mktemp("runtime-models")
+    bi = build("bert-mean-normalize", root / "bi")
+    cross = build_cross_encoder("bert-cross-encoder", root / "cross")
+    out = {}
+    for name, source, options in [
+        ("bi-fp32", bi, {}),
+        ("bi-bf16", bi, {"bf16": True}),
+        ("bi-int8", bi, {"int8": True}),
+        ("cross-fp32", cross, {}),
+        ("cross-bf16", cross, {"bf16": True}),
+    ]:
+        out[name] = root / name
+        export_model(str(source), out[name], **options)  # type: ignore[arg-type]
+    return out
+
+
+@pytest.fixture
+def auto(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """'auto' as a user has it (the tests' FASTMARCO_RUNTIME removed), with a fresh choice cache."""
+    monkeypatch.delenv("FASTMARCO_RUNTIME")
+    monkeypatch.setenv("FASTMARCO_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "runtime-choices.json"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_openvino_embeds_as_onnxruntime_does(models: dict[str, Path], precision: str) -> None:
+    ort = Encoder.open(models[f"bi-{precision}"], device="cpu", runtime="onnxruntime")
+    ov = Encoder.open(models[f"bi-{precision}"], device="cpu", runtime="openvino")
+    assert (ort.runtime, ov.runtime, ov.device) == ("onnxruntime", "openvino", "cpu")
+    # int8: OpenVINO runs ORT's dynamically quantized MatMuls its own way: close, not equal
+    tolerance = 1e-5 if precision == "fp32" else 2e-2
+    np.testing.assert_allclose(ov.encode(TEXTS), ort.encode(TEXTS), atol=tolerance)
+
+
+def test_openvino_scores_pairs_as_onnxruntime_does(models: dict[str, Path]) -> None:
+    queries, passages = [TEXTS[0]] * len(TEXTS), TEXTS
+    ort = CrossEncoderScorer.open(models["cross-fp32"], device="cpu", runtime="onnxruntime")
+    ov = CrossEncoderScorer.open(models["cross-fp32"], device="cpu", runtime="openvino")
+    np.testing.assert_allclose(ov.score(queries, passages), ort.score(queries, passages), atol=1e-5)
+
+
+def test_openvino_session_serves_threads(models: dict[str, Path]) -> None:
+    """Each calling thread gets its own infer request: concurrent calls give each caller its answer."""
+    encoder = Encoder.open(models["bi-fp32"], device="cpu", runtime="openvino")
+    expected = [encoder.encode([text]) for text in TEXTS]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda text: encoder.encode([text]), TEXTS * 4))
+    for i, embedding in enumerate(got):
+        np.testing.assert_array_equal(embedding, expected[i % len(TEXTS)])
+
+
+def test_bf16_export(models: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """A bf16 export is the fp32 graph declared bf16: checked at export, fingerprinted apart, and run in
+    fp32 (with a warning) by a runtime without bf16."""
+    manifest = json.loads((models["bi-bf16"] / "fastmarco.json").read_text())
+    assert manifest["precision"] == "bf16"
+    assert manifest["parity_min_cosine"] >= 0.999
+    assert "openvino" in manifest["exported_by"]
+    assert (
+        Encoder.open(models["bi-bf16"], "cpu").fingerprint
+        != Encoder.open(models["bi-fp32"], "cpu").fingerprint
+    )
+    fp32 = Encoder.open(models["bi-fp32"], device="cpu", runtime="onnxruntime").encode(TEXTS)
+    bf16 = Encoder.open(models["bi-bf16"], device="cpu", runtime="openvino").encode(TEXTS)
+    assert float((fp32 * bf16).sum(axis=1).min()) >= 0.999
+    with caplog.at_level(logging.WARNING, logger="fastmarco"):
+        on_ort = Encoder.open(models["bi-bf16"], device="cpu", runtime="onnxruntime").encode(TEXTS)
+    assert "runs in fp32 on onnxruntime" in caplog.text
+    np.testing.assert_allclose(on_ort, fp32, atol=1e-6)
+    cross = json.loads((models["cross-bf16"] / "fastmarco.json").read_text())
+    assert cross["precision"] == "bf16"
+
+
+def test_bf16_export_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastmarco.model.export import export_model
+
+    with pytest.raises(ExportError, match="exclude each other"):
+        export_model("unused", tmp_path / "x", bf16=True, int8=True)
+    monkeypatch.setattr(type(RUNTIMES["openvino"]), "missing", lambda self: "openvino is not installed")
+    with pytest.raises(
+        ExportError, match=r"openvino is not installed \(pip install 'fastmarco\[openvino\]'\)"
+    ):
+        export_model("unused", tmp_path / "x", bf16=True)
+    assert not (tmp_path / "x").exists()
+
+
+def test_auto_measures_once_and_caches(
+    models: dict[str, Path], auto: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    measured: list[str] = []
+    timings = {"onnxruntime": 0.02, "openvino": 0.01}
+
+    def calibrated(session: runtimes.Session, model: object, vocab_size: int) -> float:
+        name = "openvino" if type(session).__name__ == "OpenVinoSession" else "onnxruntime"
+        measured.append(name)
+        return timings[name]
+
+    monkeypatch.setattr(runtimes, "calibration_seconds", calibrated)
+    assert Encoder.open(models["bi-fp32"], device="cpu").runtime == "openvino"
+    assert sorted(measured) == ["onnxruntime", "openvino"]
+    entry = next(iter(json.loads(auto.read_text()).values()))
+    assert entry["runtime"] == "openvino" and entry["seconds"] == timings
+    timings.update(openvino=1.0)  # the cache answers: no second measurement
+    assert Encoder.open(models["bi-fp32"], device="cpu").runtime == "openvino"
+    assert len(measured) == 2
+    # another thread count is another measurement, cached beside the first
+    assert Encoder.open(models["bi-fp32"], device="cpu", threads=1).runtime == "onnxruntime"
+    assert len(measured) == 4 and len(json.loads(auto.read_text())) == 2
+    # a damaged cache is measured again, never fatal
+    auto.write_text("{not json")
+    assert Encoder.open(models["bi-fp32"], device="cpu", threads=1).runtime == "onnxruntime"
+    assert len(measured) == 6
+
+
+def test_auto_measures_for_real(models: dict[str, Path], auto: Path) -> None:
+    """The real calibration: both runtimes timed on this host, the faster one taken and cached."""
+    encoder = Encoder.open(models["bi-bf16"], device="cpu")
+    entry = next(iter(json.loads(auto.read_text()).values()))
+    assert set(entry["seconds"]) == {"onnxruntime", "openvino"}
+    assert encoder.runtime == min(entry["seconds"], key=entry["seconds"].get)
+    assert choices_path() == auto
+
+
+def test_auto_with_one_candidate_measures_nothing(
+    models: dict[str, Path], auto: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(type(RUNTIMES["openvino"]), "missing", lambda self: "openvino is not installed")
+    assert Encoder.open(models["bi-fp32"], device="cpu").runtime == "onnxruntime"
+    assert not auto.exists()
+
+
+def test_runtime_errors(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastmarco.model.manifest import ModelManifest
+
+    model = ModelManifest.load(models["bi-fp32"])
+    with pytest.raises(InputError, match="unknown runtime 'tensorrt'; known: auto, onnxruntime, openvino"):
+        open_model_session(models["bi-fp32"], model, "cpu", "tensorrt")
+    monkeypatch.setenv("FASTMARCO_RUNTIME", "tensorrt")
+    with pytest.raises(InputError, match="FASTMARCO_RUNTIME=tensorrt: unknown runtime"):
+        open_model_session(models["bi-fp32"], model, "cpu")
+    with pytest.raises(EncoderError, match="openvino: does not run a fp32 model on device 'cuda'"):
+        open_model_session(models["bi-fp32"], model, "cuda", "openvino")
+    monkeypatch.setattr(type(RUNTIMES["openvino"]), "missing", lambda self: "openvino is not installed")
+    with pytest.raises(
+        EncoderError, match=r"openvino is not installed \(pip install 'fastmarco\[openvino\]'\)"
+    ):
+        open_model_session(models["bi-fp32"], model, "cpu", "openvino")
+
+
+def test_cli_runtime_option(models: dict[str, Path], tmp_path: Path) -> None:
+    from fastmarco.store.shards import ShardSet
+
+    (tmp_path / "c.tsv").write_text("".join(f"{i}\t{text}\n" for i, text in enumerate(CORPUS)))
+    args = [
+        "encode",
+        "--model",
+        str(models["bi-fp32"]),
+        "--corpus",
+        str(tmp_path / "c.tsv"),
+        "--device",
+        "cpu",
+    ]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "ov"), "--runtime", "openvino"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "ort"), "--runtime", "onnxruntime"])
+    assert result.exit_code == 0, result.output
+    ov, ort = ShardSet.open(tmp_path / "ov"), ShardSet.open(tmp_path / "ort")
+    rows = np.arange(len(CORPUS))
+    np.testing.assert_allclose(ov.vectors_of(rows), ort.vectors_of(rows), atol=1e-3)  # fp16 shards
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "x"), "--runtime", "tensorrt"])
+    assert (
+        result.exit_code == 2
+        and "'tensorrt' is not one of 'auto', 'onnxruntime', 'openvino'" in result.output
+    )
