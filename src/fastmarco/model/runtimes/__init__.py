@@ -61,6 +61,10 @@ class Runtime(Protocol):
         """Whether it runs a model of this manifest precision on DEVICE ('cpu', 'cuda' or 'auto')."""
         ...
 
+    def widened(self, precision: str) -> str | None:
+        """Why it runs PRECISION at a wider one here (a bf16 export in fp32), else None."""
+        ...
+
     def accelerated(self, device: str) -> bool:
         """Whether it would run DEVICE's work on an accelerator here (then 'auto' takes it unmeasured)."""
         ...
@@ -135,15 +139,23 @@ def open_model_session(
         if not chosen.runs(precision, device):
             raise EncoderError(f"{source} {named}: does not run a {precision} model on device {device!r}")
         session, chosen_device = chosen.open(root, model, device, **kwargs)
-        return Opened(session, chosen_device, named)
+        return _noted(root, model, Opened(session, chosen_device, named))
     candidates = [r for r in RUNTIMES.values() if r.runs(precision, device) and r.missing() is None]
     if not candidates:
         raise EncoderError(f"{root}: no installed runtime runs a {precision} model on device {device!r}")
     preferred = [r for r in candidates if r.accelerated(device)] or candidates
     if len(preferred) == 1:
         session, chosen_device = preferred[0].open(root, model, device, **kwargs)
-        return Opened(session, chosen_device, preferred[0].name)
-    return _fastest(root, model, preferred, kwargs, vocab_size)
+        return _noted(root, model, Opened(session, chosen_device, preferred[0].name))
+    return _noted(root, model, _fastest(root, model, preferred, kwargs, vocab_size))
+
+
+def _noted(root: Path, model: ModelManifest, opened: Opened) -> Opened:
+    """OPENED, with a warning where its runtime computes wider than the export declares."""
+    widened = RUNTIMES[opened.runtime].widened(model.precision or "fp32") if opened.device == "cpu" else None
+    if widened:
+        log.warning("%s: %s", root, widened)
+    return opened
 
 
 def _fastest(

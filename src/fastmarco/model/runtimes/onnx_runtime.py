@@ -51,6 +51,13 @@ class OnnxRuntime:
     def runs(self, precision: str, device: str) -> bool:
         return True  # a bf16 export is an fp32 graph: it runs here in fp32
 
+    def widened(self, precision: str) -> str | None:
+        return (
+            "onnxruntime runs a bf16 export in fp32 (openvino runs it in bf16)"
+            if precision == "bf16"
+            else None
+        )
+
     def accelerated(self, device: str) -> bool:
         import onnxruntime as ort
 
@@ -107,8 +114,6 @@ class OnnxRuntime:
         chosen = f"cuda:{device_id}" if use_cuda else "cpu"
         if device == "auto":
             log.info("device auto: using %s (%s)", chosen, "CUDA present" if use_cuda else "no CUDA provider")
-        if model.precision == "bf16" and not use_cuda:
-            log.warning("%s: a bf16 export runs in fp32 on onnxruntime (openvino runs it in bf16)", path)
         return OrtSession(session, device_id if use_cuda else None), chosen
 
 

@@ -64,6 +64,11 @@ class OpenVinoRuntime:
     def runs(self, precision: str, device: str) -> bool:
         return device != "cuda" and precision in ("fp32", "bf16", "int8")
 
+    def widened(self, precision: str) -> str | None:
+        if precision == "bf16" and not bf16_capable():
+            return "this CPU has no bf16 instructions: openvino runs the bf16 export in fp32"
+        return None
+
     def accelerated(self, device: str) -> bool:
         return False
 
@@ -85,8 +90,6 @@ class OpenVinoRuntime:
         """device_id and busy_wait do not apply: the CPU only (`runs` refuses cuda), and OpenVINO's
         threads do not spin."""
         bf16 = model.precision == "bf16"
-        if bf16 and not bf16_capable():
-            log.warning("%s: this CPU has no bf16 instructions: the bf16 export runs in fp32", path)
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY",  # one stream: every thread on each run, as fastmarco calls it
             "INFERENCE_PRECISION_HINT": "bf16" if bf16 and bf16_capable() else "f32",
