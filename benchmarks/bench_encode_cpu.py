@@ -17,7 +17,7 @@ rounds (the order rotates each round), every one on all cores with its library's
   (`export_dynamic_quantized_onnx_model`, avx512_vnni where the CPU has VNNI, else avx2), and with
   --openvino-python, in that venv, `backend="openvino"` fp32 (INFERENCE_PRECISION_HINT f32), bf16
   (where the CPU has it) and static int8 (`export_static_quantized_openvino_model`, calibrated on 300
-  MS MARCO passages not among the measured ones). Each runs at its best batch size of 16/32/64/128,
+  MS MARCO passages not among the measured ones). Each runs at its best batch size of 8/16/32/64/128,
   chosen on the first 512 passages before the rounds.
 
 The OpenVINO venv, offline (sentence-transformers' own recipe, with torch pinned to the CPU build):
@@ -47,7 +47,7 @@ MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "msmarco-mini"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 WORKER = Path(__file__).resolve().parent / "encode_cpu_worker.py"
 MARK = "@@encode-worker@@ "
-BATCH_SIZES = (16, 32, 64, 128)
+BATCH_SIZES = (8, 16, 32, 64, 128)
 SWEEP_PASSAGES = 512
 CALIBRATION_PASSAGES = 300
 PACKAGES = ["onnxruntime", "openvino", "sentence-transformers", "torch", "optimum-onnx"]

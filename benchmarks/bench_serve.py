@@ -21,7 +21,9 @@ with --infinity-engine torch) and the FastAPI baseline (its /v1/embeddings and /
 own process with a 2-thread budget: /v1/embeddings with 1 and 32 passages a request, /rerank with 20
 and 100 passages for a query, at --levels clients; all-MiniLM-L6-v2 embeds, a MiniLM-L6-shaped
 cross-encoder (benchmarks/shaped_models.py, cross-encoder/ms-marco-MiniLM-L-6-v2's architecture)
-re-ranks. Saves results/serve_peers_<cpu family>.json and docs/serve-peers.png.
+re-ranks. Saves results/serve_peers_<cpu family>.json and docs/serve-peers.png (with
+--fastmarco-precision int8 or bf16: both models exported so, results/serve_peers_<family>_<precision>.json
+and docs/serve-peers-<precision>.png).
 With --index (an index built elsewhere, such as bench_scale.py's 8,841,823 rows, searched with --model's
 query encoding), only fastmarco serve runs, at each level, and the result is results/serve_NAME.json.
 Load is generated on this machine, on loopback only; every loop is bounded by time and stops by
@@ -381,8 +383,9 @@ def run_peers(args: argparse.Namespace) -> None:
     baseline.append(str(args.workdir / "shards"))
     commands: dict[str, tuple[list[str], bool]] = {
         "fastmarco": (fastmarco, False),
-        "baseline": (baseline, True),
     }
+    if not args.skip_baseline:
+        commands["baseline"] = (baseline, True)
     if args.infinity_venv is not None:
         embed_dir, rerank_dir = (source, cross)
         if args.infinity_engine == "optimum":
@@ -402,6 +405,8 @@ def run_peers(args: argparse.Namespace) -> None:
             "rerank",
             "--engine",
             args.infinity_engine,
+            "--dtype",
+            args.infinity_dtype,
         ]
         infinity += ["--device", "cpu", "--host", "127.0.0.1", "--no-model-warmup"]
         commands["infinity"] = (infinity, True)
@@ -411,6 +416,7 @@ def run_peers(args: argparse.Namespace) -> None:
             "rerank": "MiniLM-L6-shaped cross-encoder, random weights, max_length 512",
         },
         "infinity_engine": args.infinity_engine if args.infinity_venv else None,
+        "infinity_dtype": args.infinity_dtype if args.infinity_venv else None,
         "fastmarco_export": {"precision": precision, "runtime": args.fastmarco_runtime},
         "threads": 2,
         "seconds_per_level": args.seconds,
@@ -455,8 +461,14 @@ def run_peers(args: argparse.Namespace) -> None:
             for label in results["servers"]["fastmarco"]
         }
         print(f"fastmarco / infinity requests/s at 32 clients: {results['vs_infinity_at_32']}")
-    plot_peers(results, DOCS / "serve-peers.png")
-    print(f"saved {save(f'serve_peers_{cpu_family()}', results)} and {DOCS / 'serve-peers.png'}")
+    name = f"serve_peers_{cpu_family()}" + ("" if precision == "fp32" else f"_{precision}")
+    if (args.infinity_engine, args.infinity_dtype) != ("optimum", "auto"):
+        name += f"_infinity-{args.infinity_engine}-{args.infinity_dtype}"
+    print(f"saved {save(name, results)}")
+    if (args.infinity_engine, args.infinity_dtype) == ("optimum", "auto"):  # the plotted comparison
+        plot_path = DOCS / ("serve-peers.png" if precision == "fp32" else f"serve-peers-{precision}.png")
+        plot_peers(results, plot_path)
+        print(f"plotted {plot_path}")
 
 
 def _at(results: dict[str, Any], server: str, label: str, clients: int) -> float:
@@ -516,6 +528,13 @@ def main() -> None:
     parser.add_argument("--peers", action="store_true", help="embeddings and re-ranking against the peers")
     parser.add_argument("--infinity-venv", type=Path, help="--peers: the venv infinity-emb is installed in")
     parser.add_argument("--infinity-engine", choices=["optimum", "torch"], default="optimum")
+    parser.add_argument(
+        "--infinity-dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="--peers: infinity's --dtype",
+    )
+    parser.add_argument("--skip-baseline", action="store_true", help="--peers: no FastAPI baseline")
     parser.add_argument(
         "--fastmarco-precision",
         choices=["fp32", "int8", "bf16"],

@@ -25,6 +25,11 @@ PAGES = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "w
 EXACT_SEARCH_FILES = ("exact_search_1000000x768_avx2.json", "exact_search_1000000x768_avx512.json")
 # CPU encoding per CPU family and vendor; the first is the headline's
 ENCODE_CPU_FILES = ("encode_cpu_avx512_intel.json", "encode_cpu_avx512_amd.json")
+SERVE_PEERS_BF16_FILES = (
+    "serve_peers_avx512_bf16.json",
+    "serve_peers_avx512_bf16_infinity-torch-bfloat16.json",
+)
+RERANK_CPU_FILES = ("rerank_cpu_avx512_intel.json",)
 SCALE_FILES = ("scale_8841823x384.json", "scale_8841823x768.json")
 QUERY_HNSW_FILES = (
     ("1M x 384, all-MiniLM-L6-v2", "`--int8 --int8-attention`", "query_cpu-int8-attention-1000000x384.json"),
@@ -263,6 +268,33 @@ def encode_cpu_table(body: dict[str, Any], name: str) -> str:
     return "\n".join(lines)
 
 
+def rerank_cpu_table(body: dict[str, Any], name: str) -> str:
+    lines = [
+        f"`benchmarks/results/{name}`: {machine(body)}; {body['model']}; {body['passages']:,} DL19 BM25 "
+        f"(query, passage) pairs (throughput), {body['queries']} queries' top-{body['candidates_per_query']} "
+        f"one query at a time; the median of {body['rounds']} interleaved rounds (range in brackets).",
+        "",
+        "| system | pairs/s | one query's top-20 p50 / p99 ms | max abs. difference to "
+        "`CrossEncoder.predict` | batch |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for system, s in body["systems"].items():
+        low, high = min(s["passages_per_second_rounds"]), max(s["passages_per_second_rounds"])
+        lines.append(_row([
+            system, f"{s['passages_per_second']:,.1f} ({low:,.0f} to {high:,.0f})",
+            f"{s['query_p50_ms']:.2f} / {s['query_p99_ms']:.2f}",
+            f"{s['max_abs_diff_vs_cross_encoder_predict']:.2g}",
+            str(s.get("batch_size") or default_batch(system)),
+        ]))  # fmt: skip
+    ratios = ", ".join(f"{r:.2f}x" for r in body["best_fastmarco_vs_best_peer_rounds"])
+    lines += [
+        "",
+        f"Best fastmarco system ({body['best_fastmarco']}) against the best peer ({body['best_peer']}), "
+        f"pairs/s by round: {ratios}.",
+    ]
+    return "\n".join(lines)
+
+
 def mine_table(body: dict[str, Any]) -> str:
     st = body["sentence-transformers"]["cold"]
     lines = [
@@ -305,25 +337,30 @@ def serve_table(body: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def serve_peers_table(body: dict[str, Any]) -> str:
+def serve_peers_table(body: dict[str, Any], name: str) -> str:
     servers = body["servers"]
+    export = body.get("fastmarco_export") or {"precision": "fp32", "runtime": "onnxruntime"}
+    dtype = body.get("infinity_dtype") or "auto"
     lines = [
-        f"`benchmarks/results/serve_peers_avx512.json`: {machine(body)}; {body['threads']} threads each, "
-        f"{body['seconds_per_level']:.0f} s a level, infinity's `{body['infinity_engine']}` engine; "
-        "requests/s and p50 / p99 ms (— : no answer within the level's window).",
+        f"`benchmarks/results/{name}`: {machine(body)}; {body['threads']} threads each, "
+        f"{body['seconds_per_level']:.0f} s a level; fastmarco: both models exported {export['precision']}, "
+        f"runtime {export['runtime']}; infinity: `--engine {body['infinity_engine']} --dtype {dtype}`; "
+        "requests/s and p50 / p99 ms (— : no answer within the level's window; no baseline column value: "
+        "not run).",
         "",
         "| route | clients | fastmarco | infinity | FastAPI baseline | fastmarco / infinity |",
         "|---|---:|---:|---:|---:|---:|",
     ]
 
-    def cell(level: dict[str, Any]) -> str:
-        if not level["requests"]:
+    def cell(level: dict[str, Any] | None) -> str:
+        if level is None or not level["requests"]:
             return "—"
         return f"{level['requests_per_second']:,.1f} ({_ms(level['p50_ms'])} / {_ms(level['p99_ms'])})"
 
     for route in servers["fastmarco"]:
-        for ours, inf, base in zip(servers["fastmarco"][route], servers["infinity"][route],
-                                   servers["baseline"][route], strict=True):  # fmt: skip
+        baseline = servers.get("baseline", {}).get(route) or [None] * len(servers["fastmarco"][route])
+        for ours, inf, base in zip(servers["fastmarco"][route], servers["infinity"][route], baseline,
+                                   strict=True):  # fmt: skip
             ratio = ours["requests_per_second"] / inf["requests_per_second"] if inf["requests"] else None
             lines.append(_row([
                 route, str(ours["clients"]), cell(ours), cell(inf), cell(base),
@@ -399,8 +436,16 @@ def rendered() -> dict[str, str]:
             encode_cpu_table(_load(name), name) for name in ENCODE_CPU_FILES if (RESULTS / name).is_file()
         ),
         "mine-cold": mine_table(_load("mine-cold.json")),
+        "rerank-cpu": "\n\n".join(
+            rerank_cpu_table(_load(name), name) for name in RERANK_CPU_FILES if (RESULTS / name).is_file()
+        ),
         "serve": serve_table(_load("serve_cpu.json")),
-        "serve-peers": serve_peers_table(_load("serve_peers_avx512.json")),
+        "serve-peers": serve_peers_table(_load("serve_peers_avx512.json"), "serve_peers_avx512.json"),
+        "serve-peers-bf16": "\n\n".join(
+            serve_peers_table(_load(name), name)
+            for name in SERVE_PEERS_BF16_FILES
+            if (RESULTS / name).is_file()
+        ),
         "significance": significance_table(_load("significance_avx512.json")),
     }
     for name in SCALE_FILES:
@@ -450,6 +495,7 @@ def plots() -> None:
         ("bench_encode_cpu", "plot", ENCODE_CPU_FILES[0], "encode-cpu.png"),
         ("bench_serve", "plot", "serve_cpu.json", "serve-throughput.png"),
         ("bench_serve", "plot_peers", "serve_peers_avx512.json", "serve-peers.png"),
+        ("bench_serve", "plot_peers", SERVE_PEERS_BF16_FILES[0], "serve-peers-bf16.png"),
     ):
         getattr(_bench_module(module_name), function)(_load(result), ROOT / "docs" / target)
     scale = _bench_module("bench_scale")
