@@ -13,6 +13,7 @@ measured once per model, host, thread count and runtime versions and cached in
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -93,6 +94,11 @@ def register_runtime(runtime: Runtime) -> Runtime:
         raise ValueError(f"runtime {runtime.name!r} is registered twice")
     RUNTIMES[runtime.name] = runtime
     return runtime
+
+
+def not_installed(module: str) -> str | None:
+    """'<module> is not installed' where Python cannot find it, else None (nothing is imported)."""
+    return None if importlib.util.find_spec(module) else f"{module} is not installed"
 
 
 def runtime_names() -> list[str]:

@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from fastmarco.errors import EncoderError
 from fastmarco.model.manifest import ModelManifest
-from fastmarco.model.runtimes import register_runtime
+from fastmarco.model.runtimes import not_installed, register_runtime
 
 log = logging.getLogger("fastmarco")
 
@@ -42,11 +42,7 @@ class OnnxRuntime:
     extra = "cpu"
 
     def missing(self) -> str | None:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            return "onnxruntime is not installed"
-        return None
+        return not_installed("onnxruntime")
 
     def runs(self, precision: str, device: str) -> bool:
         return True  # a bf16 export is an fp32 graph: it runs here in fp32

@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from fastmarco.errors import EncoderError
 from fastmarco.model.manifest import ModelManifest
-from fastmarco.model.runtimes import register_runtime
+from fastmarco.model.runtimes import not_installed, register_runtime
 
 log = logging.getLogger("fastmarco")
 
@@ -55,11 +55,7 @@ class OpenVinoRuntime:
     extra = "openvino"
 
     def missing(self) -> str | None:
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
-            return "openvino is not installed"
-        return None
+        return not_installed("openvino")
 
     def runs(self, precision: str, device: str) -> bool:
         return device != "cuda" and precision in ("fp32", "bf16", "int8")
