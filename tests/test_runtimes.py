@@ -210,3 +210,11 @@ def test_cli_runtime_option(models: dict[str, Path], tmp_path: Path) -> None:
         result.exit_code == 2
         and "'tensorrt' is not one of 'auto', 'onnxruntime', 'openvino'" in result.output
     )
+
+
+def test_info_lists_the_runtimes() -> None:
+    result = CliRunner().invoke(main, ["info"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("model runtimes: "))
+    assert line.startswith("model runtimes: onnxruntime 1.") and "; openvino 20" in line
+    assert "runtime auto: onnxruntime; choices in " in result.output  # conftest pins the runtime

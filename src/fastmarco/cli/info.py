@@ -12,8 +12,12 @@ from fastmarco.cli.app import main
 
 @main.command()
 def info() -> None:
-    """The version, Python, platform and the native kernels' SIMD variant (FASTMARCO_SIMD forces one)."""
+    """The version, Python, platform, the native kernels' SIMD variant (FASTMARCO_SIMD forces one) and
+    the model runtimes (FASTMARCO_RUNTIME stands in for auto)."""
+    import os
+
     from fastmarco._version import __version__
+    from fastmarco.model.runtimes import RUNTIME_ENV, choices_path, runtimes_described
     from fastmarco.search.kernels import native_info
 
     native = native_info()
@@ -24,3 +28,7 @@ def info() -> None:
     )
     click.echo(f"SIMD variant: {native.active} (this CPU runs {', '.join(native.runs)})")
     click.echo(f"Hamming kernel: {native.hamming_kernel}")
+    click.echo(f"model runtimes: {'; '.join(runtimes_described())}")
+    click.echo(
+        f"runtime auto: {os.environ.get(RUNTIME_ENV) or 'measured per model'}; choices in {choices_path()}"
+    )

@@ -106,6 +106,11 @@ def runtime_names() -> list[str]:
     return [AUTO, *RUNTIMES]
 
 
+def runtimes_described() -> list[str]:
+    """Each registered runtime with its version, or why it cannot run here (`fastmarco info`)."""
+    return [f"{name} {r.missing() or r.versions()}" for name, r in RUNTIMES.items()]
+
+
 @dataclass(frozen=True)
 class Opened:
     session: Session
