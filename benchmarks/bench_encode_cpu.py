@@ -189,15 +189,19 @@ def onnx_int8_config() -> str:
     return "avx512_vnni" if "avx512_vnni" in cpu_flags() else "avx2"
 
 
-def fastmarco_spec(model: Path, runtime: str) -> dict[str, Any]:
-    return {"kind": "fastmarco", "model": str(model), "runtime": runtime}
+def fastmarco_spec(model: Path, runtime: str, kind: str = "fastmarco") -> dict[str, Any]:
+    """A fastmarco worker: `kind` "fastmarco" encodes, "fastmarco-cross" re-ranks."""
+    return {"kind": kind, "model": str(model), "runtime": runtime}
 
 
-def st_spec(folder: Path, backend: str, file_name: str | None = None, **ov_config: str) -> dict[str, Any]:
+def st_spec(
+    folder: Path, backend: str, file_name: str | None = None, kind: str = "st", **ov_config: str
+) -> dict[str, Any]:
+    """A sentence-transformers worker: `kind` "st" (SentenceTransformer) or "st-cross" (CrossEncoder)."""
     model_kwargs = {"file_name": file_name} if file_name else {}
     if ov_config:
         model_kwargs["ov_config"] = ov_config  # type: ignore[assignment]
-    return {"kind": "st", "folder": str(folder), "backend": backend, "model_kwargs": model_kwargs or None}
+    return {"kind": kind, "folder": str(folder), "backend": backend, "model_kwargs": model_kwargs or None}
 
 
 def systems(
@@ -240,11 +244,10 @@ def cross_encoder_systems(
     here = sys.executable
 
     def ours(precision: str, runtime: str) -> dict[str, Any]:
-        return {"kind": "fastmarco-cross", "model": str(work / f"cross-{precision}"), "runtime": runtime}
+        return fastmarco_spec(work / f"cross-{precision}", runtime, kind="fastmarco-cross")
 
     def theirs(folder: Path, backend: str, **ov_config: str) -> dict[str, Any]:
-        return {"kind": "st-cross", "folder": str(folder), "backend": backend,
-                "model_kwargs": {"ov_config": ov_config} if ov_config else None}  # fmt: skip
+        return st_spec(folder, backend, kind="st-cross", **ov_config)
 
     found = {
         "fastmarco fp32 (onnxruntime)": (here, ours("fp32", "onnxruntime")),

@@ -58,16 +58,27 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 # ----------------------------------------------------------------------------------------- set-up
 
 
+def precision_suffix(precision: str) -> str:
+    """Folders of an export other than fp32 are apart (its fingerprint differs): "" or "-<precision>"."""
+    return "" if precision == "fp32" else f"-{precision}"
+
+
+def export_once(source: Path, target: Path, precision: str) -> None:
+    """`fastmarco export` SOURCE to TARGET in `precision`, unless an earlier run already did."""
+    if not (target / "fastmarco.json").is_file():
+        flags = [] if precision == "fp32" else [f"--{precision}"]
+        command = [sys.executable, "-m", "fastmarco", "export", str(source), "--out", str(target), *flags]
+        subprocess.run(command, check=True)
+
+
 def prepare(workdir: Path, collection: Path, source: Path, precision: str = "fp32") -> Path:
     """The index dir, exported (in `precision`), encoded and indexed once into workdir with the
-    fastmarco CLI; an export other than fp32 gets folders of its own (its fingerprint differs)."""
+    fastmarco CLI."""
     workdir.mkdir(parents=True, exist_ok=True)
-    suffix = "" if precision == "fp32" else f"-{precision}"
+    suffix = precision_suffix(precision)
     model, shards, index = (workdir / f"{name}{suffix}" for name in ("minilm", "shards", "index"))
     cli = [sys.executable, "-m", "fastmarco"]
-    if not (model / "fastmarco.json").is_file():
-        flags = [] if precision == "fp32" else [f"--{precision}"]
-        subprocess.run([*cli, "export", str(source), "--out", str(model), *flags], check=True)
+    export_once(source, model, precision)
     encode = [*cli, "encode", "--model", str(model), "--corpus", str(collection), "--out", str(shards)]
     subprocess.run([*encode, "--device", "cpu", "--quiet"], check=True)  # resumes; a no-op when done
     if not (index / "index.json").is_file():
@@ -364,11 +375,8 @@ def run_peers(args: argparse.Namespace) -> None:
     precision = args.fastmarco_precision
     index = prepare(args.workdir, args.collection, source, precision)
     cross = build_shaped("minilm-l6-cross", args.workdir)
-    cross_onnx = args.workdir / ("cross" if precision == "fp32" else f"cross-{precision}")
-    if not (cross_onnx / "fastmarco.json").is_file():
-        flags = [] if precision == "fp32" else [f"--{precision}"]
-        export = [sys.executable, "-m", "fastmarco", "export", str(cross), "--out", str(cross_onnx), *flags]
-        subprocess.run(export, check=True)
+    cross_onnx = args.workdir / f"cross{precision_suffix(precision)}"
+    export_once(cross, cross_onnx, precision)
     passages = [
         line.split("\t", 1)[1]
         for line in args.collection.read_text(encoding="utf-8").split("\n")[:20_000]

@@ -234,6 +234,21 @@ def default_batch(system: str) -> str:
     return "token budget" if system.startswith("fastmarco") else "32"
 
 
+def _speed_cell(figures: dict[str, Any]) -> str:
+    """Passages (or pairs) a second, the median, with the rounds' range where there were several."""
+    speed = f"{figures['passages_per_second']:,.1f}"
+    rounds = figures.get("passages_per_second_rounds", [])
+    return speed + (f" ({min(rounds):,.0f} to {max(rounds):,.0f})" if len(rounds) > 1 else "")
+
+
+def _versus_best_peer(body: dict[str, Any], unit: str) -> str:
+    ratios = ", ".join(f"{r:.2f}x" for r in body["best_fastmarco_vs_best_peer_rounds"])
+    return (
+        f"Best fastmarco system ({body['best_fastmarco']}) against the best peer ({body['best_peer']}), "
+        f"{unit} by round: {ratios}."
+    )
+
+
 def encode_cpu_table(body: dict[str, Any], name: str) -> str:
     rounds = body.get("rounds", 1)
     lines = [
@@ -245,20 +260,15 @@ def encode_cpu_table(body: dict[str, Any], name: str) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for system, s in body["systems"].items():
-        speed = f"{s['passages_per_second']:,.1f}"
-        if len(s.get("passages_per_second_rounds", [])) > 1:
-            low, high = min(s["passages_per_second_rounds"]), max(s["passages_per_second_rounds"])
-            speed += f" ({low:,.0f} to {high:,.0f})"
         lines.append(_row([
-            system, speed, f"{s['query_p50_ms']:.2f} / {s['query_p99_ms']:.2f}",
+            system, _speed_cell(s), f"{s['query_p50_ms']:.2f} / {s['query_p99_ms']:.2f}",
             f"{s['dl19_rerank_ndcg10']:.4f}", str(s.get("batch_size") or default_batch(system)),
         ]))  # fmt: skip
     if "best_fastmarco_vs_best_peer" in body:
-        ratios = ", ".join(f"{r:.2f}x" for r in body["best_fastmarco_vs_best_peer_rounds"])
         lines += [
             "",
-            f"Best fastmarco system ({body['best_fastmarco']}) against the best peer ({body['best_peer']}), "
-            f"passages/s by round: {ratios}. What `runtime=auto` picks here: "
+            _versus_best_peer(body, "passages/s")
+            + " What `runtime=auto` picks here: "
             + ", ".join(f"{export} export: {runtime}" for export, runtime in body["auto_runtime"].items())
             + ".",
         ]
@@ -279,19 +289,12 @@ def rerank_cpu_table(body: dict[str, Any], name: str) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for system, s in body["systems"].items():
-        low, high = min(s["passages_per_second_rounds"]), max(s["passages_per_second_rounds"])
         lines.append(_row([
-            system, f"{s['passages_per_second']:,.1f} ({low:,.0f} to {high:,.0f})",
-            f"{s['query_p50_ms']:.2f} / {s['query_p99_ms']:.2f}",
+            system, _speed_cell(s), f"{s['query_p50_ms']:.2f} / {s['query_p99_ms']:.2f}",
             f"{s['max_abs_diff_vs_cross_encoder_predict']:.2g}",
             str(s.get("batch_size") or default_batch(system)),
         ]))  # fmt: skip
-    ratios = ", ".join(f"{r:.2f}x" for r in body["best_fastmarco_vs_best_peer_rounds"])
-    lines += [
-        "",
-        f"Best fastmarco system ({body['best_fastmarco']}) against the best peer ({body['best_peer']}), "
-        f"pairs/s by round: {ratios}.",
-    ]
+    lines += ["", _versus_best_peer(body, "pairs/s")]
     return "\n".join(lines)
 
 
