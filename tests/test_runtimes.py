@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from click.testing import CliRunner
 from tiny_models import CORPUS, build, build_cross_encoder
@@ -18,7 +21,8 @@ from fastmarco.errors import EncoderError, ExportError, InputError
 from fastmarco.model import runtimes
 from fastmarco.model.cross_encoder import CrossEncoderScorer
 from fastmarco.model.encoder import Encoder
-from fastmarco.model.runtimes import RUNTIMES, choices_path, open_model_session
+from fastmarco.model.runtime import BULK_ROWS
+from fastmarco.model.runtimes import RUNTIMES, Session, choices_path, open_model_session
 
 pytest.importorskip("openvino", reason="needs the openvino extra: pip install '.[openvino]'")
 pytest.importorskip("optimum.exporters.onnx", reason="needs the export extra: pip install '.[export]'")
@@ -80,6 +84,72 @@ def test_openvino_session_serves_threads(models: dict[str, Path]) -> None:
         got = list(pool.map(lambda text: encoder.encode([text]), TEXTS * 4))
     for i, embedding in enumerate(got):
         np.testing.assert_array_equal(embedding, expected[i % len(TEXTS)])
+
+
+def test_openvino_bulk_runs_streams_side_by_side(models: dict[str, Path]) -> None:
+    """From BULK_ROWS texts (or pairs) a call runs on the throughput form, several batches in flight:
+    the same numbers in the same order as the latency form, one batch at a time."""
+    encoder = Encoder.open(models["bi-fp32"], device="cpu", runtime="openvino", threads=2, max_tokens=256)
+    bulk, streams = encoder.session.bulk()
+    assert bulk is not encoder.session and streams == 2  # OpenVINO's throughput hint: a stream a thread
+    assert encoder.session.bulk()[0] is bulk  # compiled once
+    texts = [f"{TEXTS[i % len(TEXTS)]} {i}" for i in range(BULK_ROWS)]
+    together, stats = encoder.encode_with_stats(texts)
+    assert stats.batches > streams
+    one_at_a_time = np.concatenate([encoder.encode(texts[i : i + 64]) for i in range(0, len(texts), 64)])
+    np.testing.assert_allclose(together, one_at_a_time, atol=1e-5)
+
+    scorer = CrossEncoderScorer.open(models["cross-fp32"], device="cpu", runtime="openvino", threads=2)
+    queries = [TEXTS[0]] * len(texts)
+    pairs = scorer.tokenize_pairs(queries, texts)
+    np.testing.assert_allclose(scorer.score(queries, texts), scorer.score_tokens(pairs), atol=1e-5)
+
+
+def test_onnxruntime_runs_one_batch_at_a_time(models: dict[str, Path]) -> None:
+    encoder = Encoder.open(models["bi-fp32"], device="cpu", runtime="onnxruntime")
+    assert encoder.session.bulk() == (encoder.session, 1)
+
+
+class _Streams:
+    """A session of several streams whose runs finish out of order; one batch (a row of 13s) fails."""
+
+    def __init__(self, inner: Session, streams: int) -> None:
+        self.inner = inner
+        self.input_names = inner.input_names
+        self.streams = streams
+        self.rng = np.random.default_rng(7)
+        self.lock = threading.Lock()
+
+    def run(self, output: str, feeds: dict[str, npt.NDArray[np.int64]]) -> npt.NDArray[np.float32]:
+        with self.lock:
+            pause = float(self.rng.uniform(0, 0.01))
+        time.sleep(pause)
+        if (feeds["input_ids"] == 13).all(axis=1).any():
+            raise EncoderError("a run failed")
+        return self.inner.run(output, feeds)
+
+    def bulk(self) -> tuple[Session, int]:
+        return self, self.streams
+
+
+def test_bulk_results_land_in_order_and_errors_surface(models: dict[str, Path]) -> None:
+    encoder = Encoder.open(models["bi-fp32"], device="cpu", runtime="onnxruntime", max_tokens=64)
+    texts = [f"{TEXTS[i % len(TEXTS)]} {i}" for i in range(BULK_ROWS)]
+    expected = encoder.encode(texts)
+    encoder.session = _Streams(encoder.session, streams=3)
+    got, stats = encoder.encode_with_stats(texts)
+    assert stats.batches > 3
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+    feeds = {"input_ids": np.full((1, 4), 13), "attention_mask": np.ones((1, 4), np.int64)}
+    fine = encoder.tokenizer.encode_batch(["fine"])
+    good = encoder.pad(fine, len(fine[0].ids))
+    batches = [(i, good) for i in range(5)] + [(5, feeds)] + [(i, good) for i in range(6, 12)]
+    seen = []
+    with pytest.raises(EncoderError, match="a run failed"):
+        for key, _, _ in encoder.run_batches(batches, bulk=True):
+            seen.append(key)
+    assert seen == list(range(5))  # everything before the failed batch, in order; nothing after it
 
 
 def test_bf16_export(models: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:

@@ -1,4 +1,4 @@
-"""A cross-encoder exported by `fastmarco export`, scoring (query, passage) pairs with ONNX Runtime.
+"""A cross-encoder exported by `fastmarco export`, scoring (query, passage) pairs (either runtime).
 
 `sentence_transformers.CrossEncoder.predict` is called once per query in most mining and re-ranking
 code and pads each batch to its longest pair. Here every pair of a call is tokenized together (as a
@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco.errors import InputError
-from fastmarco.model.runtime import OnnxModel, checked_texts
+from fastmarco.model.runtime import BULK_ROWS, OnnxModel, checked_texts
 from fastmarco.progress import Progress, Update
 
 CHUNK_PAIRS = 8_192  # pairs tokenized at once: bounds the token lists held in memory
@@ -71,13 +71,23 @@ class CrossEncoderScorer(OnnxModel):
         return PairTokens(encodings, lengths)
 
     def score_tokens(
-        self, pairs: PairTokens, progress: Progress | None = None, done: int = 0, total: int = 0
+        self,
+        pairs: PairTokens,
+        progress: Progress | None = None,
+        done: int = 0,
+        total: int = 0,
+        *,
+        bulk: bool = False,
     ) -> npt.NDArray[np.float32]:
-        """Scores of tokenized pairs, in their order: batches of similar length under the token budget."""
+        """Scores of tokenized pairs, in their order: batches of similar length under the token budget
+        (`bulk`: several in flight where the runtime gains from it, see `OnnxModel.run_batches`)."""
         scores = np.empty(len(pairs), dtype=np.float32)
-        for rows in self.budget.plan(pairs.lengths):
-            feeds = self.pad([pairs.encodings[r] for r in rows], int(pairs.lengths[rows[0]]))
-            scores[rows] = self.run(feeds)
+        batches = (
+            (rows, self.pad([pairs.encodings[r] for r in rows], int(pairs.lengths[rows[0]])))
+            for rows in self.budget.plan(pairs.lengths)
+        )
+        for rows, result, _ in self.run_batches(batches, bulk=bulk):
+            scores[rows] = result
             done += len(rows)
             if progress is not None:
                 progress(Update("score", done, total or len(pairs), "pairs"))
@@ -99,5 +109,7 @@ class CrossEncoderScorer(OnnxModel):
         for start in range(0, len(queries), CHUNK_PAIRS):
             stop = min(start + CHUNK_PAIRS, len(queries))
             pairs = self.tokenize_pairs(queries[start:stop], passages[start:stop])
-            scores[start:stop] = self.score_tokens(pairs, progress, start, len(queries))
+            scores[start:stop] = self.score_tokens(
+                pairs, progress, start, len(queries), bulk=len(queries) >= BULK_ROWS
+            )
         return scores

@@ -2,8 +2,9 @@
 
 Texts are tokenized in chunks on a background thread (the Rust tokenizer releases the GIL), sorted
 by length inside each chunk and cut into batches under a token budget (batch rows x padded length),
-so short passages travel in big batches and long ones in small ones. ORT runs the next batch while
-the following chunk is tokenized; results land in input order.
+so short passages travel in big batches and long ones in small ones. The runtime runs the next batch
+while the following chunk is tokenized (several at once in bulk where it gains from that: see
+`OnnxModel.run_batches`); results land in input order.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco.errors import InputError
-from fastmarco.model.runtime import OnnxModel, checked_texts
+from fastmarco.model.runtime import BULK_ROWS, Feeds, OnnxModel, checked_texts
 from fastmarco.progress import Progress, Update
 
 CHUNK_TEXTS = 8_192
@@ -77,7 +78,7 @@ class Tokenized:
 @dataclass
 class _Batch:
     positions: npt.NDArray[np.int64]  # indexes into the caller's texts
-    feeds: dict[str, npt.NDArray[np.int64]]
+    feeds: Feeds
 
 
 class Encoder(OnnxModel):
@@ -176,17 +177,21 @@ class Encoder(OnnxModel):
                 put(exc)
 
         producer = threading.Thread(target=produce, name="fastmarco-tokenize", daemon=True)
-        producer.start()
-        embedded = 0
-        try:
+
+        def arrivals() -> Iterator[tuple[_Batch, Feeds]]:
             while (item := pipe.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                clock = time.perf_counter()
-                out[item.positions] = self.run(item.feeds)
-                stats.infer_seconds += time.perf_counter() - clock
+                yield item, item.feeds
+
+        producer.start()
+        embedded = 0
+        try:
+            for batch, result, seconds in self.run_batches(arrivals(), bulk=len(texts) >= BULK_ROWS):
+                out[batch.positions] = result
+                stats.infer_seconds += seconds
                 stats.batches += 1
-                embedded += len(item.positions)
+                embedded += len(batch.positions)
                 if progress is not None:
                     progress(Update("embed", embedded, len(texts), "texts"))
         finally:

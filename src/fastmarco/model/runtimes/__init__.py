@@ -49,6 +49,11 @@ class Session(Protocol):
 
     def run(self, output: str, feeds: dict[str, npt.NDArray[np.int64]]) -> npt.NDArray[np.float32]: ...
 
+    def bulk(self) -> tuple[Session, int]:
+        """The session for back-to-back batches (an encode of many texts) and how many of its runs to
+        keep in flight: (self, 1) unless the runtime computes several runs at once faster."""
+        ...
+
 
 class Runtime(Protocol):
     name: str

@@ -36,6 +36,11 @@ class OrtSession:
         result: npt.NDArray[np.float32] = binding.copy_outputs_to_cpu()[0]
         return result
 
+    def bulk(self) -> tuple[OrtSession, int]:
+        """One run at a time: two runs of one thread each were no faster than one of two threads (fp32
+        and int8, 2 cores, docs/benchmarks.md)."""
+        return self, 1
+
 
 class OnnxRuntime:
     name = "onnxruntime"
