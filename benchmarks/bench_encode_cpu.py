@@ -11,8 +11,9 @@ and quality: nDCG@10 of re-ranking the DL19 BM25 top-100 with each system's embe
 Systems, each in its own process (encode_cpu_worker.py) so only one runs at a time, in interleaved
 rounds (the order rotates each round), every one on all cores with its library's thread defaults:
 - fastmarco fp32 export on onnxruntime and on openvino, the int8 export (`export --int8`, ORT
-  dynamic int8) on onnxruntime, the bf16 export (`export --bf16`) on openvino where the CPU has bf16;
-  bulk work uses the model's token budget, one query the Engine's settings;
+  dynamic int8) on onnxruntime, the static int8 export (`export --int8-static`, NNCF QDQ) and the
+  bf16 export (`export --bf16`, where the CPU has bf16) on openvino; bulk work uses the model's token
+  budget, one query the Engine's settings;
 - sentence-transformers: torch, `backend="onnx"`, its own dynamic int8 ONNX
   (`export_dynamic_quantized_onnx_model`, avx512_vnni where the CPU has VNNI, else avx2), and with
   --openvino-python, in that venv, `backend="openvino"` fp32 (INFERENCE_PRECISION_HINT f32), bf16
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -53,6 +55,7 @@ CALIBRATION_PASSAGES = 300
 PACKAGES = ["onnxruntime", "openvino", "sentence-transformers", "torch", "optimum-onnx"]
 RERANK_GROUP = 20  # one query's candidates, re-ranked per latency call
 ROUND_FIGURES = ("passages_per_second", "query_p50_ms", "query_p99_ms")
+EMULATED_ISA = "ONEDNN_MAX_CPU_ISA"  # oneDNN (so OpenVINO's CPU plugin) uses no instruction above it
 
 
 class Worker:
@@ -213,6 +216,7 @@ def systems(
         "fastmarco fp32 (onnxruntime)": (here, fastmarco_spec(work / "fp32", "onnxruntime")),
         "fastmarco fp32 (openvino)": (here, fastmarco_spec(work / "fp32", "openvino")),
         "fastmarco int8 (onnxruntime)": (here, fastmarco_spec(work / "int8", "onnxruntime")),
+        "fastmarco int8-static (openvino)": (here, fastmarco_spec(work / "int8-static", "openvino")),
     }
     if bf16:
         found["fastmarco bf16 (openvino)"] = (here, fastmarco_spec(work / "bf16", "openvino"))
@@ -253,6 +257,7 @@ def cross_encoder_systems(
         "fastmarco fp32 (onnxruntime)": (here, ours("fp32", "onnxruntime")),
         "fastmarco fp32 (openvino)": (here, ours("fp32", "openvino")),
         "fastmarco int8 (onnxruntime)": (here, ours("int8", "onnxruntime")),
+        "fastmarco int8-static (openvino)": (here, ours("int8-static", "openvino")),
         "sentence-transformers torch": (here, theirs(source, "torch")),
         "sentence-transformers onnx": (here, theirs(work / "st-cross-onnx", "onnx")),
     }
@@ -285,9 +290,17 @@ def main() -> None:
     parser.add_argument("--cross-encoder", action="store_true", help="Re-ranking instead of encoding.")
     parser.add_argument("--only", help="Comma-separated system names to run (default: all).")
     parser.add_argument("--skip-quality", action="store_true", help="No DL19 re-rank per system.")
+    parser.add_argument(
+        "--emulate-isa",
+        help="Cap oneDNN's instruction set (ONEDNN_MAX_CPU_ISA, e.g. AVX512_CORE_BF16: no AMX) to "
+        "emulate another CPU family; only the OpenVINO systems run (ONNX Runtime and torch do not "
+        "honour it), saved apart.",
+    )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "fastmarco-bench-cpu")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.emulate_isa:  # before OpenVINO loads here or in a worker
+        os.environ[EMULATED_ISA] = args.emulate_isa
     (rerank_benchmark if args.cross_encoder else encode_benchmark)(args)
 
 
@@ -322,8 +335,12 @@ def encode_benchmark(args: argparse.Namespace) -> None:
         worker.close()
     summarize(results)
     DOCS.mkdir(exist_ok=True)
+    saved = save(f"encode_cpu_{host_label()}", results)
+    if results["emulated_isa"]:  # the docs' figure is this host as it is
+        print(f"saved {saved}")
+        return
     plot(results, DOCS / "encode-cpu.png")
-    print(f"saved {save(f'encode_cpu_{host_label()}', results)} and {DOCS / 'encode-cpu.png'}")
+    print(f"saved {saved} and {DOCS / 'encode-cpu.png'}")
 
 
 def rerank_benchmark(args: argparse.Namespace) -> None:
@@ -377,12 +394,16 @@ def rerank_benchmark(args: argparse.Namespace) -> None:
 
 
 def fresh_exports(source: Path, work: Path, prefix: str) -> list[str]:
-    """fp32, int8 and (where the CPU has bf16) bf16 exports of SOURCE into WORK/<prefix><precision>,
-    always made anew: a cached export may predate the code measured."""
+    """fp32, int8, int8-static and (where the CPU has bf16) bf16 exports of SOURCE into
+    WORK/<prefix><precision>, always made anew: a cached export may predate the code measured."""
     from fastmarco.model.export import export_model
     from fastmarco.model.runtimes.openvino_runtime import bf16_capable
 
-    exports: dict[str, dict[str, bool]] = {"fp32": {}, "int8": {"int8": True}}
+    exports: dict[str, dict[str, bool]] = {
+        "fp32": {},
+        "int8": {"int8": True},
+        "int8-static": {"int8_static": True},
+    }
     if bf16_capable():
         exports["bf16"] = {"bf16": True}
     for name, options in exports.items():
@@ -391,7 +412,11 @@ def fresh_exports(source: Path, work: Path, prefix: str) -> list[str]:
 
 
 def select(chosen: dict[str, Any], only: str | None) -> dict[str, Any]:
-    return chosen if not only else {name: chosen[name] for name in only.split(",")}
+    """The systems --only names (all by default); under --emulate-isa only those on OpenVINO."""
+    chosen = chosen if not only else {name: chosen[name] for name in only.split(",")}
+    if os.environ.get(EMULATED_ISA):
+        chosen = {name: system for name, system in chosen.items() if "openvino" in name}
+    return chosen
 
 
 def measure(
@@ -416,6 +441,7 @@ def measure(
             tried = ", ".join(f"{size}: {speed:.0f}" for size, speed in speeds.items())
             print(f"{name:>44}: batch size {worker.batch_size} ({tried} passages/s)", flush=True)
     results |= {
+        "emulated_isa": os.environ.get(EMULATED_ISA),  # oneDNN capped: another CPU family, emulated
         "rounds": args.rounds,
         "environment": environment(PACKAGES),
         "openvino_venv": openvino_environment(args.openvino_python),
@@ -447,7 +473,9 @@ def measure(
 def host_label() -> str:
     """Results are kept per CPU family and vendor (an AMX Xeon and an EPYC differ on bf16)."""
     model = cpu_model()
-    return f"{cpu_family()}_{'amd' if 'AMD' in model else 'intel' if 'Intel' in model else 'other'}"
+    label = f"{cpu_family()}_{'amd' if 'AMD' in model else 'intel' if 'Intel' in model else 'other'}"
+    emulated = os.environ.get(EMULATED_ISA)
+    return f"{label}_emulated-{emulated.lower()}" if emulated else label
 
 
 def summarize(results: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ TEXTS = [*CORPUS, " ".join(CORPUS) * 3, ""]
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny bi-encoder (fp32, bf16, int8) and cross-encoder (fp32, bf16), exported."""
+    """A tiny bi-encoder (fp32, bf16, int8, int8-static) and cross-encoder (fp32, bf16), exported."""
     from fastmarco.model.export import export_model
 
     root = tmp_path_factory.mktemp("runtime-models")
@@ -45,6 +45,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ("bi-int8", bi, {"int8": True}),
         ("cross-fp32", cross, {}),
         ("cross-bf16", cross, {"bf16": True}),
+        ("bi-int8-static", bi, {"int8_static": True}),
     ]:
         out[name] = root / name
         export_model(str(source), out[name], **options)  # type: ignore[arg-type]
@@ -185,6 +186,76 @@ def test_bf16_export_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     ):
         export_model("unused", tmp_path / "x", bf16=True)
     assert not (tmp_path / "x").exists()
+
+
+def test_int8_static_export(models: dict[str, Path]) -> None:
+    """NNCF's static QDQ int8 of the unfused graph: checked at export on OpenVINO, its weight range
+    (8-bit with VNNI, else 7-bit) recorded, and run by both runtimes alike."""
+    import onnx
+
+    from fastmarco.model.static_quantize import has_vnni
+
+    folder = models["bi-int8-static"]
+    manifest = json.loads((folder / "fastmarco.json").read_text())
+    assert (manifest["precision"], manifest["optimize"]) == ("int8-static", "O1")
+    quantization = manifest["quantization"]
+    assert quantization["weight_bits"] == (8 if has_vnni() else 7)
+    assert quantization["calibration_batches"] > 0 and "nncf" in manifest["exported_by"]
+    ops = {node.op_type for node in onnx.load(str(folder / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "MatMul"} <= ops and "Attention" not in ops
+    assert manifest["parity_min_cosine"] >= 0.97
+    fp32 = Encoder.open(models["bi-fp32"], device="cpu", runtime="onnxruntime").encode(TEXTS)
+    on_openvino = Encoder.open(folder, device="cpu", runtime="openvino").encode(TEXTS)
+    on_ort = Encoder.open(folder, device="cpu", runtime="onnxruntime").encode(TEXTS)
+    assert float((fp32 * on_openvino).sum(axis=1).min()) >= 0.97
+    assert float((on_ort * on_openvino).sum(axis=1).min()) >= 0.97
+
+
+def test_int8_static_cross_encoder_that_drifts_is_refused(tmp_path: Path) -> None:
+    """The parity gate holds for static int8 too: the tiny cross-encoder (32 wide, weights of std 0.2)
+    does not survive per-tensor activation scales, so nothing is published. (An all-MiniLM-L6-shaped
+    one passes: benchmarks/bench_encode_cpu.py --cross-encoder exports and measures it.)"""
+    from fastmarco.model.export import export_model
+
+    source = build_cross_encoder("bert-cross-encoder", tmp_path / "cross")
+    with pytest.raises(ExportError, match=r"int8-static cross-encoder export disagrees with CrossEncoder"):
+        export_model(str(source), tmp_path / "out", int8_static=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_int8_static_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastmarco.model.export import export_model
+
+    with pytest.raises(ExportError, match="exclude each other"):
+        export_model("unused", tmp_path / "x", int8_static=True, int8=True)
+    with pytest.raises(ExportError, match="quantizes the unfused graph: --optimize O1"):
+        export_model("unused", tmp_path / "x", int8_static=True, optimize="O2")
+    monkeypatch.setattr(type(RUNTIMES["openvino"]), "missing", lambda self: "openvino is not installed")
+    with pytest.raises(
+        ExportError, match=r"int8-static runs on the openvino runtime: openvino is not installed"
+    ):
+        export_model("unused", tmp_path / "x", int8_static=True)
+    assert not (tmp_path / "x").exists()
+
+
+def test_8_bit_weights_on_a_cpu_without_vnni_warn(
+    models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An export's 8-bit weights can overflow int16 sums on a CPU without VNNI: opening it there warns."""
+    from fastmarco.model import static_quantize
+
+    folder = models["bi-int8-static"]
+    if json.loads((folder / "fastmarco.json").read_text())["quantization"]["weight_bits"] != 8:
+        pytest.skip("this CPU has no VNNI: the export here has 7-bit weights")
+    monkeypatch.setattr(static_quantize, "cpu_flags", lambda: frozenset({"avx2"}))
+    with caplog.at_level(logging.WARNING, logger="fastmarco"):
+        Encoder.open(folder, device="cpu", runtime="openvino")
+    assert "8-bit weights, made on a CPU with VNNI; this CPU has none" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(static_quantize, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
+    with caplog.at_level(logging.WARNING, logger="fastmarco"):
+        Encoder.open(folder, device="cpu", runtime="openvino")
+    assert "VNNI" not in caplog.text
 
 
 def test_auto_measures_once_and_caches(

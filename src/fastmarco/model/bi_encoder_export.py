@@ -19,7 +19,13 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco.errors import ExportError
-from fastmarco.model.export_steps import PARITY_TEXTS, check_runtime, read_json_object, trace_to_onnx
+from fastmarco.model.export_steps import (
+    INT8_PRECISIONS,
+    PARITY_TEXTS,
+    check_runtime,
+    read_json_object,
+    trace_to_onnx,
+)
 from fastmarco.model.kinds import Similarity, Source, register_model_kind
 from fastmarco.model.quantize import tokenized_batches
 
@@ -33,7 +39,13 @@ SUPPORTED_ARCHITECTURES = ("bert", "distilbert", "roberta", "xlm-roberta", "mpne
 # this cosine to sentence-transformers' fp32 embedding. Dynamic int8 of all-MiniLM-L6-v2 measures 0.985
 # at worst over 300 real MS MARCO passages (mean 0.994) and keeps DL19 nDCG@10 within 0.005.
 INT8_MIN_COSINE = 0.97
-PARITY_FLOORS = {"fp32": 0.9999, "fp16": 0.999, "bf16": 0.999, "int8": INT8_MIN_COSINE}
+PARITY_FLOORS = {
+    "fp32": 0.9999,
+    "fp16": 0.999,
+    "bf16": 0.999,
+    "int8": INT8_MIN_COSINE,
+    "int8-static": INT8_MIN_COSINE,
+}
 
 
 @dataclass
@@ -166,7 +178,7 @@ def calibration_texts() -> list[str]:
 
 
 def _check_texts(precision: str) -> list[str]:
-    if precision != "int8":
+    if precision not in INT8_PRECISIONS:
         return list(PARITY_TEXTS)
     from fastmarco.corpus.bundled import demo_corpus_path, demo_texts
 
@@ -278,7 +290,11 @@ class BiEncoderKind:
             raise ExportError(
                 f"the {precision} export disagrees with sentence-transformers on {len(texts)} check "
                 f"texts: min cosine {parity:.6f} < {floor}; nothing was published"
-                + ("" if precision != "int8" else " (this model does not quantize well: export fp32)")
+                + (
+                    " (this model does not quantize well: export fp32)"
+                    if precision in INT8_PRECISIONS
+                    else ""
+                )
             )
         return "parity_min_cosine", parity
 

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco.errors import ExportError
-from fastmarco.model.export_steps import PARITY_TEXTS, check_runtime, trace_to_onnx
+from fastmarco.model.export_steps import INT8_PRECISIONS, PARITY_TEXTS, check_runtime, trace_to_onnx
 from fastmarco.model.kinds import Similarity, Source, register_model_kind
 from fastmarco.model.quantize import tokenized_batches
 
@@ -31,7 +31,7 @@ ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity"}
 
 # Score agreement with CrossEncoder.predict over the check pairs, as a fraction of the largest
 # |score| (at least 1): fp32 differs only by kernel rounding; fp16 and int8 by their precision.
-PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 3e-2, "int8": 5e-2}
+PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 3e-2, "int8": 5e-2, "int8-static": 5e-2}
 
 # Every manifest field that changes a score: two exports differing in any of them get two fingerprints.
 SCORE_SETTINGS: tuple[str, ...] = (
@@ -161,7 +161,7 @@ def check_pairs(precision: str) -> tuple[list[str], list[str]]:
         [q for q, _ in product(PARITY_TEXTS, PARITY_TEXTS)],
         [*PARITY_TEXTS] * len(PARITY_TEXTS),
     )
-    if precision == "int8":
+    if precision in INT8_PRECISIONS:
         demo_queries, demo_passages = demo_pairs()
         queries += demo_queries
         passages += demo_passages

@@ -1,9 +1,10 @@
 """`fastmarco export`: the one export pipeline, for every registered model kind (fastmarco.model.kinds).
 
 resolve the model -> the kind that claims it loads it -> trace to ONNX with the kind's head -> make
-shapes inferable, fuse and optimize (fp16 on request) -> int8 on request, calibrated on the kind's
-inputs -> manifest (the kind's fields, how it was built, its fingerprint) -> check against
-sentence-transformers -> publish the directory atomically. Nothing is published when a step fails.
+shapes inferable, fuse and optimize (fp16 on request) -> int8 (dynamic or static) on request,
+calibrated on the kind's inputs -> manifest (the kind's fields, how it was built, its fingerprint) ->
+check against sentence-transformers -> publish the directory atomically. Nothing is published when a
+step fails.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fastmarco.model import bi_encoder_export, cross_encoder_export  # noqa: F40
 from fastmarco.model.export_steps import (
     OptimizeLevel,
     build_record,
-    check_bf16_runtime,
+    check_openvino_for,
     fingerprint,
     optimize_graph,
     resolve_model,
@@ -29,6 +30,7 @@ from fastmarco.model.export_steps import (
 from fastmarco.model.kinds import Card, Similarity, model_kind_for
 from fastmarco.model.manifest import MANIFEST_NAME, MODEL_FORMAT, MODEL_FORMAT_VERSION
 from fastmarco.model.quantize import quantize_int8
+from fastmarco.model.static_quantize import quantize_int8_static
 
 log = logging.getLogger("fastmarco")
 
@@ -52,6 +54,7 @@ def export_model(
     bf16: bool = False,
     int8: bool = False,
     int8_attention: bool = False,
+    int8_static: bool = False,
     optimize: OptimizeLevel | None = None,
     max_seq_length: int | None = None,
     similarity: Similarity | None = None,
@@ -60,11 +63,28 @@ def export_model(
 ) -> ExportReport:
     """Export MODEL (folder or hub id) to OUT; see the module docstring. A sentence-transformers
     CrossEncoder is exported as a cross-encoder, anything else as a bi-encoder. bf16 keeps the fp32
-    graph and declares it run in bf16 (the openvino runtime, on CPUs with bf16 instructions)."""
-    if sum([int8, bf16, fp16 or optimize == "O4"]) > 1:
-        raise ExportError("int8 and bf16 (for the CPU) and fp16 (for the GPU) exclude each other: choose one")
-    if bf16:
-        check_bf16_runtime()
+    graph and declares it run in bf16 (the openvino runtime, on CPUs with bf16 instructions);
+    int8_static quantizes it statically for OpenVINO (fastmarco.model.static_quantize)."""
+    if sum([int8, int8_static, bf16, fp16 or optimize == "O4"]) > 1:
+        raise ExportError(
+            "int8, int8-static and bf16 (for the CPU) and fp16 (for the GPU) exclude each other: choose one"
+        )
+    if int8_static and optimize not in (None, "O1"):
+        raise ExportError(
+            "int8-static quantizes the unfused graph: --optimize O1 (its default), OpenVINO fuses the rest"
+        )
+    precision = (
+        "int8"
+        if int8
+        else "int8-static"
+        if int8_static
+        else "bf16"
+        if bf16
+        else "fp16"
+        if fp16 or optimize == "O4"
+        else "fp32"
+    )
+    check_openvino_for(precision)
     if int8_attention and not int8:
         raise ExportError(
             "int8_attention (--int8-attention) quantizes the attention of an int8 export: add int8"
@@ -78,12 +98,16 @@ def export_model(
         onnx_path = kind.trace(source, staging, opset)
         if not (staging / "tokenizer.json").is_file():
             raise ExportError(f"{folder}: no fast tokenizer (tokenizer.json) could be saved for this model")
-        level: OptimizeLevel = optimize or "O2"  # the transformer fusions help ORT's CPU kernels too
+        # the transformer fusions help ORT's CPU kernels too; NNCF reads only the unfused graph
+        level: OptimizeLevel = optimize or ("O1" if int8_static else "O2")
         fusions = optimize_graph(onnx_path, source.card.num_heads, source.card.hidden_size, level, fp16)
         quantization = (
-            quantize_int8(onnx_path, kind.calibration(source), attention=int8_attention) if int8 else None
+            quantize_int8(onnx_path, kind.calibration(source), attention=int8_attention)
+            if int8
+            else quantize_int8_static(onnx_path, kind.calibration(source))
+            if int8_static
+            else None
         )
-        precision = "int8" if int8 else "bf16" if bf16 else "fp16" if fp16 or optimize == "O4" else "fp32"
         expected = kind.expected(source, precision)
         manifest = {
             **kind.manifest_fields(source, expected),

@@ -97,20 +97,34 @@ class _ToDebug(logging.Filter):
         return False
 
 
+# Precisions made for OpenVINO: checked on it at export, so exporting them needs the openvino extra.
+OPENVINO_PRECISIONS = ("bf16", "int8-static")
+# Precisions whose graph is quantized: checked on more texts, against a lower floor.
+INT8_PRECISIONS = ("int8", "int8-static")
+
+
 def check_runtime(precision: str) -> str:
     """The runtime an export's parity check runs on: the one that runs that precision as declared."""
-    return "openvino" if precision == "bf16" else "onnxruntime"
+    return "openvino" if precision in OPENVINO_PRECISIONS else "onnxruntime"
 
 
-def check_bf16_runtime() -> None:
-    """A bf16 export is checked in bf16: that needs the openvino runtime, and a CPU that has bf16."""
-    from fastmarco.model.runtimes import RUNTIMES
+def check_openvino_for(precision: str) -> None:
+    """A bf16 or int8-static export is made and checked for OpenVINO: refused before anything is built
+    where the openvino extra (OpenVINO, NNCF) is missing; bf16 without bf16 instructions is checked in
+    fp32, with a warning."""
+    if precision not in OPENVINO_PRECISIONS:
+        return
+    from fastmarco.model.runtimes import RUNTIMES, not_installed
     from fastmarco.model.runtimes.openvino_runtime import bf16_capable
 
-    problem = RUNTIMES["openvino"].missing()
+    problem = RUNTIMES["openvino"].missing() or (
+        not_installed("nncf") if precision == "int8-static" else None
+    )
     if problem:
-        raise ExportError(f"bf16 runs on the openvino runtime: {problem} (pip install 'fastmarco[openvino]')")
-    if not bf16_capable():
+        raise ExportError(
+            f"{precision} runs on the openvino runtime: {problem} (pip install 'fastmarco[openvino]')"
+        )
+    if precision == "bf16" and not bf16_capable():
         log.warning("this CPU has no bf16 instructions: the bf16 export is checked here in fp32")
 
 
@@ -139,7 +153,8 @@ def build_record(
             **{
                 name: _version(name)
                 for name in ("optimum-onnx", "onnxruntime", "torch", "transformers", "sentence-transformers")
-                + (("openvino",) if precision == "bf16" else ())
+                + (("openvino",) if precision in OPENVINO_PRECISIONS else ())
+                + (("nncf",) if precision == "int8-static" else ())
             },
         },
     }

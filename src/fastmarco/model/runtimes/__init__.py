@@ -171,6 +171,15 @@ def _noted(root: Path, model: ModelManifest, opened: Opened) -> Opened:
     widened = RUNTIMES[opened.runtime].widened(model.precision or "fp32") if opened.device == "cpu" else None
     if widened:
         log.warning("%s: %s", root, widened)
+    if (model.raw.get("quantization") or {}).get("weight_bits") == 8 and opened.device == "cpu":
+        from fastmarco.model.static_quantize import has_vnni
+
+        if not has_vnni():
+            log.warning(
+                "%s: 8-bit weights, made on a CPU with VNNI; this CPU has none, so its int16 sums can "
+                "overflow: export it again here (7-bit weights)",
+                root,
+            )
     return opened
 
 

@@ -22,6 +22,11 @@ from fastmarco.model.runtimes import not_installed, register_runtime
 log = logging.getLogger("fastmarco")
 
 
+# Exports whose floating-point part runs in bf16 where the CPU has it: bf16, and static int8's
+# unquantized rest (softmax, norms), as OpenVINO itself would choose there.
+FLOAT_IN_BF16 = ("bf16", "int8-static")
+
+
 class OpenVinoSession:
     """One compiled model; an infer request per calling thread (a request is not thread-safe).
 
@@ -78,7 +83,7 @@ class OpenVinoRuntime:
         return not_installed("openvino")
 
     def runs(self, precision: str, device: str) -> bool:
-        return device != "cuda" and precision in ("fp32", "bf16", "int8")
+        return device != "cuda" and precision in ("fp32", "bf16", "int8", "int8-static")
 
     def widened(self, precision: str) -> str | None:
         if precision == "bf16" and not bf16_capable():
@@ -107,7 +112,9 @@ class OpenVinoRuntime:
         threads do not spin."""
         graph = path / model.model
         config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": "bf16" if model.precision == "bf16" and bf16_capable() else "f32"
+            "INFERENCE_PRECISION_HINT": "bf16"
+            if model.precision in FLOAT_IN_BF16 and bf16_capable()
+            else "f32"
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
