@@ -196,7 +196,9 @@ class CrossEncoderKind:
         _score_head(onnx_path, source.card.activation)
         return onnx_path
 
-    def calibration(self, source: Source) -> list[dict[str, npt.NDArray[np.int64]]]:
+    def calibration(self, source: Source, *, static: bool = False) -> list[dict[str, npt.NDArray[np.int64]]]:
+        """The demo pairs (`static` adds nothing: every input is a query and a passage together, never a
+        one-word text alone)."""
         queries, passages = demo_pairs()
         return tokenized_batches(source.reference.tokenizer, queries, source.card.max_seq_length, passages)
 

@@ -104,7 +104,7 @@ def export_model(
         quantization = (
             quantize_int8(onnx_path, kind.calibration(source), attention=int8_attention)
             if int8
-            else quantize_int8_static(onnx_path, kind.calibration(source))
+            else quantize_int8_static(onnx_path, kind.calibration(source, static=True))
             if int8_static
             else None
         )

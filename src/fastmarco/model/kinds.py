@@ -57,8 +57,9 @@ class ModelKind(Protocol):
         """Write OUT/model.onnx with the kind's one output, and the tokenizer files; returns the graph."""
         ...
 
-    def calibration(self, source: Source) -> list[dict[str, npt.NDArray[np.int64]]]:
-        """The tokenized batches int8 calibrates its outlier channels on."""
+    def calibration(self, source: Source, *, static: bool = False) -> list[dict[str, npt.NDArray[np.int64]]]:
+        """The tokenized batches int8 calibrates on: dynamic int8 its outlier channels, static int8
+        (`static`) every activation's fixed scale, which must also cover the kind's shortest inputs."""
         ...
 
     def expected(self, source: Source, precision: str) -> npt.NDArray[Any]:

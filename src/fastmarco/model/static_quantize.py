@@ -6,7 +6,10 @@ suits ONNX Runtime's integer kernels; OpenVINO runs that graph at about half ORT
 fixes every activation's scale from a calibration pass and writes QuantizeLinear/DequantizeLinear pairs
 around the MatMuls (ONNX QDQ): OpenVINO compiles those into its int8 kernels (VNNI, AMX), ONNX Runtime
 runs the same file too. NNCF's transformer preset keeps the numerically fragile parts (softmax, layer
-norms, the embeddings) in floating point and smooths activation outliers into the weights (SmoothQuant).
+norms, the embeddings) in floating point and smooths activation outliers into the weights (SmoothQuant);
+the MatMuls between two activations (attention scores, and their weighting of the values) stay in
+floating point too (all-MiniLM-L6-v2, 500 MS MARCO passages: min cosine to fp32 0.82 with them int8,
+0.97 without; mean 0.9933 and 0.9948).
 Its ONNX backend cannot read ORT's fused operators (Attention, SkipLayerNormalization), so the graph
 is quantized at optimization level O1; OpenVINO fuses attention itself.
 
@@ -62,12 +65,20 @@ def quantize_int8_static(path: Path, calibration: list[Feeds]) -> dict[str, Any]
     model = onnx.load(str(path))
     inputs = {i.name for i in model.graph.input}
     vnni = has_vnni()
+    weights = {init.name for init in model.graph.initializer}
+    weights |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    between_activations = [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "MatMul" and not any(name in weights for name in node.input)
+    ]
     try:
         quantized = nncf.quantize(
             model,
             nncf.Dataset(calibration, lambda feeds: {k: v for k, v in feeds.items() if k in inputs}),
             model_type=nncf.ModelType.TRANSFORMER,
             subset_size=len(calibration),
+            ignored_scope=nncf.IgnoredScope(names=between_activations),
             advanced_parameters=AdvancedQuantizationParameters(
                 overflow_fix=OverflowFix.DISABLE if vnni else OverflowFix.ENABLE
             ),
@@ -85,6 +96,7 @@ def quantize_int8_static(path: Path, calibration: list[Feeds]) -> dict[str, Any]
             else "made on a CPU without VNNI: a 7-bit range, so int16 accumulation cannot overflow"
         ),
         "activations": "int8 per tensor, scales fixed by calibration",
+        "kept_float": "MatMuls between two activations (attention), softmax, norms, embeddings",
         "calibration_batches": len(calibration),
         "calibration_rows": int(sum(len(feeds["input_ids"]) for feeds in calibration)),
         "nncf": metadata.version("nncf"),
