@@ -67,6 +67,10 @@ class OpenVinoSession:
 def _core() -> Any:
     import openvino
 
+    # pybind11 sets up its numpy API on first use under a once-flag it takes before the GIL: two threads
+    # reading their first tensor `.data` together deadlock (OpenVINO 2026.4, two bulk runs in flight in
+    # a fresh process). One conversion here, before any session exists, sets it up.
+    openvino.Tensor(np.zeros(1, dtype=np.float32)).data  # noqa: B018  (the side effect is the point)
     return openvino.Core()
 
 
