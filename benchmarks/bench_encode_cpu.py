@@ -39,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ CALIBRATION_PASSAGES = 300
 PACKAGES = ["onnxruntime", "openvino", "sentence-transformers", "torch", "optimum-onnx"]
 RERANK_GROUP = 20  # one query's candidates, re-ranked per latency call
 ROUND_FIGURES = ("passages_per_second", "query_p50_ms", "query_p99_ms")
+WORKER_TIMEOUT = 600  # seconds a worker may take over one command (the slowest, loading, takes ~60)
 EMULATED_ISA = "ONEDNN_MAX_CPU_ISA"  # oneDNN (so OpenVINO's CPU plugin) uses no instruction above it
 
 
@@ -70,12 +72,26 @@ class Worker:
         self.read()  # {"ready": true} once the model is loaded
 
     def read(self) -> dict[str, Any]:
+        """The worker's next answer; a worker silent for WORKER_TIMEOUT seconds is killed (a hang
+        stops the run instead of holding it forever)."""
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if line.startswith(MARK):
-                answer: dict[str, Any] = json.loads(line[len(MARK) :])
-                return answer
-        raise RuntimeError(f"{self.name}: the worker exited ({self.process.wait()})")
+        fired = threading.Event()
+
+        def kill() -> None:
+            fired.set()
+            self.process.kill()
+
+        watchdog = threading.Timer(WORKER_TIMEOUT, kill)
+        watchdog.start()
+        try:
+            for line in self.process.stdout:
+                if line.startswith(MARK):
+                    answer: dict[str, Any] = json.loads(line[len(MARK) :])
+                    return answer
+        finally:
+            watchdog.cancel()
+        silent = f" after {WORKER_TIMEOUT} s without an answer: killed" if fired.is_set() else ""
+        raise RuntimeError(f"{self.name}: the worker exited ({self.process.wait()}){silent}")
 
     def call(self, op: str, texts: Path, **fields: Any) -> dict[str, Any]:
         assert self.process.stdin is not None
