@@ -149,6 +149,23 @@ def test_minilm_int8_export_keeps_dl19_rerank_quality(dl19: dict, reference: dic
     assert int8 == pytest.approx(0.6424, abs=0.005)
 
 
+def test_minilm_int8_static_export_keeps_dl19_rerank_quality(
+    dl19: dict, reference: dict, tmp_path: Path
+) -> None:
+    """`--int8-static` on OpenVINO holds the same gate: within 0.005 nDCG@10 of fp32 (0.6424)."""
+    pytest.importorskip("nncf", reason="needs the openvino extra: pip install '.[openvino]'")
+    report = export_model(str(MODEL), tmp_path / "static", int8_static=True)
+    assert report.precision == "int8-static" and report.optimize == "O1"
+    encoder = Encoder.open(tmp_path / "static", device="cpu", runtime="openvino")
+    pids, qids = reference["pids"], reference["qids"]
+    passages = encoder.encode([dl19["passages"][p] for p in pids])
+    queries = encoder.encode([dl19["queries"][q] for q in qids])
+    assert row_cosines(passages, reference["passages"]).mean() >= 0.99  # 500 mini passages: 0.995 (AMX host)
+    row = {pid: i for i, pid in enumerate(pids)}
+    static = ndcg10(dl19["qrels"], dl19["run"], row, passages, queries, qids)
+    assert static == pytest.approx(0.6424, abs=0.005)
+
+
 def test_an_int8_export_that_drifts_is_refused_and_not_published(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

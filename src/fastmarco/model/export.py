@@ -65,7 +65,17 @@ def export_model(
     CrossEncoder is exported as a cross-encoder, anything else as a bi-encoder. bf16 keeps the fp32
     graph and declares it run in bf16 (the openvino runtime, on CPUs with bf16 instructions);
     int8_static quantizes it statically for OpenVINO (fastmarco.model.static_quantize)."""
-    if sum([int8, int8_static, bf16, fp16 or optimize == "O4"]) > 1:
+    asked = [
+        name
+        for name, wanted in (
+            ("int8", int8),
+            ("int8-static", int8_static),
+            ("bf16", bf16),
+            ("fp16", fp16 or optimize == "O4"),
+        )
+        if wanted
+    ]
+    if len(asked) > 1:
         raise ExportError(
             "int8, int8-static and bf16 (for the CPU) and fp16 (for the GPU) exclude each other: choose one"
         )
@@ -73,17 +83,7 @@ def export_model(
         raise ExportError(
             "int8-static quantizes the unfused graph: --optimize O1 (its default), OpenVINO fuses the rest"
         )
-    precision = (
-        "int8"
-        if int8
-        else "int8-static"
-        if int8_static
-        else "bf16"
-        if bf16
-        else "fp16"
-        if fp16 or optimize == "O4"
-        else "fp32"
-    )
+    precision = asked[0] if asked else "fp32"
     check_openvino_for(precision)
     if int8_attention and not int8:
         raise ExportError(

@@ -10,7 +10,7 @@ norms, the embeddings) in floating point and smooths activation outliers into th
 the MatMuls between two activations (attention scores, and their weighting of the values) stay in
 floating point too (all-MiniLM-L6-v2, 500 MS MARCO passages: min cosine to fp32 0.82 with them int8,
 0.97 without; mean 0.9933 and 0.9948).
-Its ONNX backend cannot read ORT's fused operators (Attention, SkipLayerNormalization), so the graph
+NNCF's ONNX backend cannot read ORT's fused operators (Attention, SkipLayerNormalization), so the graph
 is quantized at optimization level O1; OpenVINO fuses attention itself.
 
 The weight range follows the CPU the export is made on: with VNNI (avx512_vnni, avx_vnni, AMX) the
