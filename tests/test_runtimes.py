@@ -193,7 +193,7 @@ def test_int8_static_export(models: dict[str, Path]) -> None:
     (8-bit with VNNI, else 7-bit) recorded, and run by both runtimes alike."""
     import onnx
 
-    from fastmarco.model.static_quantize import has_vnni
+    from fastmarco.model.runtimes import has_vnni
 
     folder = models["bi-int8-static"]
     manifest = json.loads((folder / "fastmarco.json").read_text())
@@ -242,17 +242,15 @@ def test_8_bit_weights_on_a_cpu_without_vnni_warn(
     models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An export's 8-bit weights can overflow int16 sums on a CPU without VNNI: opening it there warns."""
-    from fastmarco.model import static_quantize
-
     folder = models["bi-int8-static"]
     if json.loads((folder / "fastmarco.json").read_text())["quantization"]["weight_bits"] != 8:
         pytest.skip("this CPU has no VNNI: the export here has 7-bit weights")
-    monkeypatch.setattr(static_quantize, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(runtimes, "cpu_flags", lambda: frozenset({"avx2"}))
     with caplog.at_level(logging.WARNING, logger="fastmarco"):
         Encoder.open(folder, device="cpu", runtime="openvino")
     assert "8-bit weights, made on a CPU with VNNI; this CPU has none" in caplog.text
     caplog.clear()
-    monkeypatch.setattr(static_quantize, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
+    monkeypatch.setattr(runtimes, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
     with caplog.at_level(logging.WARNING, logger="fastmarco"):
         Encoder.open(folder, device="cpu", runtime="openvino")
     assert "VNNI" not in caplog.text

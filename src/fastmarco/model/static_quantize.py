@@ -26,32 +26,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
 from fastmarco.errors import ExportError
-
-Feeds = dict[str, npt.NDArray[np.int64]]
-
-# Flags that give the CPU u8 x s8 dot products accumulated in int32 (no int16 overflow).
-VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo), else none known."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                name, _, value = line.partition(":")
-                if name.strip() in ("flags", "Features"):
-                    return frozenset(value.split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def has_vnni() -> bool:
-    return bool(VNNI_FLAGS & cpu_flags())
+from fastmarco.model.runtime import Feeds
+from fastmarco.model.runtimes import has_vnni
 
 
 def quantize_int8_static(path: Path, calibration: list[Feeds]) -> dict[str, Any]:

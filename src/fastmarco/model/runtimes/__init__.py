@@ -167,19 +167,18 @@ def open_model_session(
 
 
 def _noted(root: Path, model: ModelManifest, opened: Opened) -> Opened:
-    """OPENED, with a warning where its runtime computes wider than the export declares."""
+    """OPENED, with a warning where its runtime computes wider than the export declares, or where an
+    export's 8-bit weights meet a CPU without VNNI."""
     widened = RUNTIMES[opened.runtime].widened(model.precision or "fp32") if opened.device == "cpu" else None
     if widened:
         log.warning("%s: %s", root, widened)
-    if (model.raw.get("quantization") or {}).get("weight_bits") == 8 and opened.device == "cpu":
-        from fastmarco.model.static_quantize import has_vnni
-
-        if not has_vnni():
-            log.warning(
-                "%s: 8-bit weights, made on a CPU with VNNI; this CPU has none, so its int16 sums can "
-                "overflow: export it again here (7-bit weights)",
-                root,
-            )
+    eight_bit = (model.raw.get("quantization") or {}).get("weight_bits") == 8
+    if eight_bit and opened.device == "cpu" and not has_vnni():
+        log.warning(
+            "%s: 8-bit weights, made on a CPU with VNNI; this CPU has none, so its int16 sums can "
+            "overflow: export it again here (7-bit weights)",
+            root,
+        )
     return opened
 
 
@@ -274,19 +273,43 @@ def _choice_key(model: ModelManifest, candidates: list[Runtime], threads: int) -
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
-def _cpu_description() -> str:
-    """The CPU's model name and flags (Linux), else what platform knows."""
+def cpu_info() -> dict[str, str] | None:
+    """The first 'model name', 'flags' and 'Features' (ARM) lines of /proc/cpuinfo; None where it
+    cannot be read (not Linux)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
             lines = cpuinfo.read().splitlines()
     except OSError:
-        return platform.processor()
-    found = {}
+        return None
+    found: dict[str, str] = {}
     for line in lines:
         name, _, value = line.partition(":")
         name = name.strip()
         if name in ("model name", "flags", "Features") and name not in found:
             found[name] = value.strip()
+    return found
+
+
+# Flags that give the CPU u8 x s8 dot products accumulated in int32 (no int16 overflow).
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo), else none known."""
+    found = cpu_info() or {}
+    return frozenset((found.get("flags") or found.get("Features") or "").split())
+
+
+def has_vnni() -> bool:
+    """Whether 8-bit int8 weights are safe here (fastmarco.model.static_quantize)."""
+    return bool(VNNI_FLAGS & cpu_flags())
+
+
+def _cpu_description() -> str:
+    """The CPU's model name and flags (Linux), else what platform knows."""
+    found = cpu_info()
+    if found is None:
+        return platform.processor()
     return " | ".join(found[name] for name in sorted(found))
 
 
