@@ -157,22 +157,35 @@ def test_busy_wait_off_stops_the_spin_when_a_run_returns_not_inside_it(
 
 def test_plan_batches_respects_the_token_budget() -> None:
     lengths = np.random.default_rng(0).integers(1, 300, size=1000)
-    batches = TokenBudget(max_tokens=2048, max_batch=64).plan(lengths)
-    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
-    for rows in batches:
-        assert len(rows) <= 64 and (len(rows) == 1 or len(rows) * lengths[rows].max() <= 2048)
-        assert lengths[rows[0]] == lengths[rows].max()
+    runs = TokenBudget(max_tokens=2048, max_batch=64).plan(lengths)
+    assert sorted(np.concatenate([rows for rows, _ in runs]).tolist()) == list(range(1000))
+    for rows, width in runs:
+        assert len(rows) <= 64 and (len(rows) == 1 or len(rows) * width <= 2048)
+        assert lengths[rows[0]] == lengths[rows].max() == width
 
 
 def test_cpu_plan_keeps_rows_of_similar_length_together() -> None:
     lengths = np.random.default_rng(1).integers(5, 256, size=300)
     budget = TokenBudget.for_device("cpu")
-    batches = budget.plan(lengths)
-    assert sorted(np.concatenate(batches).tolist()) == list(range(300))
-    for rows in batches:
+    runs = budget.plan(lengths)
+    assert sorted(np.concatenate([rows for rows, _ in runs]).tolist()) == list(range(300))
+    for rows, width in runs:
         assert lengths[rows].min() >= budget.min_fill * lengths[rows].max() or len(rows) == 1
-        assert len(rows) == 1 or len(rows) * lengths[rows].max() <= budget.max_tokens
+        assert len(rows) == 1 or len(rows) * width <= budget.max_tokens
     assert TokenBudget.for_device("cuda").min_fill == 0  # a GPU wants the biggest runs
+
+
+def test_plan_rounds_widths_up_to_the_step_within_the_longest_allowed() -> None:
+    lengths = np.random.default_rng(2).integers(1, 251, size=500)
+    budget = TokenBudget.for_device("cpu", width_step=16, max_width=250)
+    runs = budget.plan(lengths)
+    assert sorted(np.concatenate([rows for rows, _ in runs]).tolist()) == list(range(500))
+    for rows, width in runs:
+        longest = int(lengths[rows].max())
+        assert longest <= width < longest + 16 and (width % 16 == 0 or width == 250)
+        assert len(rows) == 1 or len(rows) * width <= budget.max_tokens
+    assert len({width for _, width in runs}) <= 16  # not one per length
+    assert budget.width(0) == 16 and budget.width(300) == 300  # never narrower than the longest row
 
 
 def write_module_stack(

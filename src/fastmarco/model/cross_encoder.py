@@ -83,8 +83,8 @@ class CrossEncoderScorer(OnnxModel):
         (`bulk`: several in flight where the runtime gains from it, see `OnnxModel.run_batches`)."""
         scores = np.empty(len(pairs), dtype=np.float32)
         batches = (
-            (rows, self.pad([pairs.encodings[r] for r in rows], int(pairs.lengths[rows[0]])))
-            for rows in self.budget.plan(pairs.lengths)
+            (rows, self.pad([pairs.encodings[r] for r in rows], width))
+            for rows, width in self.budget.plan(pairs.lengths)
         )
         for rows, result, _ in self.run_batches(batches, bulk=bulk):
             scores[rows] = result

@@ -107,10 +107,9 @@ class Encoder(OnnxModel):
 
     def _pack(self, tokenized: Tokenized, start: int) -> Iterator[_Batch]:
         """Padded batches under the token budget; positions are shifted by `start`."""
-        lengths = tokenized.lengths
-        for rows in self.budget.plan(lengths):
+        for rows, width in self.budget.plan(tokenized.lengths):
             encodings = [tokenized.encodings[row] for row in rows]
-            yield _Batch(rows + start, self.pad(encodings, int(lengths[rows[0]])))
+            yield _Batch(rows + start, self.pad(encodings, width))
 
     def _batches(self, texts: Sequence[Any], stats: EncodeStats) -> Iterator[_Batch]:
         for start in range(0, len(texts), CHUNK_TEXTS):

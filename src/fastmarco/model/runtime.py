@@ -21,7 +21,7 @@ import numpy.typing as npt
 from fastmarco.corpus.text import unicode_problem
 from fastmarco.errors import EncoderError, InputError, ModelError
 from fastmarco.model.manifest import ModelManifest
-from fastmarco.model.runtimes import AUTO, Session, open_model_session
+from fastmarco.model.runtimes import AUTO, RUNTIMES, Session, open_model_session
 
 log = logging.getLogger("fastmarco")
 
@@ -66,38 +66,54 @@ def checked_texts(texts: Sequence[Any], name: str = "texts", offset: int = 0) ->
 
 @dataclass(frozen=True)
 class TokenBudget:
-    """How a model's runs are cut: at most `max_tokens` padded tokens and `max_batch` rows a run, and
-    on CPU no row shorter than `min_fill` x the run's longest (padding costs full compute there)."""
+    """How a model's runs are cut: at most `max_tokens` padded tokens and `max_batch` rows a run, on
+    CPU no row shorter than `min_fill` x the run's longest (padding costs full compute there), and the
+    padded width rounded up to a multiple of `width_step` (never past `max_width`): a runtime that
+    prepares kernels per input shape sees a few shapes instead of one per length."""
 
     max_tokens: int
     max_batch: int = DEFAULT_MAX_BATCH
     min_fill: float = 0.0
+    width_step: int = 1
+    max_width: int = 1 << 30
 
     @classmethod
     def for_device(
-        cls, device: str, max_tokens: int | None = None, max_batch: int = DEFAULT_MAX_BATCH
+        cls,
+        device: str,
+        max_tokens: int | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        *,
+        width_step: int = 1,
+        max_width: int = 1 << 30,
     ) -> TokenBudget:
         if device.startswith("cuda"):
-            return cls(max_tokens or DEFAULT_GPU_MAX_TOKENS, max_batch)
-        return cls(max_tokens or DEFAULT_MAX_TOKENS, max_batch, CPU_MIN_FILL)
+            return cls(max_tokens or DEFAULT_GPU_MAX_TOKENS, max_batch, 0.0, width_step, max_width)
+        return cls(max_tokens or DEFAULT_MAX_TOKENS, max_batch, CPU_MIN_FILL, width_step, max_width)
 
-    def plan(self, lengths: npt.NDArray[np.int64]) -> list[npt.NDArray[np.int64]]:
-        """Longest first, greedily packed so rows x longest row <= max_tokens (at least one row each)
-        and every row at least min_fill x the longest."""
+    def width(self, longest: int) -> int:
+        """The padded width of a run whose longest row has `longest` tokens."""
+        rounded = -(-max(1, longest) // self.width_step) * self.width_step
+        return max(longest, min(rounded, self.max_width))
+
+    def plan(self, lengths: npt.NDArray[np.int64]) -> list[tuple[npt.NDArray[np.int64], int]]:
+        """(rows, padded width) of each run: longest first, greedily packed so rows x width <=
+        max_tokens (at least one row each) and every row at least min_fill x the longest."""
         order = np.argsort(-lengths, kind="stable")
         ordered = lengths[order]
-        batches = []
+        runs = []
         start = 0
         while start < len(order):
             longest = max(1, int(ordered[start]))
-            take = max(1, min(self.max_batch, self.max_tokens // longest))
+            width = self.width(longest)
+            take = max(1, min(self.max_batch, self.max_tokens // width))
             if self.min_fill:  # rows are sorted: stop at the first too short to share this width
                 take = max(
                     1, min(take, int(np.searchsorted(-ordered[start:], -self.min_fill * longest, "right")))
                 )
-            batches.append(order[start : start + take])
+            runs.append((order[start : start + take], width))
             start += take
-        return batches
+        return runs
 
 
 def load_tokenizer(root: Path, model: ModelManifest) -> Any:
@@ -187,7 +203,13 @@ class OnnxModel:
             threads=threads,
             busy_wait=busy_wait,
         )
-        budget = TokenBudget.for_device(opened.device, max_tokens, max_batch)
+        budget = TokenBudget.for_device(
+            opened.device,
+            max_tokens,
+            max_batch,
+            width_step=RUNTIMES[opened.runtime].width_step,
+            max_width=model.max_seq_length,
+        )
         return cls(root, model, opened.session, tokenizer, opened.device, budget, opened.runtime)
 
     @property

@@ -58,6 +58,9 @@ class Session(Protocol):
 class Runtime(Protocol):
     name: str
     extra: str  # the pip extra that installs it
+    # Padded widths are rounded up to a multiple of this (fastmarco.model.runtime.TokenBudget): 1 where
+    # every shape runs as fast as any other, more where the runtime prepares kernels per input shape.
+    width_step: int
 
     def missing(self) -> str | None:
         """Why this runtime cannot run here (not installed), else None."""
