@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -170,9 +171,10 @@ def test_an_int8_export_that_drifts_is_refused_and_not_published(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from fastmarco.errors import ExportError
-    from fastmarco.model import bi_encoder_export
+    from fastmarco.model.precisions import PRECISIONS
 
-    monkeypatch.setitem(bi_encoder_export.PARITY_FLOORS, "int8", 0.99999)  # stricter than int8 can be
+    strict = dataclasses.replace(PRECISIONS["int8"], min_cosine=0.99999)  # stricter than int8 can be
+    monkeypatch.setitem(PRECISIONS, "int8", strict)
     with pytest.raises(ExportError, match=r"int8 export disagrees .* min cosine 0\.9\d+ < 0\.99999; nothing"):
         export_model(str(MODEL), tmp_path / "drifts", int8=True)
     assert not (tmp_path / "drifts").exists()

@@ -3,6 +3,7 @@ exports, how 'auto' picks and caches a runtime, and the errors for a runtime tha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 from tiny_models import CORPUS, build, build_cross_encoder
 
 from fastmarco.cli import main
-from fastmarco.errors import EncoderError, ExportError, InputError
+from fastmarco.errors import EncoderError, ExportError, InputError, ModelError
 from fastmarco.model import runtimes
 from fastmarco.model.cross_encoder import CrossEncoderScorer
 from fastmarco.model.encoder import Encoder
@@ -319,6 +320,9 @@ def test_runtime_errors(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
         open_model_session(models["bi-fp32"], model, "cpu")
     with pytest.raises(EncoderError, match="openvino: does not run a fp32 model on device 'cuda'"):
         open_model_session(models["bi-fp32"], model, "cuda", "openvino")
+    int4 = dataclasses.replace(model, precision="int4")  # a manifest from a later version
+    with pytest.raises(ModelError, match=r"fastmarco.json: unknown precision 'int4'; known: fp32, fp16"):
+        open_model_session(models["bi-fp32"], int4, "cpu")
     monkeypatch.setattr(type(RUNTIMES["openvino"]), "missing", lambda self: "openvino is not installed")
     with pytest.raises(
         EncoderError, match=r"openvino is not installed \(pip install 'fastmarco\[openvino\]'\)"

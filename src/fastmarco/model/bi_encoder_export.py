@@ -19,14 +19,9 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco.errors import ExportError
-from fastmarco.model.export_steps import (
-    INT8_PRECISIONS,
-    PARITY_TEXTS,
-    check_runtime,
-    read_json_object,
-    trace_to_onnx,
-)
+from fastmarco.model.export_steps import PARITY_TEXTS, read_json_object, trace_to_onnx
 from fastmarco.model.kinds import Similarity, Source, register_model_kind
+from fastmarco.model.precisions import Precision
 from fastmarco.model.quantize import tokenized_batches
 
 OUTPUT_NAME = "sentence_embedding"
@@ -34,18 +29,6 @@ OUTPUT_NAME = "sentence_embedding"
 SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "LayerNorm", "Normalize")
 SUPPORTED_POOLING = ("mean", "cls", "max")
 SUPPORTED_ARCHITECTURES = ("bert", "distilbert", "roberta", "xlm-roberta", "mpnet")
-
-# An int8 export is checked on more text than that: the bundled demo passages too, every row at least
-# this cosine to sentence-transformers' fp32 embedding. Dynamic int8 of all-MiniLM-L6-v2 measures 0.985
-# at worst over 300 real MS MARCO passages (mean 0.994) and keeps DL19 nDCG@10 within 0.005.
-INT8_MIN_COSINE = 0.97
-PARITY_FLOORS = {
-    "fp32": 0.9999,
-    "fp16": 0.999,
-    "bf16": 0.999,
-    "int8": INT8_MIN_COSINE,
-    "int8-static": INT8_MIN_COSINE,
-}
 
 
 @dataclass
@@ -183,8 +166,9 @@ def calibration_texts() -> list[str]:
     return demo_texts(demo_corpus_path()) + demo_texts(demo_queries_path())
 
 
-def _check_texts(precision: str) -> list[str]:
-    if precision not in INT8_PRECISIONS:
+def _check_texts(precision: Precision) -> list[str]:
+    """The parity texts; for a quantized precision the bundled demo passages too."""
+    if not precision.quantized:
         return list(PARITY_TEXTS)
     from fastmarco.corpus.bundled import demo_corpus_path, demo_texts
 
@@ -255,7 +239,7 @@ class BiEncoderKind:
         texts = calibration_texts() + (list(SHORTEST_TEXTS) if static else [])
         return tokenized_batches(source.reference.tokenizer, texts, source.card.max_seq_length)
 
-    def expected(self, source: Source, precision: str) -> npt.NDArray[Any]:
+    def expected(self, source: Source, precision: Precision) -> npt.NDArray[Any]:
         return np.asarray(
             source.reference.encode(
                 _check_texts(precision), convert_to_numpy=True, batch_size=8, show_progress_bar=False
@@ -284,24 +268,20 @@ class BiEncoderKind:
         }
 
     def check(
-        self, source: Source, exported: Path, precision: str, expected: npt.NDArray[Any]
+        self, source: Source, exported: Path, precision: Precision, expected: npt.NDArray[Any]
     ) -> tuple[str, Any]:
         """The check that makes an export trustworthy: the same texts through both stacks."""
         from fastmarco.model.encoder import Encoder
 
         texts = _check_texts(precision)
-        got = Encoder.open(exported, device="cpu", runtime=check_runtime(precision)).encode(texts)
+        got = Encoder.open(exported, device="cpu", runtime=precision.check_runtime).encode(texts)
         parity = float(_cosines(expected, got).min())
-        floor = PARITY_FLOORS[precision]
+        floor = precision.min_cosine
         if parity < floor:
             raise ExportError(
-                f"the {precision} export disagrees with sentence-transformers on {len(texts)} check "
+                f"the {precision.name} export disagrees with sentence-transformers on {len(texts)} check "
                 f"texts: min cosine {parity:.6f} < {floor}; nothing was published"
-                + (
-                    " (this model does not quantize well: export fp32)"
-                    if precision in INT8_PRECISIONS
-                    else ""
-                )
+                + (" (this model does not quantize well: export fp32)" if precision.quantized else "")
             )
         return "parity_min_cosine", parity
 

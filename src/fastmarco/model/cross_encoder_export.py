@@ -21,17 +21,14 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco.errors import ExportError
-from fastmarco.model.export_steps import INT8_PRECISIONS, PARITY_TEXTS, check_runtime, trace_to_onnx
+from fastmarco.model.export_steps import PARITY_TEXTS, trace_to_onnx
 from fastmarco.model.kinds import Similarity, Source, register_model_kind
+from fastmarco.model.precisions import Precision
 from fastmarco.model.quantize import tokenized_batches
 
 OUTPUT_NAME = "score"
 SUPPORTED_ARCHITECTURES = ("bert", "electra", "distilbert", "roberta", "xlm-roberta")
 ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity"}
-
-# Score agreement with CrossEncoder.predict over the check pairs, as a fraction of the largest
-# |score| (at least 1): fp32 differs only by kernel rounding; fp16 and int8 by their precision.
-PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 3e-2, "int8": 5e-2, "int8-static": 5e-2}
 
 # Every manifest field that changes a score: two exports differing in any of them get two fingerprints.
 SCORE_SETTINGS: tuple[str, ...] = (
@@ -154,14 +151,14 @@ def demo_pairs() -> tuple[list[str], list[str]]:
     return [q for q, _ in pairs], [p for _, p in pairs]
 
 
-def check_pairs(precision: str) -> tuple[list[str], list[str]]:
+def check_pairs(precision: Precision) -> tuple[list[str], list[str]]:
     """Every parity text against every other (short, long enough to truncate, empty), plus for int8 the
     demo pairs."""
     queries, passages = (
         [q for q, _ in product(PARITY_TEXTS, PARITY_TEXTS)],
         [*PARITY_TEXTS] * len(PARITY_TEXTS),
     )
-    if precision in INT8_PRECISIONS:
+    if precision.quantized:
         demo_queries, demo_passages = demo_pairs()
         queries += demo_queries
         passages += demo_passages
@@ -202,7 +199,7 @@ class CrossEncoderKind:
         queries, passages = demo_pairs()
         return tokenized_batches(source.reference.tokenizer, queries, source.card.max_seq_length, passages)
 
-    def expected(self, source: Source, precision: str) -> npt.NDArray[Any]:
+    def expected(self, source: Source, precision: Precision) -> npt.NDArray[Any]:
         queries, passages = check_pairs(precision)
         return np.asarray(
             source.reference.predict(
@@ -227,19 +224,19 @@ class CrossEncoderKind:
         }
 
     def check(
-        self, source: Source, exported: Path, precision: str, expected: npt.NDArray[Any]
+        self, source: Source, exported: Path, precision: Precision, expected: npt.NDArray[Any]
     ) -> tuple[str, Any]:
         """The same pairs through CrossEncoder.predict and the exported graph."""
         from fastmarco.model.cross_encoder import CrossEncoderScorer
 
         queries, passages = check_pairs(precision)
-        scorer = CrossEncoderScorer.open(exported, device="cpu", runtime=check_runtime(precision))
+        scorer = CrossEncoderScorer.open(exported, device="cpu", runtime=precision.check_runtime)
         got = scorer.score(queries, passages).astype(np.float64)
         difference = float(np.abs(expected - got).max())
-        allowed = PARITY_TOLERANCE[precision] * max(1.0, float(np.abs(expected).max()))
+        allowed = precision.score_tolerance * max(1.0, float(np.abs(expected).max()))
         if not difference <= allowed:  # also refuses NaN
             raise ExportError(
-                f"the {precision} cross-encoder export disagrees with CrossEncoder.predict on "
+                f"the {precision.name} cross-encoder export disagrees with CrossEncoder.predict on "
                 f"{len(queries)} check pairs: largest score difference {difference:.6g} > {allowed:.6g}; "
                 "nothing was published"
             )

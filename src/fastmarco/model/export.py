@@ -14,6 +14,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 from fastmarco._atomic import publishing
 from fastmarco._json import manifest_bytes
@@ -27,8 +28,9 @@ from fastmarco.model.export_steps import (
     optimize_graph,
     resolve_model,
 )
-from fastmarco.model.kinds import Card, Similarity, model_kind_for
+from fastmarco.model.kinds import Card, ModelKind, Similarity, Source, model_kind_for
 from fastmarco.model.manifest import MANIFEST_NAME, MODEL_FORMAT, MODEL_FORMAT_VERSION
+from fastmarco.model.precisions import FP32, PRECISIONS, Precision, precision_named
 from fastmarco.model.quantize import quantize_int8
 from fastmarco.model.static_quantize import quantize_int8_static
 
@@ -65,25 +67,13 @@ def export_model(
     CrossEncoder is exported as a cross-encoder, anything else as a bi-encoder. bf16 keeps the fp32
     graph and declares it run in bf16 (the openvino runtime, on CPUs with bf16 instructions);
     int8_static quantizes it statically for OpenVINO (fastmarco.model.static_quantize)."""
-    asked = [
-        name
-        for name, wanted in (
-            ("int8", int8),
-            ("int8-static", int8_static),
-            ("bf16", bf16),
-            ("fp16", fp16 or optimize == "O4"),
-        )
-        if wanted
-    ]
+    wanted = {"fp16": fp16 or optimize == "O4", "bf16": bf16, "int8": int8, "int8_static": int8_static}
+    asked = [precision for precision in PRECISIONS.values() if wanted.get(precision.option)]
     if len(asked) > 1:
-        raise ExportError(
-            "int8, int8-static and bf16 (for the CPU) and fp16 (for the GPU) exclude each other: choose one"
-        )
-    if int8_static and optimize not in (None, "O1"):
-        raise ExportError(
-            "int8-static quantizes the unfused graph: --optimize O1 (its default), OpenVINO fuses the rest"
-        )
-    precision = asked[0] if asked else "fp32"
+        raise ExportError(f"{' and '.join(p.name for p in asked)} exclude each other: choose one precision")
+    precision = asked[0] if asked else precision_named(FP32)
+    if precision.only_optimize and optimize not in (None, precision.optimize):
+        raise ExportError(precision.only_optimize)
     check_openvino_for(precision)
     if int8_attention and not int8:
         raise ExportError(
@@ -99,15 +89,9 @@ def export_model(
         if not (staging / "tokenizer.json").is_file():
             raise ExportError(f"{folder}: no fast tokenizer (tokenizer.json) could be saved for this model")
         # the transformer fusions help ORT's CPU kernels too; NNCF reads only the unfused graph
-        level: OptimizeLevel = optimize or ("O1" if int8_static else "O2")
+        level = cast(OptimizeLevel, optimize or precision.optimize)
         fusions = optimize_graph(onnx_path, source.card.num_heads, source.card.hidden_size, level, fp16)
-        quantization = (
-            quantize_int8(onnx_path, kind.calibration(source), attention=int8_attention)
-            if int8
-            else quantize_int8_static(onnx_path, kind.calibration(source, static=True))
-            if int8_static
-            else None
-        )
+        quantization = _quantized(precision, onnx_path, kind, source, int8_attention)
         expected = kind.expected(source, precision)
         manifest = {
             **kind.manifest_fields(source, expected),
@@ -122,5 +106,18 @@ def export_model(
         manifest[name] = parity
         (staging / MANIFEST_NAME).write_bytes(document(manifest))
     words = kind.parity_words(parity)
-    log.info("exported %s %s to %s (%s, fusions %s, %s)", kind.name, model, target, precision, fusions, words)
-    return ExportReport(str(target), source.card, precision, level, fusions, words, identity)
+    log.info(
+        "exported %s %s to %s (%s, fusions %s, %s)", kind.name, model, target, precision.name, fusions, words
+    )
+    return ExportReport(str(target), source.card, precision.name, level, fusions, words, identity)
+
+
+def _quantized(
+    precision: Precision, onnx_path: Path, kind: ModelKind, source: Source, attention: bool
+) -> dict[str, Any] | None:
+    """Quantize the graph in place as PRECISION says; the manifest's record of it (None: not quantized)."""
+    if precision.quantization == "dynamic":
+        return quantize_int8(onnx_path, kind.calibration(source), attention=attention)
+    if precision.quantization == "static":
+        return quantize_int8_static(onnx_path, kind.calibration(source, static=True))
+    return None

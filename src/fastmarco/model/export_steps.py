@@ -16,6 +16,7 @@ import numpy as np
 from fastmarco import fingerprints
 from fastmarco._version import __version__
 from fastmarco.errors import ExportError
+from fastmarco.model.precisions import Precision
 
 log = logging.getLogger("fastmarco")
 
@@ -97,34 +98,23 @@ class _ToDebug(logging.Filter):
         return False
 
 
-# Precisions made for OpenVINO: checked on it at export, so exporting them needs the openvino extra.
-OPENVINO_PRECISIONS = ("bf16", "int8-static")
-# Precisions whose graph is quantized: checked on more texts, against a lower floor.
-INT8_PRECISIONS = ("int8", "int8-static")
-
-
-def check_runtime(precision: str) -> str:
-    """The runtime an export's parity check runs on: the one that runs that precision as declared."""
-    return "openvino" if precision in OPENVINO_PRECISIONS else "onnxruntime"
-
-
-def check_openvino_for(precision: str) -> None:
-    """A bf16 or int8-static export is made and checked for OpenVINO: refused before anything is built
-    where the openvino extra (OpenVINO, NNCF) is missing; bf16 without bf16 instructions is checked in
-    fp32, with a warning."""
-    if precision not in OPENVINO_PRECISIONS:
+def check_openvino_for(precision: Precision) -> None:
+    """A precision made for OpenVINO (bf16, int8-static) is made and checked there: refused before
+    anything is built where the openvino extra (OpenVINO, and NNCF for static int8) is missing; bf16
+    without bf16 instructions is checked in fp32, with a warning."""
+    if not precision.for_openvino:
         return
     from fastmarco.model.runtimes import RUNTIMES, not_installed
     from fastmarco.model.runtimes.openvino_runtime import bf16_capable
 
-    problem = RUNTIMES["openvino"].missing() or (
-        not_installed("nncf") if precision == "int8-static" else None
+    problem = RUNTIMES["openvino"].missing() or next(
+        filter(None, map(not_installed, precision.export_modules)), None
     )
     if problem:
         raise ExportError(
-            f"{precision} runs on the openvino runtime: {problem} (pip install 'fastmarco[openvino]')"
+            f"{precision.name} runs on the openvino runtime: {problem} (pip install 'fastmarco[openvino]')"
         )
-    if precision == "bf16" and not bf16_capable():
+    if precision.computes_in == "bf16" and not bf16_capable():
         log.warning("this CPU has no bf16 instructions: the bf16 export is checked here in fp32")
 
 
@@ -132,7 +122,7 @@ def build_record(
     onnx_path: Path,
     model: str,
     folder: Path,
-    precision: str,
+    precision: Precision,
     level: str,
     fusions: dict[str, int],
     quantization: dict[str, Any] | None,
@@ -142,7 +132,7 @@ def build_record(
     import onnx
 
     return {
-        "precision": precision,
+        "precision": precision.name,
         "optimize": level,
         "fusions": fusions,
         **({"quantization": quantization} if quantization else {}),
@@ -153,8 +143,8 @@ def build_record(
             **{
                 name: _version(name)
                 for name in ("optimum-onnx", "onnxruntime", "torch", "transformers", "sentence-transformers")
-                + (("openvino",) if precision in OPENVINO_PRECISIONS else ())
-                + (("nncf",) if precision == "int8-static" else ())
+                + (("openvino",) if precision.for_openvino else ())
+                + precision.export_modules
             },
         },
     }

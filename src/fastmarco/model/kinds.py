@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco.errors import ExportError
+from fastmarco.model.precisions import Precision
 
 Similarity = Literal["cosine", "dot"]
 
@@ -62,14 +63,14 @@ class ModelKind(Protocol):
         (`static`) every activation's fixed scale, which must also cover the kind's shortest inputs."""
         ...
 
-    def expected(self, source: Source, precision: str) -> npt.NDArray[Any]:
+    def expected(self, source: Source, precision: Precision) -> npt.NDArray[Any]:
         """What sentence-transformers answers on the kind's check inputs for this precision."""
         ...
 
     def manifest_fields(self, source: Source, expected: npt.NDArray[Any]) -> dict[str, Any]: ...
 
     def check(
-        self, source: Source, exported: Path, precision: str, expected: npt.NDArray[Any]
+        self, source: Source, exported: Path, precision: Precision, expected: npt.NDArray[Any]
     ) -> tuple[str, Any]:
         """Compare the exported directory with `expected`: (manifest field, value) to record, or
         ExportError when they disagree beyond the precision's tolerance."""

@@ -28,7 +28,8 @@ import numpy.typing as npt
 
 from fastmarco._atomic import write_bytes_atomic
 from fastmarco.errors import EncoderError, InputError
-from fastmarco.model.manifest import ModelManifest
+from fastmarco.model.manifest import MANIFEST_NAME, ModelManifest
+from fastmarco.model.precisions import Precision, precision_named
 
 log = logging.getLogger("fastmarco")
 
@@ -66,11 +67,11 @@ class Runtime(Protocol):
         """Why this runtime cannot run here (not installed), else None."""
         ...
 
-    def runs(self, precision: str, device: str) -> bool:
+    def runs(self, precision: Precision, device: str) -> bool:
         """Whether it runs a model of this manifest precision on DEVICE ('cpu', 'cuda' or 'auto')."""
         ...
 
-    def widened(self, precision: str) -> str | None:
+    def widened(self, precision: Precision) -> str | None:
         """Why it runs PRECISION at a wider one here (a bf16 export in fp32), else None."""
         ...
 
@@ -144,7 +145,7 @@ def open_model_session(
         raise InputError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
     if threads < 0:
         raise InputError(f"threads must be 0 (the runtime's default) or positive, got {threads}")
-    precision = model.precision or "fp32"
+    precision = precision_named(model.precision, str(root / MANIFEST_NAME))
     named = runtime if runtime != AUTO else os.environ.get(RUNTIME_ENV) or AUTO
     source = f"{RUNTIME_ENV}={named}" if runtime == AUTO and named != AUTO else "runtime"
     kwargs: dict[str, Any] = {"device_id": device_id, "threads": threads, "busy_wait": busy_wait}
@@ -156,12 +157,14 @@ def open_model_session(
         if problem:
             raise EncoderError(f"{source} {named}: {problem} (pip install 'fastmarco[{chosen.extra}]')")
         if not chosen.runs(precision, device):
-            raise EncoderError(f"{source} {named}: does not run a {precision} model on device {device!r}")
+            raise EncoderError(
+                f"{source} {named}: does not run a {precision.name} model on device {device!r}"
+            )
         session, chosen_device = chosen.open(root, model, device, **kwargs)
         return _noted(root, model, Opened(session, chosen_device, named))
     candidates = [r for r in RUNTIMES.values() if r.runs(precision, device) and r.missing() is None]
     if not candidates:
-        raise EncoderError(f"{root}: no installed runtime runs a {precision} model on device {device!r}")
+        raise EncoderError(f"{root}: no installed runtime runs a {precision.name} model on device {device!r}")
     preferred = [r for r in candidates if r.accelerated(device)] or candidates
     if len(preferred) == 1:
         session, chosen_device = preferred[0].open(root, model, device, **kwargs)
@@ -172,7 +175,8 @@ def open_model_session(
 def _noted(root: Path, model: ModelManifest, opened: Opened) -> Opened:
     """OPENED, with a warning where its runtime computes wider than the export declares, or where an
     export's 8-bit weights meet a CPU without VNNI."""
-    widened = RUNTIMES[opened.runtime].widened(model.precision or "fp32") if opened.device == "cpu" else None
+    precision = precision_named(model.precision)
+    widened = RUNTIMES[opened.runtime].widened(precision) if opened.device == "cpu" else None
     if widened:
         log.warning("%s: %s", root, widened)
     eight_bit = (model.raw.get("quantization") or {}).get("weight_bits") == 8

@@ -13,6 +13,7 @@ import numpy.typing as npt
 
 from fastmarco.errors import EncoderError
 from fastmarco.model.manifest import ModelManifest
+from fastmarco.model.precisions import Precision
 from fastmarco.model.runtimes import not_installed, register_runtime
 
 log = logging.getLogger("fastmarco")
@@ -50,13 +51,13 @@ class OnnxRuntime:
     def missing(self) -> str | None:
         return not_installed("onnxruntime")
 
-    def runs(self, precision: str, device: str) -> bool:
+    def runs(self, precision: Precision, device: str) -> bool:
         return True  # a bf16 export is an fp32 graph: it runs here in fp32
 
-    def widened(self, precision: str) -> str | None:
+    def widened(self, precision: Precision) -> str | None:
         return (
-            "onnxruntime runs a bf16 export in fp32 (openvino runs it in bf16)"
-            if precision == "bf16"
+            f"onnxruntime runs a {precision.name} export in fp32 (openvino runs it in bf16)"
+            if precision.computes_in == "bf16"
             else None
         )
 

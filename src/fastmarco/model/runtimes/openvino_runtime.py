@@ -1,7 +1,8 @@
 """OpenVINO: the second CPU runtime (the `openvino` extra). It reads the exported ONNX graph as it is
-(ONNX Runtime's fused contrib operators included) and compiles it for this CPU; a `bf16` export runs
-in bf16 where the CPU has bf16 instructions (AVX512_BF16, AMX), anything else in fp32 (OpenVINO's
-own default would be bf16 on such CPUs: fastmarco asks for what the manifest says)."""
+(ONNX Runtime's fused contrib operators included) and compiles it for this CPU; a `bf16` export, and
+the float rest of an `int8-static` one, runs in bf16 where the CPU has bf16 instructions (AVX512_BF16,
+AMX), anything else in fp32 (OpenVINO's own default would be bf16 on such CPUs: fastmarco asks for
+what the precision says, `Precision.float_in_bf16`)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,10 @@ import numpy.typing as npt
 
 from fastmarco.errors import EncoderError
 from fastmarco.model.manifest import ModelManifest
+from fastmarco.model.precisions import Precision, precision_named
 from fastmarco.model.runtimes import not_installed, register_runtime
 
 log = logging.getLogger("fastmarco")
-
-
-# Exports whose floating-point part runs in bf16 where the CPU has it: bf16, and static int8's
-# unquantized rest (softmax, norms), as OpenVINO itself would choose there.
-FLOAT_IN_BF16 = ("bf16", "int8-static")
 
 
 class OpenVinoSession:
@@ -90,12 +87,12 @@ class OpenVinoRuntime:
     def missing(self) -> str | None:
         return not_installed("openvino")
 
-    def runs(self, precision: str, device: str) -> bool:
-        return device != "cuda" and precision in ("fp32", "bf16", "int8", "int8-static")
+    def runs(self, precision: Precision, device: str) -> bool:
+        return device != "cuda" and not precision.for_gpu
 
-    def widened(self, precision: str) -> str | None:
-        if precision == "bf16" and not bf16_capable():
-            return "this CPU has no bf16 instructions: openvino runs the bf16 export in fp32"
+    def widened(self, precision: Precision) -> str | None:
+        if precision.computes_in == "bf16" and not bf16_capable():
+            return f"this CPU has no bf16 instructions: openvino runs the {precision.name} export in fp32"
         return None
 
     def accelerated(self, device: str) -> bool:
@@ -121,7 +118,7 @@ class OpenVinoRuntime:
         graph = path / model.model
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": "bf16"
-            if model.precision in FLOAT_IN_BF16 and bf16_capable()
+            if precision_named(model.precision).float_in_bf16 and bf16_capable()
             else "f32"
         }
         if threads:
