@@ -67,8 +67,8 @@ def export_model(
     CrossEncoder is exported as a cross-encoder, anything else as a bi-encoder. bf16 keeps the fp32
     graph and declares it run in bf16 (the openvino runtime, on CPUs with bf16 instructions);
     int8_static quantizes it statically for OpenVINO (fastmarco.model.static_quantize)."""
-    wanted = {"fp16": fp16 or optimize == "O4", "bf16": bf16, "int8": int8, "int8_static": int8_static}
-    asked = [precision for precision in PRECISIONS.values() if wanted.get(precision.option)]
+    wanted = {"fp16": fp16 or optimize == "O4", "bf16": bf16, "int8": int8, "int8-static": int8_static}
+    asked = [PRECISIONS[name] for name, on in wanted.items() if on]
     if len(asked) > 1:
         raise ExportError(f"{' and '.join(p.name for p in asked)} exclude each other: choose one precision")
     precision = asked[0] if asked else precision_named(FP32)

@@ -1,5 +1,5 @@
 """The export precision registry: each precision a manifest can declare owns, in one place, how its
-export is made (the export option, its quantization, its optimization level), checked (on which
+export is made (its quantization, its optimization level), checked (on which
 runtime, against which floor, on how many texts) and run (what the runtimes compute it in). A new
 precision is one registration here; one that quantizes also names its quantizer in model.export."""
 
@@ -23,8 +23,7 @@ INT8_MIN_COSINE = 0.97
 class Precision:
     """One precision an export can be made in, end to end (see the module docstring)."""
 
-    name: str  # the manifest's 'precision'
-    option: str  # export_model's keyword (the CLI's flag with dashes): "int8_static" -> --int8-static
+    name: str  # the manifest's 'precision' and the export flag (--int8-static, export_model's int8_static)
     computes_in: str  # what the graph declares its arithmetic in: fp32, fp16, bf16 or int8
     # Parity with sentence-transformers at export: a bi-encoder's every check row at least this cosine,
     # a cross-encoder's scores within this share of the largest |score| (at least 1).
@@ -72,14 +71,13 @@ def precision_named(name: str | None, where: str = "the manifest") -> Precision:
     return found
 
 
-register_precision(Precision(FP32, "fp32", "fp32", min_cosine=0.9999, score_tolerance=1e-4))
-register_precision(Precision("fp16", "fp16", "fp16", 0.999, 1e-2, for_gpu=True))
-register_precision(Precision("bf16", "bf16", "bf16", 0.999, 3e-2, for_openvino=True, float_in_bf16=True))
-register_precision(Precision("int8", "int8", "int8", INT8_MIN_COSINE, 5e-2, quantization="dynamic"))
+register_precision(Precision(FP32, "fp32", min_cosine=0.9999, score_tolerance=1e-4))
+register_precision(Precision("fp16", "fp16", 0.999, 1e-2, for_gpu=True))
+register_precision(Precision("bf16", "bf16", 0.999, 3e-2, for_openvino=True, float_in_bf16=True))
+register_precision(Precision("int8", "int8", INT8_MIN_COSINE, 5e-2, quantization="dynamic"))
 register_precision(
     Precision(
         "int8-static",
-        "int8_static",
         "int8",
         INT8_MIN_COSINE,
         5e-2,

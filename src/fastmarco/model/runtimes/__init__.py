@@ -161,21 +161,20 @@ def open_model_session(
                 f"{source} {named}: does not run a {precision.name} model on device {device!r}"
             )
         session, chosen_device = chosen.open(root, model, device, **kwargs)
-        return _noted(root, model, Opened(session, chosen_device, named))
+        return _noted(root, model, precision, Opened(session, chosen_device, named))
     candidates = [r for r in RUNTIMES.values() if r.runs(precision, device) and r.missing() is None]
     if not candidates:
         raise EncoderError(f"{root}: no installed runtime runs a {precision.name} model on device {device!r}")
     preferred = [r for r in candidates if r.accelerated(device)] or candidates
     if len(preferred) == 1:
         session, chosen_device = preferred[0].open(root, model, device, **kwargs)
-        return _noted(root, model, Opened(session, chosen_device, preferred[0].name))
-    return _noted(root, model, _fastest(root, model, preferred, kwargs, vocab_size))
+        return _noted(root, model, precision, Opened(session, chosen_device, preferred[0].name))
+    return _noted(root, model, precision, _fastest(root, model, preferred, kwargs, vocab_size))
 
 
-def _noted(root: Path, model: ModelManifest, opened: Opened) -> Opened:
+def _noted(root: Path, model: ModelManifest, precision: Precision, opened: Opened) -> Opened:
     """OPENED, with a warning where its runtime computes wider than the export declares, or where an
     export's 8-bit weights meet a CPU without VNNI."""
-    precision = precision_named(model.precision)
     widened = RUNTIMES[opened.runtime].widened(precision) if opened.device == "cpu" else None
     if widened:
         log.warning("%s: %s", root, widened)
