@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -191,27 +192,67 @@ def test_bf16_export_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert not (tmp_path / "x").exists()
 
 
-def test_int8_static_export(models: dict[str, Path]) -> None:
-    """NNCF's static QDQ int8 of the unfused graph: checked at export on OpenVINO, its weight range
-    (8-bit with VNNI, else 7-bit) recorded, and run by both runtimes alike."""
-    import onnx
+def test_int8_static_export(models: dict[str, Path], auto: Path) -> None:
+    """NNCF's static int8 of the unfused graph, written as an OpenVINO graph (model.xml + model.bin):
+    checked at export on OpenVINO, its weight range (8-bit with VNNI, else 7-bit) recorded, run on
+    OpenVINO only (ONNX Runtime does not read that graph, and 'auto' does not try it)."""
+    import openvino
 
     from fastmarco.model.runtimes import has_vnni
 
     folder = models["bi-int8-static"]
     manifest = json.loads((folder / "fastmarco.json").read_text())
-    assert (manifest["precision"], manifest["optimize"]) == ("int8-static", "O1")
+    assert (manifest["precision"], manifest["optimize"], manifest["model"]) == (
+        "int8-static",
+        "O1",
+        "model.xml",
+    )
+    assert sorted(path.name for path in folder.glob("model.*")) == ["model.bin", "model.xml"]
     quantization = manifest["quantization"]
     assert quantization["weight_bits"] == (8 if has_vnni() else 7)
     assert quantization["calibration_batches"] > 0 and "nncf" in manifest["exported_by"]
-    ops = {node.op_type for node in onnx.load(str(folder / "model.onnx")).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear", "MatMul"} <= ops and "Attention" not in ops
+    ops = {op.get_type_name() for op in openvino.Core().read_model(folder / "model.xml").get_ops()}
+    assert {"FakeQuantize", "MatMul"} <= ops
     assert manifest["parity_min_cosine"] >= 0.97
     fp32 = Encoder.open(models["bi-fp32"], device="cpu", runtime="onnxruntime").encode(TEXTS)
-    on_openvino = Encoder.open(folder, device="cpu", runtime="openvino").encode(TEXTS)
-    on_ort = Encoder.open(folder, device="cpu", runtime="onnxruntime").encode(TEXTS)
-    assert float((fp32 * on_openvino).sum(axis=1).min()) >= 0.97
-    assert float((on_ort * on_openvino).sum(axis=1).min()) >= 0.97
+    on_openvino = Encoder.open(folder, device="cpu", runtime="openvino")
+    assert float((fp32 * on_openvino.encode(TEXTS)).sum(axis=1).min()) >= 0.97
+    assert Encoder.open(folder, device="cpu").runtime == "openvino" and not auto.exists()  # nothing measured
+    with pytest.raises(
+        EncoderError,
+        match=r"runtime onnxruntime: .*model.xml is an OpenVINO graph, which onnxruntime does not",
+    ):
+        Encoder.open(folder, device="cpu", runtime="onnxruntime")
+
+
+def test_a_graph_file_the_manifest_names_must_be_whole(models: dict[str, Path], tmp_path: Path) -> None:
+    """An OpenVINO graph is its .xml and its weights' .bin; a graph format no runtime reads is refused."""
+    from fastmarco.model.manifest import ModelManifest
+
+    folder = tmp_path / "static"
+    shutil.copytree(models["bi-int8-static"], folder)
+    (folder / "model.bin").unlink()
+    with pytest.raises(ModelError, match=r"static/model.bin: missing from the model directory"):
+        Encoder.open(folder, device="cpu")
+    manifest = json.loads((folder / "fastmarco.json").read_text())
+    (folder / "fastmarco.json").write_text(json.dumps({**manifest, "model": "model.pt"}))
+    with pytest.raises(
+        ModelError, match=r"fastmarco.json: model 'model.pt' is not a graph format fastmarco reads"
+    ):
+        ModelManifest.load(folder)
+
+
+def test_no_installed_runtime_says_what_to_install(
+    models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FASTMARCO_RUNTIME")
+    monkeypatch.setattr(type(RUNTIMES["openvino"]), "missing", lambda self: "openvino is not installed")
+    with pytest.raises(
+        EncoderError,
+        match=r"no installed runtime runs a int8-static model on device 'cpu' \(openvino: openvino is not "
+        r"installed, pip install 'fastmarco\[openvino\]'\)",
+    ):
+        Encoder.open(models["bi-int8-static"], device="cpu")
 
 
 def test_int8_static_cross_encoder_that_drifts_is_refused(tmp_path: Path) -> None:

@@ -251,7 +251,6 @@ class BiEncoderKind:
         assert isinstance(card, ModelCard)
         normalized = self._normalized(card)
         return {
-            "model": "model.onnx",
             "output": OUTPUT_NAME,
             "dim": int(expected.shape[1]),
             "similarity": card.similarity,

@@ -213,7 +213,6 @@ class CrossEncoderKind:
         assert isinstance(card, CrossEncoderCard)
         return {
             "kind": self.name,
-            "model": "model.onnx",
             "output": OUTPUT_NAME,
             "dim": 1,
             "activation": card.activation,

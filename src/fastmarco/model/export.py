@@ -2,9 +2,9 @@
 
 resolve the model -> the kind that claims it loads it -> trace to ONNX with the kind's head -> make
 shapes inferable, fuse and optimize (fp16 on request) -> int8 (dynamic or static) on request,
-calibrated on the kind's inputs -> manifest (the kind's fields, how it was built, its fingerprint) ->
-check against sentence-transformers -> publish the directory atomically. Nothing is published when a
-step fails.
+calibrated on the kind's inputs (static int8 becomes an OpenVINO graph) -> manifest (the kind's fields,
+how it was built, its fingerprint) -> check against sentence-transformers -> publish the directory
+atomically. Nothing is published when a step fails.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from fastmarco.model.export_steps import (
     build_record,
     check_openvino_for,
     fingerprint,
+    onnx_opset,
     optimize_graph,
     resolve_model,
 )
 from fastmarco.model.kinds import Card, ModelKind, Similarity, Source, model_kind_for
-from fastmarco.model.manifest import MANIFEST_NAME, MODEL_FORMAT, MODEL_FORMAT_VERSION
+from fastmarco.model.manifest import MANIFEST_NAME, MODEL_FORMAT, MODEL_FORMAT_VERSION, graph_files
 from fastmarco.model.precisions import FP32, PRECISIONS, Precision, precision_named
 from fastmarco.model.quantize import quantize_int8
 from fastmarco.model.static_quantize import quantize_int8_static
@@ -91,14 +92,15 @@ def export_model(
         # the transformer fusions help ORT's CPU kernels too; NNCF reads only the unfused graph
         level = cast(OptimizeLevel, optimize or precision.optimize)
         fusions = optimize_graph(onnx_path, source.card.num_heads, source.card.hidden_size, level, fp16)
-        quantization = _quantized(precision, onnx_path, kind, source, int8_attention)
+        opset = onnx_opset(onnx_path)
+        graph, quantization = _quantized(precision, onnx_path, kind, source, int8_attention)
         expected = kind.expected(source, precision)
         manifest = {
             **kind.manifest_fields(source, expected),
-            **build_record(onnx_path, model, folder, precision, level, fusions, quantization),
+            **build_record(graph, opset, model, folder, precision, level, fusions, quantization),
         }
         manifest["fingerprint"] = identity = fingerprint(
-            [onnx_path, staging / "tokenizer.json"], manifest, kind.fingerprint_settings
+            [*graph_files(graph), staging / "tokenizer.json"], manifest, kind.fingerprint_settings
         )
         document = functools.partial(manifest_bytes, format=MODEL_FORMAT, version=MODEL_FORMAT_VERSION)
         (staging / MANIFEST_NAME).write_bytes(document(manifest))
@@ -114,10 +116,12 @@ def export_model(
 
 def _quantized(
     precision: Precision, onnx_path: Path, kind: ModelKind, source: Source, attention: bool
-) -> dict[str, Any] | None:
-    """Quantize the graph in place as PRECISION says; the manifest's record of it (None: not quantized)."""
+) -> tuple[Path, dict[str, Any] | None]:
+    """Quantize the graph as PRECISION says: the graph's path then (dynamic int8 rewrites the ONNX file
+    in place, static int8 replaces it by an OpenVINO graph) and the manifest's record of the quantization
+    (None: not quantized)."""
     if precision.quantization == "dynamic":
-        return quantize_int8(onnx_path, kind.calibration(source), attention=attention)
+        return onnx_path, quantize_int8(onnx_path, kind.calibration(source), attention=attention)
     if precision.quantization == "static":
         return quantize_int8_static(onnx_path, kind.calibration(source, static=True))
-    return None
+    return onnx_path, None

@@ -118,8 +118,16 @@ def check_openvino_for(precision: Precision) -> None:
         log.warning("this CPU has no bf16 instructions: the bf16 export is checked here in fp32")
 
 
+def onnx_opset(path: Path) -> int:
+    """The ONNX opset of the graph at PATH."""
+    import onnx
+
+    return int(onnx.load(str(path), load_external_data=False).opset_import[0].version)
+
+
 def build_record(
-    onnx_path: Path,
+    graph: Path,
+    opset: int,
     model: str,
     folder: Path,
     precision: Precision,
@@ -127,16 +135,15 @@ def build_record(
     fusions: dict[str, int],
     quantization: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The manifest fields that say how a graph was built, for both kinds of model: precision,
-    optimization, quantization, opset, source and the exporting versions."""
-    import onnx
-
+    """The manifest fields that say how a graph was built, for both kinds of model: its file, precision,
+    optimization, quantization, the opset it was traced at, source and the exporting versions."""
     return {
+        "model": graph.name,
         "precision": precision.name,
         "optimize": level,
         "fusions": fusions,
         **({"quantization": quantization} if quantization else {}),
-        "opset": int(onnx.load(str(onnx_path), load_external_data=False).opset_import[0].version),
+        "opset": opset,
         "source": {"model": model, "fingerprint": _source_fingerprint(folder)},
         "exported_by": {
             "fastmarco": __version__,

@@ -14,6 +14,9 @@ MANIFEST_NAME = "fastmarco.json"
 MODEL_FORMAT = "fastmarco-model"
 MODEL_FORMAT_VERSION = 1
 RuntimeKind = Literal["bi-encoder", "cross-encoder"]  # the runtimes that open an export
+# The graph formats a manifest's 'model' may name, by file suffix (each runtime says which it reads):
+# ONNX, and OpenVINO's own graph, whose weights are a .bin beside its .xml (`export --int8-static`).
+GRAPH_FORMATS = {".onnx": "an ONNX graph", ".xml": "an OpenVINO graph"}
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,18 @@ class ModelManifest:
             implicit=True,
         )
         manifest = replace(convert(body, cls, path, ModelError), raw=body)
-        for name in (manifest.model, "tokenizer.json"):
-            if not (root / name).is_file():
-                raise ModelError(f"{root / name}: missing from the model directory (export it again)")
+        suffix = Path(manifest.model).suffix
+        if suffix not in GRAPH_FORMATS:
+            raise ModelError(
+                f"{path}: model {manifest.model!r} is not a graph format fastmarco reads "
+                f"({', '.join(GRAPH_FORMATS)})"
+            )
+        for file in (*graph_files(root / manifest.model), root / "tokenizer.json"):
+            if not file.is_file():
+                raise ModelError(f"{file}: missing from the model directory (export it again)")
         return manifest
+
+
+def graph_files(graph: Path) -> list[Path]:
+    """The files a graph is stored in: an OpenVINO graph's .xml and its weights' .bin, else the one."""
+    return [graph, graph.with_suffix(".bin")] if graph.suffix == ".xml" else [graph]

@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from fastmarco._atomic import write_bytes_atomic
 from fastmarco.errors import EncoderError, InputError
-from fastmarco.model.manifest import MANIFEST_NAME, ModelManifest
+from fastmarco.model.manifest import GRAPH_FORMATS, MANIFEST_NAME, ModelManifest
 from fastmarco.model.precisions import Precision, precision_named
 
 log = logging.getLogger("fastmarco")
@@ -62,6 +62,7 @@ class Runtime(Protocol):
     # Padded widths are rounded up to a multiple of this (fastmarco.model.runtime.TokenBudget): 1 where
     # every shape runs as fast as any other, more where the runtime prepares kernels per input shape.
     width_step: int
+    graph_formats: frozenset[str]  # the graph files it reads, by suffix (fastmarco.model.manifest)
 
     def missing(self) -> str | None:
         """Why this runtime cannot run here (not installed), else None."""
@@ -156,20 +157,39 @@ def open_model_session(
         problem = chosen.missing()
         if problem:
             raise EncoderError(f"{source} {named}: {problem} (pip install 'fastmarco[{chosen.extra}]')")
+        if not _reads(chosen, model):
+            raise EncoderError(
+                f"{source} {named}: {root / model.model} is {GRAPH_FORMATS[Path(model.model).suffix]}, "
+                f"which {named} does not read (use the runtime auto picks)"
+            )
         if not chosen.runs(precision, device):
             raise EncoderError(
                 f"{source} {named}: does not run a {precision.name} model on device {device!r}"
             )
         session, chosen_device = chosen.open(root, model, device, **kwargs)
         return _noted(root, model, precision, Opened(session, chosen_device, named))
-    candidates = [r for r in RUNTIMES.values() if r.runs(precision, device) and r.missing() is None]
+    candidates = [
+        r for r in RUNTIMES.values() if _reads(r, model) and r.runs(precision, device) and r.missing() is None
+    ]
     if not candidates:
-        raise EncoderError(f"{root}: no installed runtime runs a {precision.name} model on device {device!r}")
+        absent = [
+            f"{r.name}: {r.missing()}, pip install 'fastmarco[{r.extra}]'"
+            for r in RUNTIMES.values()
+            if _reads(r, model) and r.runs(precision, device) and r.missing()
+        ]
+        raise EncoderError(
+            f"{root}: no installed runtime runs a {precision.name} model on device {device!r}"
+            + (f" ({'; '.join(absent)})" if absent else "")
+        )
     preferred = [r for r in candidates if r.accelerated(device)] or candidates
     if len(preferred) == 1:
         session, chosen_device = preferred[0].open(root, model, device, **kwargs)
         return _noted(root, model, precision, Opened(session, chosen_device, preferred[0].name))
     return _noted(root, model, precision, _fastest(root, model, preferred, kwargs, vocab_size))
+
+
+def _reads(runtime: Runtime, model: ModelManifest) -> bool:
+    return Path(model.model).suffix in runtime.graph_formats
 
 
 def _noted(root: Path, model: ModelManifest, precision: Precision, opened: Opened) -> Opened:

@@ -47,6 +47,7 @@ class OnnxRuntime:
     name = "onnxruntime"
     extra = "cpu"
     width_step = 1  # padding to a multiple of 8 or 16 measured slower (its cost, no gain)
+    graph_formats = frozenset({".onnx"})
 
     def missing(self) -> str | None:
         return not_installed("onnxruntime")

@@ -83,6 +83,7 @@ class OpenVinoRuntime:
     # shapes of 2,000 MS MARCO passages instead of 46, and a first encode of them 373-385 -> 430-449
     # passages/s (int8-static, 2-core AMX VM, 2026-12-07); warm ones measured the same or faster.
     width_step = 16
+    graph_formats = frozenset({".onnx", ".xml"})  # ONNX as it is, and its own
 
     def missing(self) -> str | None:
         return not_installed("openvino")
@@ -116,11 +117,12 @@ class OpenVinoRuntime:
         """device_id and busy_wait do not apply: the CPU only (`runs` refuses cuda), and OpenVINO's
         threads do not spin."""
         graph = path / model.model
+        precision = precision_named(model.precision)
         config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": "bf16"
-            if precision_named(model.precision).float_in_bf16 and bf16_capable()
-            else "f32"
+            "INFERENCE_PRECISION_HINT": "bf16" if precision.float_in_bf16 and bf16_capable() else "f32"
         }
+        if not precision.openvino_snippets:
+            config["SNIPPETS_MODE"] = "DISABLE"
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
 
