@@ -27,7 +27,8 @@ from fastmarco.cli.app import main
     "--int8-static",
     is_flag=True,
     help="Quantize statically for the openvino runtime (NNCF, calibrated on the bundled demo texts; "
-    "8-bit weights on CPUs with VNNI, else 7-bit): the fastest CPU path where there is no AMX.",
+    "8-bit weights on CPUs with VNNI, else 7-bit; an OpenVINO graph, which only openvino runs): the "
+    "fastest CPU path where there is no AMX.",
 )
 @click.option(
     "--int8-attention",

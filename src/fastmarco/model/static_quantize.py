@@ -14,8 +14,8 @@ The graph is quantized on NNCF's OpenVINO backend, not its ONNX one, though both
 graph (unfused: `--optimize O1`; NNCF cannot read ORT's fused operators, OpenVINO fuses attention
 itself). Written as ONNX QuantizeLinear/DequantizeLinear pairs, each SmoothQuant scale stays a separate
 Multiply over the activations; OpenVINO's own graph folds it into the quantization of the layer norm
-before it (all-MiniLM-L6-v2, 48 x 96 tokens, the same calibration and accuracy: 8% less time per run on
-this repository's AMX host, 18% with oneDNN capped at AVX512_CORE_BF16, a CPU family without AMX).
+before it (all-MiniLM-L6-v2, 48 x 96 tokens, the same calibration: 18% less time per batch with oneDNN
+capped at AVX512_CORE_BF16, a CPU family without AMX; the same on this repository's AMX host).
 ONNX Runtime does not read that graph: an int8-static export runs on the openvino runtime only.
 
 The weight range follows the CPU the export is made on: with VNNI (avx512_vnni, avx_vnni, AMX) the
