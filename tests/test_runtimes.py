@@ -67,8 +67,8 @@ def test_openvino_embeds_as_onnxruntime_does(models: dict[str, Path], precision:
     ort = Encoder.open(models[f"bi-{precision}"], device="cpu", runtime="onnxruntime")
     ov = Encoder.open(models[f"bi-{precision}"], device="cpu", runtime="openvino")
     assert (ort.runtime, ov.runtime, ov.device) == ("onnxruntime", "openvino", "cpu")
-    # OpenVINO pads widths up to steps of 16 with AMX, ONNX Runtime to the longest row: the same embeddings
-    assert (ov.budget.width_step, ort.budget.width_step) == (16 if runtimes.has_amx() else 1, 1)
+    # OpenVINO pads widths up to steps of 16, ONNX Runtime to the longest row: the same embeddings
+    assert (ov.budget.width_step, ort.budget.width_step) == (16, 1)
     # int8: OpenVINO runs ORT's dynamically quantized MatMuls its own way: close, not equal
     tolerance = 1e-5 if precision == "fp32" else 2e-2
     np.testing.assert_allclose(ov.encode(TEXTS), ort.encode(TEXTS), atol=tolerance)
@@ -298,20 +298,6 @@ def test_8_bit_weights_on_a_cpu_without_vnni_warn(
     with caplog.at_level(logging.WARNING, logger="fastmarco"):
         Encoder.open(folder, device="cpu", runtime="openvino")
     assert "VNNI" not in caplog.text
-
-
-def test_openvino_pads_to_steps_of_16_where_its_kernels_use_amx(monkeypatch: pytest.MonkeyPatch) -> None:
-    openvino = RUNTIMES["openvino"]
-    monkeypatch.delenv(runtimes.ONEDNN_ISA_CAP, raising=False)
-    monkeypatch.setattr(runtimes, "cpu_flags", lambda: frozenset({"avx512_vnni", "amx_tile"}))
-    assert runtimes.has_amx() and openvino.width_step == 16
-    for cap, step in [("AVX512_CORE_BF16", 1), ("avx2", 1), ("AVX512_CORE_AMX", 16), ("ALL", 16)]:
-        monkeypatch.setenv(runtimes.ONEDNN_ISA_CAP, cap)  # oneDNN capped: an older CPU family, emulated
-        assert openvino.width_step == step, cap
-    monkeypatch.delenv(runtimes.ONEDNN_ISA_CAP)
-    monkeypatch.setattr(runtimes, "cpu_flags", lambda: frozenset({"avx512_vnni", "avx512_bf16"}))
-    assert not runtimes.has_amx() and openvino.width_step == 1
-    assert RUNTIMES["onnxruntime"].width_step == 1
 
 
 def test_auto_measures_once_and_caches(

