@@ -186,6 +186,11 @@ def test_plan_rounds_widths_up_to_the_step_within_the_longest_allowed() -> None:
         assert len(rows) == 1 or len(rows) * width <= budget.max_tokens
     assert len({width for _, width in runs}) <= 16  # not one per length
     assert budget.width(0) == 16 and budget.width(300) == 300  # never narrower than the longest row
+    # bulk work has its own step: here none, so each run is as wide as its longest row
+    unrounded = TokenBudget.for_device("cpu", width_step=16, bulk_width_step=1, max_width=250)
+    for rows, width in unrounded.plan(lengths, bulk=True):
+        assert width == int(lengths[rows].max())
+    assert all(width % 16 == 0 or width == 250 for _, width in unrounded.plan(lengths))  # not in bulk
 
 
 def write_module_stack(

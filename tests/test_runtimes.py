@@ -23,6 +23,7 @@ from fastmarco.errors import EncoderError, ExportError, InputError, ModelError
 from fastmarco.model import runtimes
 from fastmarco.model.cross_encoder import CrossEncoderScorer
 from fastmarco.model.encoder import Encoder
+from fastmarco.model.manifest import ModelManifest
 from fastmarco.model.runtime import BULK_ROWS
 from fastmarco.model.runtimes import RUNTIMES, Session, choices_path, open_model_session
 
@@ -67,8 +68,13 @@ def test_openvino_embeds_as_onnxruntime_does(models: dict[str, Path], precision:
     ort = Encoder.open(models[f"bi-{precision}"], device="cpu", runtime="onnxruntime")
     ov = Encoder.open(models[f"bi-{precision}"], device="cpu", runtime="openvino")
     assert (ort.runtime, ov.runtime, ov.device) == ("onnxruntime", "openvino", "cpu")
-    # OpenVINO pads widths up to steps of 16, ONNX Runtime to the longest row: the same embeddings
+    # OpenVINO pads widths up to steps of 16 (in bulk only with AMX), ONNX Runtime to the longest row
     assert (ov.budget.width_step, ort.budget.width_step) == (16, 1)
+    assert (ov.budget.bulk_width_step, ort.budget.bulk_width_step) == (16 if runtimes.has_amx() else 1, 1)
+    # the same embeddings, whatever the padding: one call in bulk, one not
+    np.testing.assert_allclose(
+        ov.encode(TEXTS * (BULK_ROWS // len(TEXTS) + 1))[: len(TEXTS)], ov.encode(TEXTS), atol=1e-5
+    )
     # int8: OpenVINO runs ORT's dynamically quantized MatMuls its own way: close, not equal
     tolerance = 1e-5 if precision == "fp32" else 2e-2
     np.testing.assert_allclose(ov.encode(TEXTS), ort.encode(TEXTS), atol=tolerance)
@@ -227,8 +233,6 @@ def test_int8_static_export(models: dict[str, Path], auto: Path) -> None:
 
 def test_a_graph_file_the_manifest_names_must_be_whole(models: dict[str, Path], tmp_path: Path) -> None:
     """An OpenVINO graph is its .xml and its weights' .bin; a graph format no runtime reads is refused."""
-    from fastmarco.model.manifest import ModelManifest
-
     folder = tmp_path / "static"
     shutil.copytree(models["bi-int8-static"], folder)
     (folder / "model.bin").unlink()
@@ -300,6 +304,21 @@ def test_8_bit_weights_on_a_cpu_without_vnni_warn(
     assert "VNNI" not in caplog.text
 
 
+def test_openvino_bulk_pads_to_steps_of_16_where_its_kernels_use_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    openvino = RUNTIMES["openvino"]
+    monkeypatch.delenv(runtimes.ONEDNN_ISA_CAP, raising=False)
+    monkeypatch.setattr(runtimes, "cpu_flags", lambda: frozenset({"avx512_vnni", "amx_tile"}))
+    assert runtimes.has_amx() and openvino.bulk_width_step == 16
+    for cap, step in [("AVX512_CORE_BF16", 1), ("avx2", 1), ("AVX512_CORE_AMX", 16), ("ALL", 16)]:
+        monkeypatch.setenv(runtimes.ONEDNN_ISA_CAP, cap)  # oneDNN capped: an older CPU family, emulated
+        assert openvino.bulk_width_step == step, cap
+    monkeypatch.delenv(runtimes.ONEDNN_ISA_CAP)
+    monkeypatch.setattr(runtimes, "cpu_flags", lambda: frozenset({"avx512_vnni", "avx512_bf16"}))
+    assert not runtimes.has_amx() and openvino.bulk_width_step == 1
+    assert openvino.width_step == 16  # one query at a time: each length would be a new shape
+    assert (RUNTIMES["onnxruntime"].width_step, RUNTIMES["onnxruntime"].bulk_width_step) == (1, 1)
+
+
 def test_auto_measures_once_and_caches(
     models: dict[str, Path], auto: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -322,6 +341,13 @@ def test_auto_measures_once_and_caches(
     # another thread count is another measurement, cached beside the first
     assert Encoder.open(models["bi-fp32"], device="cpu", threads=1).runtime == "onnxruntime"
     assert len(measured) == 4 and len(json.loads(auto.read_text())) == 2
+    # oneDNN capped below this CPU's instruction set is another CPU family to OpenVINO: its own entry
+    # (only the key is computed under the cap: oneDNN reads it once per process)
+    model, candidates = ModelManifest.load(models["bi-fp32"]), list(RUNTIMES.values())
+    uncapped = runtimes._choice_key(model, candidates, 0)
+    monkeypatch.setenv(runtimes.ONEDNN_ISA_CAP, "AVX512_CORE_BF16")
+    assert runtimes._choice_key(model, candidates, 0) != uncapped
+    monkeypatch.delenv(runtimes.ONEDNN_ISA_CAP)
     # a damaged cache is measured again, never fatal
     auto.write_text("{not json")
     assert Encoder.open(models["bi-fp32"], device="cpu", threads=1).runtime == "onnxruntime"
@@ -351,8 +377,6 @@ def test_auto_with_one_candidate_measures_nothing(
 
 
 def test_runtime_errors(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    from fastmarco.model.manifest import ModelManifest
-
     model = ModelManifest.load(models["bi-fp32"])
     with pytest.raises(InputError, match="unknown runtime 'tensorrt'; known: auto, onnxruntime, openvino"):
         open_model_session(models["bi-fp32"], model, "cpu", "tensorrt")

@@ -80,11 +80,12 @@ class CrossEncoderScorer(OnnxModel):
         bulk: bool = False,
     ) -> npt.NDArray[np.float32]:
         """Scores of tokenized pairs, in their order: batches of similar length under the token budget
-        (`bulk`: several in flight where the runtime gains from it, see `OnnxModel.run_batches`)."""
+        (`bulk`: its bulk widths, and several in flight where the runtime gains from it, see
+        `OnnxModel.run_batches`)."""
         scores = np.empty(len(pairs), dtype=np.float32)
         batches = (
             (rows, self.pad([pairs.encodings[r] for r in rows], width))
-            for rows, width in self.budget.plan(pairs.lengths)
+            for rows, width in self.budget.plan(pairs.lengths, bulk=bulk)
         )
         for rows, result, _ in self.run_batches(batches, bulk=bulk):
             scores[rows] = result

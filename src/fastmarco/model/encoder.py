@@ -105,18 +105,19 @@ class Encoder(OnnxModel):
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=n)
         return Tokenized(encodings, lengths, overflowing | cut)
 
-    def _pack(self, tokenized: Tokenized, start: int) -> Iterator[_Batch]:
-        """Padded batches under the token budget; positions are shifted by `start`."""
-        for rows, width in self.budget.plan(tokenized.lengths):
+    def _pack(self, tokenized: Tokenized, start: int, *, bulk: bool = False) -> Iterator[_Batch]:
+        """Padded batches under the token budget (its bulk widths for bulk work); positions are shifted
+        by `start`."""
+        for rows, width in self.budget.plan(tokenized.lengths, bulk=bulk):
             encodings = [tokenized.encodings[row] for row in rows]
             yield _Batch(rows + start, self.pad(encodings, width))
 
-    def _batches(self, texts: Sequence[Any], stats: EncodeStats) -> Iterator[_Batch]:
+    def _batches(self, texts: Sequence[Any], stats: EncodeStats, bulk: bool) -> Iterator[_Batch]:
         for start in range(0, len(texts), CHUNK_TEXTS):
             tokenized = self.tokenize(texts[start : start + CHUNK_TEXTS], offset=start)
             stats.tokens += tokenized.tokens
             stats.truncated += int(tokenized.truncated.sum())
-            yield from self._pack(tokenized, start)
+            yield from self._pack(tokenized, start, bulk=bulk)
 
     def encode_tokenized(
         self, tokenized: Tokenized, *, dtype: type[np.floating[Any]] = np.float32
@@ -149,6 +150,7 @@ class Encoder(OnnxModel):
         if isinstance(texts, str):
             raise InputError("texts must be a sequence of str, not one str")
         out = np.empty((len(texts), self.dim), dtype=dtype)
+        bulk = len(texts) >= BULK_ROWS
         stats = EncodeStats(texts=len(texts))
         started = time.perf_counter()
         pipe: queue.Queue[_Batch | BaseException | None] = queue.Queue(maxsize=8)
@@ -166,7 +168,7 @@ class Encoder(OnnxModel):
         def produce() -> None:
             try:
                 clock = time.perf_counter()
-                for batch in self._batches(texts, stats):
+                for batch in self._batches(texts, stats, bulk):
                     stats.tokenize_seconds += time.perf_counter() - clock
                     if not put(batch):
                         return
@@ -186,7 +188,7 @@ class Encoder(OnnxModel):
         producer.start()
         embedded = 0
         try:
-            for batch, result, seconds in self.run_batches(arrivals(), bulk=len(texts) >= BULK_ROWS):
+            for batch, result, seconds in self.run_batches(arrivals(), bulk=bulk):
                 out[batch.positions] = result
                 stats.infer_seconds += seconds
                 stats.batches += 1

@@ -68,14 +68,16 @@ def checked_texts(texts: Sequence[Any], name: str = "texts", offset: int = 0) ->
 class TokenBudget:
     """How a model's runs are cut: at most `max_tokens` padded tokens and `max_batch` rows a run, on
     CPU no row shorter than `min_fill` x the run's longest (padding costs full compute there), and the
-    padded width rounded up to a multiple of `width_step` (never past `max_width`): a runtime that
-    prepares kernels per input shape sees a few shapes instead of one per length."""
+    padded width rounded up to a multiple of `width_step` (`bulk_width_step` in bulk work; never past
+    `max_width`): a runtime that prepares kernels per input shape sees a few shapes instead of one per
+    length."""
 
     max_tokens: int
     max_batch: int = DEFAULT_MAX_BATCH
     min_fill: float = 0.0
     width_step: int = 1
     max_width: int = 1 << 30
+    bulk_width_step: int = 1
 
     @classmethod
     def for_device(
@@ -85,18 +87,28 @@ class TokenBudget:
         max_batch: int = DEFAULT_MAX_BATCH,
         *,
         width_step: int = 1,
+        bulk_width_step: int = 1,
         max_width: int = 1 << 30,
     ) -> TokenBudget:
-        if device.startswith("cuda"):
-            return cls(max_tokens or DEFAULT_GPU_MAX_TOKENS, max_batch, 0.0, width_step, max_width)
-        return cls(max_tokens or DEFAULT_MAX_TOKENS, max_batch, CPU_MIN_FILL, width_step, max_width)
+        gpu = device.startswith("cuda")
+        return cls(
+            max_tokens or (DEFAULT_GPU_MAX_TOKENS if gpu else DEFAULT_MAX_TOKENS),
+            max_batch,
+            0.0 if gpu else CPU_MIN_FILL,
+            width_step,
+            max_width,
+            bulk_width_step,
+        )
 
-    def width(self, longest: int) -> int:
+    def width(self, longest: int, *, bulk: bool = False) -> int:
         """The padded width of a run whose longest row has `longest` tokens."""
-        rounded = -(-max(1, longest) // self.width_step) * self.width_step
+        step = self.bulk_width_step if bulk else self.width_step
+        rounded = -(-max(1, longest) // step) * step
         return max(longest, min(rounded, self.max_width))
 
-    def plan(self, lengths: npt.NDArray[np.int64]) -> list[tuple[npt.NDArray[np.int64], int]]:
+    def plan(
+        self, lengths: npt.NDArray[np.int64], *, bulk: bool = False
+    ) -> list[tuple[npt.NDArray[np.int64], int]]:
         """(rows, padded width) of each run: longest first, greedily packed so rows x width <=
         max_tokens (at least one row each) and every row at least min_fill x the longest."""
         order = np.argsort(-lengths, kind="stable")
@@ -105,7 +117,7 @@ class TokenBudget:
         start = 0
         while start < len(order):
             longest = max(1, int(ordered[start]))
-            width = self.width(longest)
+            width = self.width(longest, bulk=bulk)
             take = max(1, min(self.max_batch, self.max_tokens // width))
             if self.min_fill:  # rows are sorted: stop at the first too short to share this width
                 take = max(
@@ -208,6 +220,7 @@ class OnnxModel:
             max_tokens,
             max_batch,
             width_step=RUNTIMES[opened.runtime].width_step,
+            bulk_width_step=RUNTIMES[opened.runtime].bulk_width_step,
             max_width=model.max_seq_length,
         )
         return cls(root, model, opened.session, tokenizer, opened.device, budget, opened.runtime)

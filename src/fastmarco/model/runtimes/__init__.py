@@ -59,10 +59,16 @@ class Session(Protocol):
 class Runtime(Protocol):
     name: str
     extra: str  # the pip extra that installs it
+    graph_formats: frozenset[str]  # the graph files it reads, by suffix (fastmarco.model.manifest)
     # Padded widths are rounded up to a multiple of this (fastmarco.model.runtime.TokenBudget): 1 where
     # every shape runs as fast as any other, more where the runtime prepares kernels per input shape.
     width_step: int
-    graph_formats: frozenset[str]  # the graph files it reads, by suffix (fastmarco.model.manifest)
+
+    @property
+    def bulk_width_step(self) -> int:
+        """The same for bulk work (its runs are large: preparing a shape's kernels costs less there
+        than padding, unless preparing is itself costly)."""
+        ...
 
     def missing(self) -> str | None:
         """Why this runtime cannot run here (not installed), else None."""
@@ -287,13 +293,15 @@ def _read_choices(path: Path) -> dict[str, Any]:
 
 
 def _choice_key(model: ModelManifest, candidates: list[Runtime], threads: int) -> str:
-    """Model fingerprint, precision, threads, the host's CPU and every candidate's version."""
+    """Model fingerprint, precision, threads, the host's CPU (and any cap on oneDNN's instruction set:
+    another CPU family to OpenVINO) and every candidate's version."""
     parts = [
         model.fingerprint,
         model.precision or "fp32",
         str(threads or os.cpu_count()),
         platform.machine(),
         _cpu_description(),
+        os.environ.get(ONEDNN_ISA_CAP, ""),
         *sorted(f"{r.name} {r.versions()}" for r in candidates),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
@@ -329,6 +337,17 @@ def cpu_flags() -> frozenset[str]:
 def has_vnni() -> bool:
     """Whether 8-bit int8 weights are safe here (fastmarco.model.static_quantize)."""
     return bool(VNNI_FLAGS & cpu_flags())
+
+
+# oneDNN, and with it OpenVINO's CPU plugin, uses no instruction set above the one this names (set to
+# emulate an older CPU family, as benchmarks/bench_encode_cpu.py --emulate-isa does)
+ONEDNN_ISA_CAP = "ONEDNN_MAX_CPU_ISA"
+
+
+def has_amx() -> bool:
+    """Whether oneDNN's kernels use AMX here: the CPU has it and no cap holds oneDNN below it."""
+    cap = os.environ.get(ONEDNN_ISA_CAP, "ALL").upper()
+    return "amx_tile" in cpu_flags() and (cap in ("ALL", "DEFAULT") or "AMX" in cap)
 
 
 def _cpu_description() -> str:

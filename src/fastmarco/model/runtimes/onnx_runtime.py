@@ -46,7 +46,7 @@ class OrtSession:
 class OnnxRuntime:
     name = "onnxruntime"
     extra = "cpu"
-    width_step = 1  # padding to a multiple of 8 or 16 measured slower (its cost, no gain)
+    width_step = bulk_width_step = 1  # padding to a multiple of 8 or 16 measured slower (its cost, no gain)
     graph_formats = frozenset({".onnx"})
 
     def missing(self) -> str | None:

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from fastmarco.errors import EncoderError
 from fastmarco.model.manifest import ModelManifest
 from fastmarco.model.precisions import Precision, precision_named
-from fastmarco.model.runtimes import not_installed, register_runtime
+from fastmarco.model.runtimes import has_amx, not_installed, register_runtime
 
 log = logging.getLogger("fastmarco")
 
@@ -79,11 +79,22 @@ def bf16_capable() -> bool:
 class OpenVinoRuntime:
     name = "openvino"
     extra = "openvino"
+    graph_formats = frozenset({".onnx", ".xml"})  # ONNX as it is, and its own
+
     # OpenVINO prepares its kernels for each input shape on first sight: widths in steps of 16 make 16
     # shapes of 2,000 MS MARCO passages instead of 46, and a first encode of them 373-385 -> 430-449
-    # passages/s (int8-static, 2-core AMX VM, 2026-12-07); warm ones measured the same or faster.
+    # passages/s (int8-static, 2-core AMX VM, 2026-12-07); warm ones measured the same or faster. One
+    # query at a time needs it on every CPU: without it each query length is a new shape (capped below
+    # AMX: one-query p50 2.6-2.9 ms with it, 3.6-3.7 without).
     width_step = 16
-    graph_formats = frozenset({".onnx", ".xml"})  # ONNX as it is, and its own
+
+    @property
+    def bulk_width_step(self) -> int:
+        """With AMX, bulk work keeps the step; without, preparing a shape is cheap next to a bulk run
+        and padding is not: the same host with oneDNN capped at AVX512_CORE_BF16, 2,000 passages, two
+        processes each, first / second call: steps of 16 251-252 / 256-261 passages/s, none 263-264 /
+        262-279."""
+        return 16 if has_amx() else 1
 
     def missing(self) -> str | None:
         return not_installed("openvino")
