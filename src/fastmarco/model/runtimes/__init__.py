@@ -174,15 +174,11 @@ def open_model_session(
             )
         session, chosen_device = chosen.open(root, model, device, **kwargs)
         return _noted(root, model, precision, Opened(session, chosen_device, named))
-    candidates = [
-        r for r in RUNTIMES.values() if _reads(r, model) and r.runs(precision, device) and r.missing() is None
-    ]
-    if not candidates:
-        absent = [
-            f"{r.name}: {r.missing()}, pip install 'fastmarco[{r.extra}]'"
-            for r in RUNTIMES.values()
-            if _reads(r, model) and r.runs(precision, device) and r.missing()
-        ]
+    able = [r for r in RUNTIMES.values() if _reads(r, model) and r.runs(precision, device)]
+    missing = {r.name: r.missing() for r in able}
+    candidates = [r for r in able if missing[r.name] is None]
+    if not candidates:  # every runtime that could run it is missing here
+        absent = [f"{r.name}: {missing[r.name]}, pip install 'fastmarco[{r.extra}]'" for r in able]
         raise EncoderError(
             f"{root}: no installed runtime runs a {precision.name} model on device {device!r}"
             + (f" ({'; '.join(absent)})" if absent else "")
