@@ -62,6 +62,24 @@ def ndcg10(
     return float(np.mean([m["ndcg_cut_10"] for m in per_query.values()]))
 
 
+def top10_shared(
+    run: dict,
+    row: dict[str, int],
+    qids: list[str],
+    ours: tuple[np.ndarray, np.ndarray],
+    theirs: tuple[np.ndarray, np.ndarray],
+) -> float:
+    """The mean share of each query's top 10 re-ranked passages that OURS and THEIRS (passage and query
+    embeddings, queries in QIDS' order) have in common."""
+    shared = []
+    for i, qid in enumerate(qids):
+        pids = [entry.pid for entry in run[qid]]
+        rows = [row[pid] for pid in pids]
+        top = [set(np.argsort(-(p[rows] @ q[i]), kind="stable")[:10].tolist()) for p, q in (ours, theirs)]
+        shared.append(len(top[0] & top[1]) / 10)
+    return float(np.mean(shared))
+
+
 def test_minilm_matches_sentence_transformers_and_reproduces_dl19(
     dl19: dict, reference: dict, tmp_path: Path
 ) -> None:
@@ -153,7 +171,13 @@ def test_minilm_int8_export_keeps_dl19_rerank_quality(dl19: dict, reference: dic
 def test_minilm_int8_static_export_keeps_dl19_rerank_quality(
     dl19: dict, reference: dict, tmp_path: Path
 ) -> None:
-    """`--int8-static` on OpenVINO holds the same gate: within 0.005 nDCG@10 of fp32 (0.6424)."""
+    """`--int8-static` on OpenVINO loses no more than 0.005 nDCG@10 against fp32 (0.6424), and keeps
+    fp32's ranking: most of each query's top 10 the same passages.
+
+    The gate is one-sided on purpose: a quantized model ranks better than its fp32 source only by the 43
+    queries' luck. Four static variants (SDPA or eager trace, NNCF's fast bias correction on or off) all
+    measured 0.9948 mean cosine to fp32 and shared 95.6-96.0% of its top 10, yet 0.6463-0.6489 nDCG@10
+    (AMX host); dynamic int8 shares 98.4%, bf16 99.8%."""
     pytest.importorskip("nncf", reason="needs the openvino extra: pip install '.[openvino]'")
     report = export_model(str(MODEL), tmp_path / "static", int8_static=True)
     assert report.precision == "int8-static" and report.optimize == "O1"
@@ -164,7 +188,10 @@ def test_minilm_int8_static_export_keeps_dl19_rerank_quality(
     assert row_cosines(passages, reference["passages"]).mean() >= 0.99  # 500 mini passages: 0.995 (AMX host)
     row = {pid: i for i, pid in enumerate(pids)}
     static = ndcg10(dl19["qrels"], dl19["run"], row, passages, queries, qids)
-    assert static == pytest.approx(0.6424, abs=0.005)
+    assert static >= 0.6424 - 0.005
+    fp32 = (reference["passages"], reference["queries"])
+    shared = top10_shared(dl19["run"], row, qids, (passages, queries), fp32)
+    assert shared >= 0.94, f"{shared:.3f} of fp32's top 10 kept"
 
 
 def test_an_int8_export_that_drifts_is_refused_and_not_published(

@@ -199,9 +199,9 @@ def test_bf16_export_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_int8_static_export(models: dict[str, Path], auto: Path) -> None:
-    """NNCF's static int8 of the unfused graph, written as an OpenVINO graph (model.xml + model.bin):
-    checked at export on OpenVINO, its weight range (8-bit with VNNI, else 7-bit) recorded, run on
-    OpenVINO only (ONNX Runtime does not read that graph, and 'auto' does not try it)."""
+    """NNCF's static int8 of the unfused eager-attention graph, written as an OpenVINO graph (model.xml
+    + model.bin): checked at export on OpenVINO, its weight range (8-bit with VNNI, else 7-bit) recorded,
+    run on OpenVINO only (ONNX Runtime does not read that graph, and 'auto' does not try it)."""
     import openvino
 
     from fastmarco.model.runtimes import has_vnni
@@ -219,6 +219,9 @@ def test_int8_static_export(models: dict[str, Path], auto: Path) -> None:
     assert quantization["calibration_batches"] > 0 and "nncf" in manifest["exported_by"]
     ops = {op.get_type_name() for op in openvino.Core().read_model(folder / "model.xml").get_ops()}
     assert {"FakeQuantize", "MatMul"} <= ops
+    # traced from eager attention: no attention scale computed from the query's shape at run time (the
+    # SDPA trace takes a Sqrt of it in every layer)
+    assert manifest["attention_implementation"] == "eager" and "Sqrt" not in ops
     assert manifest["parity_min_cosine"] >= 0.97
     fp32 = Encoder.open(models["bi-fp32"], device="cpu", runtime="onnxruntime").encode(TEXTS)
     on_openvino = Encoder.open(folder, device="cpu", runtime="openvino")

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco.errors import ExportError
-from fastmarco.model.export_steps import PARITY_TEXTS, read_json_object, trace_to_onnx
+from fastmarco.model.export_steps import PARITY_TEXTS, model_kwargs, read_json_object, trace_to_onnx
 from fastmarco.model.kinds import Similarity, Source, register_model_kind
 from fastmarco.model.precisions import Precision
 from fastmarco.model.quantize import tokenized_batches
@@ -203,7 +203,14 @@ class BiEncoderKind:
         """Every folder the other kinds decline: loading says whether it is an exportable model."""
         return True
 
-    def load(self, folder: Path, *, max_seq_length: int | None, similarity: Similarity | None) -> Source:
+    def load(
+        self,
+        folder: Path,
+        *,
+        max_seq_length: int | None,
+        similarity: Similarity | None,
+        attention_implementation: str | None = None,
+    ) -> Source:
         from sentence_transformers import SentenceTransformer
 
         try:  # sentence-transformers >= 5.7 moved the modules
@@ -212,7 +219,12 @@ class BiEncoderKind:
             from sentence_transformers.models import Normalize  # type: ignore[no-redef]
 
         card = read_model_card(folder, similarity)
-        st_model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+        st_model = SentenceTransformer(
+            str(folder),
+            device="cpu",
+            local_files_only=True,
+            model_kwargs=model_kwargs(attention_implementation),
+        )
         card.max_seq_length = int(max_seq_length or st_model.max_seq_length or card.max_seq_length)
         if card.max_seq_length > card.max_positions:
             raise ExportError(

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco.errors import ExportError
-from fastmarco.model.export_steps import PARITY_TEXTS, trace_to_onnx
+from fastmarco.model.export_steps import PARITY_TEXTS, model_kwargs, trace_to_onnx
 from fastmarco.model.kinds import Similarity, Source, register_model_kind
 from fastmarco.model.precisions import Precision
 from fastmarco.model.quantize import tokenized_batches
@@ -173,12 +173,24 @@ class CrossEncoderKind:
     def claims(self, folder: Path) -> bool:
         return is_cross_encoder(folder)
 
-    def load(self, folder: Path, *, max_seq_length: int | None, similarity: Similarity | None) -> Source:
+    def load(
+        self,
+        folder: Path,
+        *,
+        max_seq_length: int | None,
+        similarity: Similarity | None,
+        attention_implementation: str | None = None,
+    ) -> Source:
         from sentence_transformers import CrossEncoder
 
         if similarity is not None:
             raise ExportError(f"{folder} is a cross-encoder: it scores pairs, so --similarity does not apply")
-        cross_encoder = CrossEncoder(str(folder), device="cpu", local_files_only=True)
+        cross_encoder = CrossEncoder(
+            str(folder),
+            device="cpu",
+            local_files_only=True,
+            model_kwargs=model_kwargs(attention_implementation),
+        )
         card = _card(cross_encoder, folder, max_seq_length)
         setattr(cross_encoder, _length_attribute(cross_encoder), card.max_seq_length)
         return Source(folder, card, cross_encoder)

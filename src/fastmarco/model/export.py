@@ -85,7 +85,12 @@ def export_model(
     with publishing(target, overwrite=overwrite, verb="export", inputs=local) as staging:
         folder = resolve_model(model)
         kind = model_kind_for(folder)
-        source = kind.load(folder, max_seq_length=max_seq_length, similarity=similarity)
+        source = kind.load(
+            folder,
+            max_seq_length=max_seq_length,
+            similarity=similarity,
+            attention_implementation=precision.attention_implementation,
+        )
         onnx_path = kind.trace(source, staging, opset)
         if not (staging / "tokenizer.json").is_file():
             raise ExportError(f"{folder}: no fast tokenizer (tokenizer.json) could be saved for this model")

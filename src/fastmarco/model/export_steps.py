@@ -67,6 +67,12 @@ def fingerprint(files: list[Path], manifest: dict[str, Any], settings_names: tup
     return fingerprints.combine(fingerprints.of_files(files), fingerprints.of_settings(settings))
 
 
+def model_kwargs(attention_implementation: str | None) -> dict[str, Any] | None:
+    """sentence-transformers' `model_kwargs` (transformers' from_pretrained arguments) that load the
+    attention implementation to trace; None keeps the model's default."""
+    return {"attn_implementation": attention_implementation} if attention_implementation else None
+
+
 def trace_to_onnx(model: Any, out: Path, *, task: str, library: str, opset: int | None) -> Path:
     """optimum's exporter on a loaded model; returns OUT/model.onnx."""
     from optimum.exporters.onnx import onnx_export_from_model
@@ -143,6 +149,11 @@ def build_record(
         "optimize": level,
         "fusions": fusions,
         **({"quantization": quantization} if quantization else {}),
+        **(
+            {"attention_implementation": precision.attention_implementation}
+            if precision.attention_implementation
+            else {}
+        ),
         "opset": opset,
         "source": {"model": model, "fingerprint": _source_fingerprint(folder)},
         "exported_by": {

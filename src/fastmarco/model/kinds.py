@@ -52,7 +52,17 @@ class ModelKind(Protocol):
         """Whether FOLDER holds a model of this kind."""
         ...
 
-    def load(self, folder: Path, *, max_seq_length: int | None, similarity: Similarity | None) -> Source: ...
+    def load(
+        self,
+        folder: Path,
+        *,
+        max_seq_length: int | None,
+        similarity: Similarity | None,
+        attention_implementation: str | None = None,
+    ) -> Source:
+        """The sentence-transformers model in FOLDER; `attention_implementation`: transformers' own name
+        of the attention to trace (None: the model's default)."""
+        ...
 
     def trace(self, source: Source, out: Path, opset: int | None) -> Path:
         """Write OUT/model.onnx with the kind's one output, and the tokenizer files; returns the graph."""

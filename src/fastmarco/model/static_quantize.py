@@ -16,7 +16,9 @@ itself). Written as ONNX QuantizeLinear/DequantizeLinear pairs, each SmoothQuant
 Multiply over the activations; OpenVINO's own graph folds it into the quantization of the layer norm
 before it (all-MiniLM-L6-v2, 48 x 96 tokens, the same calibration: 18% less time per batch with oneDNN
 capped at AVX512_CORE_BF16, a CPU family without AMX; the same on this repository's AMX host).
-ONNX Runtime does not read that graph: an int8-static export runs on the openvino runtime only.
+ONNX Runtime does not read that graph: an int8-static export runs on the openvino runtime only. The
+graph is traced from eager attention (the precision's `attention_implementation`): SDPA's trace computes
+the attention scale from the query's shape, which keeps the query path in float on every layer.
 
 The weight range follows the CPU the export is made on: with VNNI (avx512_vnni, avx_vnni, AMX) the
 full 8 bits; without, 7 bits (NNCF's overflow fix), since there x86 sums u8 x s8 pairs into int16, which
