@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from fastmarco.errors import EncoderError, ExportError, InputError
 from fastmarco.model.bi_encoder_export import read_model_card
 from fastmarco.model.encoder import Encoder
 from fastmarco.model.export import export_model
-from fastmarco.model.runtime import TokenBudget
+from fastmarco.model.runtime import BULK_ROWS, TokenBudget
 
 TEXTS = [
     *CORPUS,
@@ -124,6 +125,33 @@ def test_bad_inputs(exported: dict[tuple[str, str], Path]) -> None:
         empty[0], empty[1], atol=1e-6
     )  # WordPiece drops whitespace: both are [CLS][SEP]
     assert encoder.encode(["a"], dtype=np.float16).dtype == np.float16
+
+
+def test_bulk_tokenizes_ahead_on_a_thread_and_small_calls_do_not(
+    exported: dict[tuple[str, str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bulk calls tokenize on a background thread, whose errors reach the caller and which is gone
+    after; smaller calls (one query) tokenize on the calling thread, which is cheaper than a handover."""
+    from fastmarco.model import encoder as encoder_module
+
+    encoder = Encoder.open(exported["bert-mean-normalize", "fp32"], device="cpu")
+    started: list[str] = []  # tokenizing threads started
+
+    class CountedThread(threading.Thread):
+        def start(self) -> None:
+            if self.name == "fastmarco-tokenize":
+                started.append(self.name)
+            super().start()
+
+    monkeypatch.setattr(encoder_module.threading, "Thread", CountedThread)
+    bulk = [f"{TEXTS[i % len(TEXTS)]} {i}" for i in range(BULK_ROWS)]
+    one = encoder.encode(bulk[:1])
+    assert started == []
+    np.testing.assert_allclose(encoder.encode(bulk)[:1], one, atol=2e-6)
+    assert started == ["fastmarco-tokenize"]
+    with pytest.raises(InputError, match=rf"texts\[{BULK_ROWS}\] is int, expected str"):
+        encoder.encode([*bulk, 3])  # type: ignore[list-item]
+    assert not any(t.name == "fastmarco-tokenize" for t in threading.enumerate())
 
 
 def test_cuda_without_provider_is_an_error_not_a_fallback(exported: dict[tuple[str, str], Path]) -> None:
