@@ -36,8 +36,8 @@ class Precision:
     export_modules: tuple[str, ...] = ()
     float_in_bf16: bool = False  # OpenVINO computes its floating-point part in bf16 where the CPU has it
     # OpenVINO may compile chains of operations (attention among them) into its generated "snippets"
-    # kernels; False keeps each operation its own kernel
-    openvino_snippets: bool = True
+    # kernels; False keeps each operation its own kernel where AMX computes the bf16 part
+    openvino_amx_bf16_snippets: bool = True
     # transformers' attention implementation the graph is traced from (None: the model's default, SDPA)
     attention_implementation: str | None = None
     for_gpu: bool = False  # an fp16 graph, made for CUDA: OpenVINO does not take it
@@ -91,10 +91,11 @@ register_precision(
         export_modules=("nncf",),
         float_in_bf16=True,  # its unquantized rest (softmax, norms), as OpenVINO itself would choose
         # On AMX, in bf16, OpenVINO 2026.4's attention snippet over the int8 graph's int8 values is far
-        # off (all-MiniLM-L6-v2, parity texts and demo passages: min cosine 0.78, mean 0.988); without
-        # snippets 0.984 / 0.997 at the same speed (139 ms a 48 x 96 batch against 146 with them; 160 in
-        # fp32). Capped at AVX512_CORE_BF16 (no AMX) both are right, and within noise in speed.
-        openvino_snippets=False,
+        # off (all-MiniLM-L6-v2, 600 MS MARCO passages against the fp32 export: min cosine 0.82, mean
+        # 0.9935; without snippets 0.971 / 0.9948, at 102 ms a 48 x 96 batch against 96 with them).
+        # Without AMX (oneDNN capped at AVX512_CORE_BF16) snippets are right (0.970 / 0.9948) and
+        # faster: 145 ms against 160 (bf16 or fp32 alike; 2-core Xeon VM, 2026-12-07)
+        openvino_amx_bf16_snippets=False,
         # Traced from eager attention: the SDPA trace computes its scale from the query's shape at run
         # time, so OpenVINO keeps a float Multiply and Transpose on every layer's query path and the
         # query enters attention dequantized; from eager's constant scale each layer's graph is

@@ -128,14 +128,7 @@ class OpenVinoRuntime:
         """device_id and busy_wait do not apply: the CPU only (`runs` refuses cuda), and OpenVINO's
         threads do not spin."""
         graph = path / model.model
-        precision = precision_named(model.precision)
-        config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": "bf16" if precision.float_in_bf16 and bf16_capable() else "f32"
-        }
-        if not precision.openvino_snippets:
-            config["SNIPPETS_MODE"] = "DISABLE"
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
+        config = compile_config(precision_named(model.precision), threads)
 
         try:
             read = _core().read_model(str(graph))
@@ -154,6 +147,18 @@ class OpenVinoRuntime:
         if device == "auto":
             log.info("device auto: using cpu (the openvino runtime)")
         return session, "cpu"
+
+
+def compile_config(precision: Precision, threads: int) -> dict[str, Any]:
+    """OpenVINO's CPU settings for a PRECISION's graph on this CPU (THREADS: 0 is OpenVINO's default),
+    the performance hint aside."""
+    in_bf16 = precision.float_in_bf16 and bf16_capable()
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if in_bf16 else "f32"}
+    if in_bf16 and has_amx() and not precision.openvino_amx_bf16_snippets:
+        config["SNIPPETS_MODE"] = "DISABLE"
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return config
 
 
 def pool_mask_unbroadcast(model: Any) -> tuple[Any, int]:
