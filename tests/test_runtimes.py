@@ -71,6 +71,10 @@ def test_openvino_embeds_as_onnxruntime_does(models: dict[str, Path], precision:
     # OpenVINO pads widths up to steps of 16 (in bulk only with AMX), ONNX Runtime to the longest row
     assert (ov.budget.width_step, ort.budget.width_step) == (16, 1)
     assert (ov.budget.bulk_width_step, ort.budget.bulk_width_step) == (16 if runtimes.has_amx() else 1, 1)
+    # each runtime's own CPU token budget, unless the caller sets one
+    assert (ov.budget.max_tokens, ort.budget.max_tokens) == (2_048, 4_096)
+    set_by_caller = Encoder.open(models[f"bi-{precision}"], device="cpu", runtime="openvino", max_tokens=512)
+    assert set_by_caller.budget.max_tokens == 512
     # the same embeddings, whatever the padding: one call in bulk, one not
     np.testing.assert_allclose(
         ov.encode(TEXTS * (BULK_ROWS // len(TEXTS) + 1))[: len(TEXTS)], ov.encode(TEXTS), atol=1e-5
@@ -385,16 +389,18 @@ def test_auto_measures_once_and_caches(
     measured: list[str] = []
     timings = {"onnxruntime": 0.02, "openvino": 0.01}
 
-    def calibrated(session: runtimes.Session, model: object, vocab_size: int) -> float:
+    def calibrated(session: runtimes.Session, model: object, vocab_size: int, rows: int) -> float:
         name = "openvino" if type(session).__name__ == "OpenVinoSession" else "onnxruntime"
         measured.append(name)
-        return timings[name]
+        # each runtime timed on a bulk batch its own token budget takes, compared a row at a time
+        assert rows == RUNTIMES[name].cpu_max_tokens // runtimes.CALIBRATION_WIDTH
+        return timings[name] * rows
 
     monkeypatch.setattr(runtimes, "calibration_seconds", calibrated)
     assert Encoder.open(models["bi-fp32"], device="cpu").runtime == "openvino"
     assert sorted(measured) == ["onnxruntime", "openvino"]
     entry = next(iter(json.loads(auto.read_text()).values()))
-    assert entry["runtime"] == "openvino" and entry["seconds"] == timings
+    assert entry["runtime"] == "openvino" and entry["seconds_per_row"] == pytest.approx(timings)
     timings.update(openvino=1.0)  # the cache answers: no second measurement
     assert Encoder.open(models["bi-fp32"], device="cpu").runtime == "openvino"
     assert len(measured) == 2
@@ -422,8 +428,8 @@ def test_auto_measures_for_real(
     with caplog.at_level(logging.WARNING, logger="fastmarco"):
         encoder = Encoder.open(models["bi-bf16"], device="cpu")
     entry = next(iter(json.loads(auto.read_text()).values()))
-    assert set(entry["seconds"]) == {"onnxruntime", "openvino"}
-    assert encoder.runtime == min(entry["seconds"], key=entry["seconds"].get)
+    assert set(entry["seconds_per_row"]) == {"onnxruntime", "openvino"}
+    assert encoder.runtime == min(entry["seconds_per_row"], key=entry["seconds_per_row"].get)
     assert choices_path() == auto
     assert ("onnxruntime runs a bf16 export in fp32" in caplog.text) == (encoder.runtime == "onnxruntime")
 

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from fastmarco.corpus.text import unicode_problem
 from fastmarco.errors import EncoderError, InputError, ModelError
 from fastmarco.model.manifest import ModelManifest
-from fastmarco.model.runtimes import AUTO, RUNTIMES, Session, open_model_session
+from fastmarco.model.runtimes import AUTO, DEFAULT_CPU_MAX_TOKENS, RUNTIMES, Session, open_model_session
 
 log = logging.getLogger("fastmarco")
 
@@ -30,11 +30,7 @@ Model = TypeVar("Model", bound="OnnxModel")
 Key = TypeVar("Key")
 Feeds = dict[str, npt.NDArray[np.int64]]
 
-# Padded tokens per run (rows x longest row). On CPU a batch whose activations stay in cache is
-# faster and needs a third of the memory (2 cores, 2026-12-02: 16,384 -> 4,096 took MiniLM int8 from
-# 212 to 227-245 passages/s and its peak RSS from 1.6 GB to 0.55 GB; 2,048 was faster still there,
-# but leaves more cores short of work). GPUs want far more.
-DEFAULT_MAX_TOKENS = 4_096
+# Padded tokens per run (rows x longest row) on a GPU; a CPU's is its runtime's (`cpu_max_tokens`)
 DEFAULT_GPU_MAX_TOKENS = 262_144
 DEFAULT_MAX_BATCH = 1024
 # On CPU a run costs its padded tokens: rows shorter than this share of the run's longest go to a run of
@@ -89,10 +85,11 @@ class TokenBudget:
         width_step: int = 1,
         bulk_width_step: int = 1,
         max_width: int = 1 << 30,
+        cpu_max_tokens: int = DEFAULT_CPU_MAX_TOKENS,
     ) -> TokenBudget:
         gpu = device.startswith("cuda")
         return cls(
-            max_tokens or (DEFAULT_GPU_MAX_TOKENS if gpu else DEFAULT_MAX_TOKENS),
+            max_tokens or (DEFAULT_GPU_MAX_TOKENS if gpu else cpu_max_tokens),
             max_batch,
             0.0 if gpu else CPU_MIN_FILL,
             width_step,
@@ -215,13 +212,15 @@ class OnnxModel:
             threads=threads,
             busy_wait=busy_wait,
         )
+        running = RUNTIMES[opened.runtime]
         budget = TokenBudget.for_device(
             opened.device,
             max_tokens,
             max_batch,
-            width_step=RUNTIMES[opened.runtime].width_step,
-            bulk_width_step=RUNTIMES[opened.runtime].bulk_width_step,
+            width_step=running.width_step,
+            bulk_width_step=running.bulk_width_step,
             max_width=model.max_seq_length,
+            cpu_max_tokens=running.cpu_max_tokens,
         )
         return cls(root, model, opened.session, tokenizer, opened.device, budget, opened.runtime)
 

@@ -37,9 +37,14 @@ AUTO = "auto"
 RUNTIME_ENV = "FASTMARCO_RUNTIME"
 CACHE_ENV = "FASTMARCO_CACHE_DIR"
 CHOICES_FILE = "runtime-choices.json"
-# The calibration batch: rows x tokens of an MS MARCO-sized bulk run (~83 tokens a passage, a token
-# budget of 4,096), timed best of CALIBRATION_RUNS after one warm-up run.
-CALIBRATION_SHAPE = (48, 85)
+# Padded tokens per CPU run (rows x longest row) unless the runtime says otherwise: a batch whose
+# activations stay in cache is faster and needs a third of the memory (2 cores, 2026-12-02: 16,384 ->
+# 4,096 took MiniLM int8 on ONNX Runtime from 212 to 227-245 passages/s and its peak RSS from 1.6 GB
+# to 0.55 GB; 2,048 was faster still there, but leaves more cores short of work in its one run).
+DEFAULT_CPU_MAX_TOKENS = 4_096
+# The calibration batch: width of an MS MARCO-sized bulk run (~83 tokens a passage), as many rows as
+# the runtime's CPU token budget takes, timed best of CALIBRATION_RUNS after one warm-up run.
+CALIBRATION_WIDTH = 85
 CALIBRATION_RUNS = 3
 
 
@@ -63,6 +68,7 @@ class Runtime(Protocol):
     # Padded widths are rounded up to a multiple of this (fastmarco.model.runtime.TokenBudget): 1 where
     # every shape runs as fast as any other, more where the runtime prepares kernels per input shape.
     width_step: int
+    cpu_max_tokens: int  # padded tokens per CPU run unless the caller sets a budget
 
     @property
     def bulk_width_step(self) -> int:
@@ -227,7 +233,8 @@ def _fastest(
     best: Opened | None = None
     for runtime in candidates:
         session, device = runtime.open(root, model, "cpu", **kwargs)
-        timings[runtime.name] = seconds = calibration_seconds(session, model, vocab_size)
+        rows = max(1, runtime.cpu_max_tokens // CALIBRATION_WIDTH)
+        timings[runtime.name] = seconds = calibration_seconds(session, model, vocab_size, rows) / rows
         if best is None or seconds < timings[best.runtime]:
             best = Opened(session, device, runtime.name)
     assert best is not None
@@ -235,11 +242,11 @@ def _fastest(
         "runtime auto: %s for %s (%s)",
         best.runtime,
         root,
-        ", ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in timings.items()),
+        ", ".join(f"{name} {seconds * 1000:.2f} ms a row" for name, seconds in timings.items()),
     )
     choices[key] = {
         "runtime": best.runtime,
-        "seconds": timings,
+        "seconds_per_row": timings,
         "model": str(root),
         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -251,10 +258,9 @@ def _fastest(
     return best
 
 
-def calibration_seconds(session: Session, model: ModelManifest, vocab_size: int) -> float:
-    """Best of CALIBRATION_RUNS of a padded bulk batch (after a warm-up run), in seconds."""
-    rows, width = CALIBRATION_SHAPE
-    width = min(width, model.max_seq_length)
+def calibration_seconds(session: Session, model: ModelManifest, vocab_size: int, rows: int) -> float:
+    """Best of CALIBRATION_RUNS of a padded bulk batch of ROWS (after a warm-up run), in seconds."""
+    width = min(CALIBRATION_WIDTH, model.max_seq_length)
     spread = np.arange(rows * width, dtype=np.int64).reshape(rows, width) * 7919
     ids = spread % max(1, vocab_size - 1) + 1  # token ids spread over the vocabulary, never 0
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}

@@ -14,7 +14,7 @@ import numpy.typing as npt
 from fastmarco.errors import EncoderError
 from fastmarco.model.manifest import ModelManifest
 from fastmarco.model.precisions import Precision
-from fastmarco.model.runtimes import not_installed, register_runtime
+from fastmarco.model.runtimes import DEFAULT_CPU_MAX_TOKENS, not_installed, register_runtime
 
 log = logging.getLogger("fastmarco")
 
@@ -47,6 +47,7 @@ class OnnxRuntime:
     name = "onnxruntime"
     extra = "cpu"
     width_step = bulk_width_step = 1  # padding to a multiple of 8 or 16 measured slower (its cost, no gain)
+    cpu_max_tokens = DEFAULT_CPU_MAX_TOKENS
     graph_formats = frozenset({".onnx"})
 
     def missing(self) -> str | None:

@@ -87,6 +87,12 @@ class OpenVinoRuntime:
     # query at a time needs it on every CPU: without it each query length is a new shape (capped below
     # AMX: one-query p50 2.6-2.9 ms with it, 3.6-3.7 without).
     width_step = 16
+    # Two streams each run a batch of their own on one core, so no core waits on a small one: 2,048
+    # padded tokens against 4,096, 2,000 MS MARCO passages, paired rounds (2-core Xeon VM, 2026-12-07):
+    # int8-static 471 -> 495 passages/s with AMX, 358 -> 367 capped at AVX512_CORE_BF16; bf16 479 ->
+    # 487; the int8-static cross-encoder 484 -> 534 pairs/s with AMX, 326 -> 331 capped. 1,024 was as
+    # fast or faster with AMX and slower capped; 8,192 slower on both.
+    cpu_max_tokens = 2_048
 
     @property
     def bulk_width_step(self) -> int:
