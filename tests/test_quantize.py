@@ -97,3 +97,66 @@ def test_int8_attention_needs_int8(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"int8_attention .* add int8"):
         export_model("any-model", tmp_path / "out", int8_attention=True)
     assert not (tmp_path / "out").exists()
+
+
+def write_corpus(path: Path, texts: list[str]) -> Path:
+    path.write_text("".join(f"p{i}\t{text}\n" for i, text in enumerate(texts)), encoding="utf-8")
+    return path
+
+
+def test_calibration_passages_spread_through_the_head_of_the_corpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastmarco.errors import ExportError, FormatError
+    from fastmarco.model import export_steps
+
+    corpus = write_corpus(tmp_path / "corpus.tsv", [f"passage {i}" for i in range(100)])
+    monkeypatch.setattr(export_steps, "CALIBRATION_SCAN", 10)
+    monkeypatch.setattr(export_steps, "CALIBRATION_PASSAGES", 4)
+    chosen = export_steps.calibration_passages(corpus)
+    assert chosen == ["passage 0", "passage 2", "passage 5", "passage 7"]
+    assert export_steps.calibration_passages(corpus) == chosen  # deterministic
+    short = write_corpus(tmp_path / "short.tsv", ["only one"])
+    assert export_steps.calibration_passages(short) == ["only one"]
+    (tmp_path / "empty.tsv").write_text("")
+    with pytest.raises(ExportError, match=r"empty\.tsv: no passages to calibrate on"):
+        export_steps.calibration_passages(tmp_path / "empty.tsv")
+    (tmp_path / "bad.tsv").write_text("p0\tfine\nno tab on this line\n")
+    with pytest.raises(FormatError, match=r"bad\.tsv:2: "):
+        export_steps.calibration_passages(tmp_path / "bad.tsv")
+
+
+def test_int8_calibrates_on_a_corpus_file(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """The passages reach the quantizer (its batch count follows them) and the manifest says so; both
+    kinds. Without a file, the bundled demo texts."""
+    from fastmarco.model.export import export_model
+
+    corpus = write_corpus(tmp_path / "corpus.tsv", [*CORPUS, *CORPUS, *CORPUS])
+    cross = build_cross_encoder(CROSS_ENCODER_FAMILIES[0], tmp_path / "cross-source")
+    # 8 a batch: the bi-encoder's 18 passages and the 8 demo queries, the cross-encoder's 18 pairs
+    for name, folder, batches in [("bi", tiny[FAMILIES[0]], 4), ("cross", cross, 3)]:
+        export_model(str(folder), tmp_path / name, int8=True, calibration=corpus)
+        quantization = json.loads((tmp_path / name / "fastmarco.json").read_text())["quantization"]
+        assert quantization["calibration_batches"] == batches, name
+        assert quantization["calibrated_on"] == f"18 passages of {corpus}", name
+    export_model(str(tiny[FAMILIES[0]]), tmp_path / "demo", int8=True)
+    quantization = json.loads((tmp_path / "demo" / "fastmarco.json").read_text())["quantization"]
+    assert quantization["calibrated_on"] == "the bundled demo texts"
+    assert quantization["calibration_batches"] == 6  # 40 demo passages and 8 queries
+
+
+def test_calibration_needs_an_int8_export(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from fastmarco.cli import main
+    from fastmarco.errors import ExportError
+    from fastmarco.model.export import export_model
+
+    corpus = write_corpus(tmp_path / "corpus.tsv", list(CORPUS))
+    with pytest.raises(ExportError, match=r"calibration \(--calibration\) .* fp32 export .* add int8"):
+        export_model("any-model", tmp_path / "out", calibration=corpus)
+    result = CliRunner().invoke(
+        main, ["export", "any-model", "--out", str(tmp_path / "out"), "--calibration", str(corpus)]
+    )
+    assert result.exit_code != 0 and "add int8" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

@@ -168,30 +168,39 @@ def test_minilm_int8_export_keeps_dl19_rerank_quality(dl19: dict, reference: dic
     assert int8 == pytest.approx(0.6424, abs=0.005)
 
 
+@pytest.mark.parametrize("calibration", ["demo", "msmarco"])
 def test_minilm_int8_static_export_keeps_dl19_rerank_quality(
-    dl19: dict, reference: dict, tmp_path: Path
+    dl19: dict, reference: dict, mini: Path, tmp_path: Path, calibration: str
 ) -> None:
-    """`--int8-static` on OpenVINO loses no more than 0.005 nDCG@10 against fp32 (0.6424), and keeps
-    fp32's ranking: most of each query's top 10 the same passages.
+    """`--int8-static` on OpenVINO against fp32 (nDCG@10 0.6424) on the DL19 BM25 top-100.
 
-    The gate is one-sided on purpose: a quantized model ranks better than its fp32 source only by the 43
-    queries' luck. Four static variants (SDPA or eager trace, NNCF's fast bias correction on or off) all
-    measured 0.9948 mean cosine to fp32 and shared 95.6-96.0% of its top 10, yet 0.6463-0.6489 nDCG@10
-    (AMX host); dynamic int8 shares 98.4%, bf16 99.8%."""
+    The gate is fidelity to fp32 (mean cosine, the share of each query's top 10 kept) and no loss
+    beyond 0.005 nDCG@10, one-sided: a quantized model ranks better than its fp32 source only by the 43
+    queries' luck. Calibrated on MS MARCO passages (`--calibration`; none of them among the 4,297
+    re-ranked) it keeps closer to fp32 than on the bundled demo texts (AMX host: mean cosine 0.9976
+    against 0.9949). Four demo-calibrated variants (SDPA or eager trace, NNCF's fast bias correction on
+    or off) all measured 0.9948 mean cosine and shared 95.6-96.0% of fp32's top 10, yet 0.6463-0.6489
+    nDCG@10; dynamic int8 shares 98.4%."""
     pytest.importorskip("nncf", reason="needs the openvino extra: pip install '.[openvino]'")
-    report = export_model(str(MODEL), tmp_path / "static", int8_static=True)
+    corpus = None
+    if calibration == "msmarco":
+        corpus = tmp_path / "calibration.tsv"
+        lines = (f"{pid}\t{text}\n" for pid, text in read_collection(mini / "collection.tsv"))
+        corpus.write_text("".join(line for line in lines if line.split("\t")[0] not in dl19["passages"]))
+    report = export_model(str(MODEL), tmp_path / "static", int8_static=True, calibration=corpus)
     assert report.precision == "int8-static" and report.optimize == "O1"
     encoder = Encoder.open(tmp_path / "static", device="cpu", runtime="openvino")
     pids, qids = reference["pids"], reference["qids"]
     passages = encoder.encode([dl19["passages"][p] for p in pids])
     queries = encoder.encode([dl19["queries"][q] for q in qids])
-    assert row_cosines(passages, reference["passages"]).mean() >= 0.99  # 500 mini passages: 0.995 (AMX host)
+    cosine = float(row_cosines(passages, reference["passages"]).mean())
     row = {pid: i for i, pid in enumerate(pids)}
     static = ndcg10(dl19["qrels"], dl19["run"], row, passages, queries, qids)
-    assert static >= 0.6424 - 0.005
     fp32 = (reference["passages"], reference["queries"])
     shared = top10_shared(dl19["run"], row, qids, (passages, queries), fp32)
-    assert shared >= 0.94, f"{shared:.3f} of fp32's top 10 kept"
+    assert static >= 0.6424 - 0.005, static
+    floors = {"msmarco": (0.997, 0.96), "demo": (0.99, 0.94)}[calibration]
+    assert (cosine, shared) >= floors, f"mean cosine {cosine:.5f}, {shared:.3f} of fp32's top 10 kept"
 
 
 def test_an_int8_export_that_drifts_is_refused_and_not_published(

@@ -269,6 +269,25 @@ def test_int8_static_export(models: dict[str, Path], auto: Path) -> None:
         Encoder.open(folder, device="cpu", runtime="onnxruntime")
 
 
+def test_int8_static_calibrates_on_a_corpus_file(tmp_path: Path) -> None:
+    """Every chosen passage, the demo queries and the shortest texts static int8 must cover go through
+    the calibration, with SmoothQuant's corpus strength."""
+    from fastmarco.corpus.bundled import demo_queries_path, demo_texts
+    from fastmarco.model.bi_encoder_export import SHORTEST_TEXTS
+    from fastmarco.model.export import export_model
+    from fastmarco.model.static_quantize import CORPUS_SMOOTH_QUANT_ALPHA
+
+    corpus = tmp_path / "corpus.tsv"
+    corpus.write_text("".join(f"p{i}\t{text}\n" for i, text in enumerate(CORPUS * 5)))
+    source = build("bert-mean-normalize", tmp_path / "bi")
+    export_model(str(source), tmp_path / "out", int8_static=True, calibration=corpus)
+    quantization = json.loads((tmp_path / "out" / "fastmarco.json").read_text())["quantization"]
+    queries = demo_texts(demo_queries_path())
+    assert quantization["calibration_rows"] == len(CORPUS) * 5 + len(queries) + len(SHORTEST_TEXTS)
+    assert quantization["smooth_quant_alpha"] == CORPUS_SMOOTH_QUANT_ALPHA
+    assert quantization["calibrated_on"] == f"{len(CORPUS) * 5} passages of {corpus}"
+
+
 def test_a_graph_file_the_manifest_names_must_be_whole(models: dict[str, Path], tmp_path: Path) -> None:
     """An OpenVINO graph is its .xml and its weights' .bin; a graph format no runtime reads is refused."""
     folder = tmp_path / "static"

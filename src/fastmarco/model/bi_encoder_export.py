@@ -159,8 +159,8 @@ SHORTEST_TEXTS = ("x", "what", "how big", "?")
 
 
 def calibration_texts() -> list[str]:
-    """What int8 calibration sees: the bundled demo passages and queries (written for fastmarco, not
-    MS MARCO text, so no evaluated passage shapes the quantization)."""
+    """What int8 calibration sees without a corpus: the bundled demo passages and queries (written for
+    fastmarco, not MS MARCO text, so no evaluated passage shapes the quantization)."""
     from fastmarco.corpus.bundled import demo_corpus_path, demo_queries_path, demo_texts
 
     return demo_texts(demo_corpus_path()) + demo_texts(demo_queries_path())
@@ -247,8 +247,14 @@ class BiEncoderKind:
         _keep_only_sentence_embedding(onnx_path)
         return onnx_path
 
-    def calibration(self, source: Source, *, static: bool = False) -> list[dict[str, npt.NDArray[np.int64]]]:
-        texts = calibration_texts() + (list(SHORTEST_TEXTS) if static else [])
+    def calibration(
+        self, source: Source, passages: list[str] | None, *, static: bool = False
+    ) -> list[dict[str, npt.NDArray[np.int64]]]:
+        from fastmarco.corpus.bundled import demo_queries_path, demo_texts
+
+        # a corpus's passages join the demo queries: queries are embedded too, and are short
+        texts = calibration_texts() if passages is None else [*passages, *demo_texts(demo_queries_path())]
+        texts += list(SHORTEST_TEXTS) if static else []
         return tokenized_batches(source.reference.tokenizer, texts, source.card.max_seq_length)
 
     def expected(self, source: Source, precision: Precision) -> npt.NDArray[Any]:

@@ -205,10 +205,18 @@ class CrossEncoderKind:
         _score_head(onnx_path, source.card.activation)
         return onnx_path
 
-    def calibration(self, source: Source, *, static: bool = False) -> list[dict[str, npt.NDArray[np.int64]]]:
-        """The demo pairs (`static` adds nothing: every input is a query and a passage together, never a
-        one-word text alone)."""
-        queries, passages = demo_pairs()
+    def calibration(
+        self, source: Source, passages: list[str] | None, *, static: bool = False
+    ) -> list[dict[str, npt.NDArray[np.int64]]]:
+        """The demo pairs, or each of PASSAGES after a demo query in turn (`static` adds nothing: every
+        input is a query and a passage together, never a one-word text alone)."""
+        if passages is None:
+            queries, passages = demo_pairs()
+        else:
+            from fastmarco.corpus.bundled import demo_queries_path, demo_texts
+
+            asked = demo_texts(demo_queries_path())
+            queries = [asked[i % len(asked)] for i in range(len(passages))]
         return tokenized_batches(source.reference.tokenizer, queries, source.card.max_seq_length, passages)
 
     def expected(self, source: Source, precision: Precision) -> npt.NDArray[Any]:

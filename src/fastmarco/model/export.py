@@ -23,6 +23,7 @@ from fastmarco.model import bi_encoder_export, cross_encoder_export  # noqa: F40
 from fastmarco.model.export_steps import (
     OptimizeLevel,
     build_record,
+    calibration_passages,
     check_openvino_for,
     fingerprint,
     onnx_opset,
@@ -62,12 +63,15 @@ def export_model(
     max_seq_length: int | None = None,
     similarity: Similarity | None = None,
     opset: int | None = None,
+    calibration: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
 ) -> ExportReport:
     """Export MODEL (folder or hub id) to OUT; see the module docstring. A sentence-transformers
     CrossEncoder is exported as a cross-encoder, anything else as a bi-encoder. bf16 keeps the fp32
     graph and declares it run in bf16 (the openvino runtime, on CPUs with bf16 instructions);
-    int8_static quantizes it statically for OpenVINO (fastmarco.model.static_quantize)."""
+    int8_static quantizes it statically for OpenVINO (fastmarco.model.static_quantize). CALIBRATION: a
+    corpus file whose passages int8 calibrates on (`export_steps.calibration_passages`) instead of the
+    bundled demo texts."""
     wanted = {"fp16": fp16 or optimize == "O4", "bf16": bf16, "int8": int8, "int8-static": int8_static}
     asked = [PRECISIONS[name] for name, on in wanted.items() if on]
     if len(asked) > 1:
@@ -80,8 +84,16 @@ def export_model(
         raise ExportError(
             "int8_attention (--int8-attention) quantizes the attention of an int8 export: add int8"
         )
+    if calibration is not None and precision.quantization is None:
+        raise ExportError(
+            f"calibration (--calibration) tunes an int8 export's quantization; a {precision.name} export "
+            "has none: add int8 or int8_static"
+        )
+    passages = None if calibration is None else calibration_passages(Path(calibration))
     target = Path(out)
     local = [model] if Path(model).exists() else []
+    if calibration is not None:
+        local.append(str(calibration))
     with publishing(target, overwrite=overwrite, verb="export", inputs=local) as staging:
         folder = resolve_model(model)
         kind = model_kind_for(folder)
@@ -98,7 +110,11 @@ def export_model(
         level = cast(OptimizeLevel, optimize or precision.optimize)
         fusions = optimize_graph(onnx_path, source.card.num_heads, source.card.hidden_size, level, fp16)
         opset = onnx_opset(onnx_path)
-        graph, quantization = _quantized(precision, onnx_path, kind, source, int8_attention)
+        graph, quantization = _quantized(precision, onnx_path, kind, source, passages, int8_attention)
+        if quantization is not None:
+            quantization["calibrated_on"] = (
+                "the bundled demo texts" if passages is None else f"{len(passages)} passages of {calibration}"
+            )
         expected = kind.expected(source, precision)
         manifest = {
             **kind.manifest_fields(source, expected),
@@ -120,13 +136,19 @@ def export_model(
 
 
 def _quantized(
-    precision: Precision, onnx_path: Path, kind: ModelKind, source: Source, attention: bool
+    precision: Precision,
+    onnx_path: Path,
+    kind: ModelKind,
+    source: Source,
+    passages: list[str] | None,
+    attention: bool,
 ) -> tuple[Path, dict[str, Any] | None]:
-    """Quantize the graph as PRECISION says: the graph's path then (dynamic int8 rewrites the ONNX file
-    in place, static int8 replaces it by an OpenVINO graph) and the manifest's record of the quantization
-    (None: not quantized)."""
+    """Quantize the graph as PRECISION says, calibrated on PASSAGES (None: the kind's demo inputs): the
+    graph's path then (dynamic int8 rewrites the ONNX file in place, static int8 replaces it by an
+    OpenVINO graph) and the manifest's record of the quantization (None: not quantized)."""
     if precision.quantization == "dynamic":
-        return onnx_path, quantize_int8(onnx_path, kind.calibration(source), attention=attention)
+        return onnx_path, quantize_int8(onnx_path, kind.calibration(source, passages), attention=attention)
     if precision.quantization == "static":
-        return quantize_int8_static(onnx_path, kind.calibration(source, static=True))
+        calibration = kind.calibration(source, passages, static=True)
+        return quantize_int8_static(onnx_path, calibration, from_corpus=passages is not None)
     return onnx_path, None

@@ -8,6 +8,7 @@ import json
 import logging
 import warnings
 from importlib import metadata
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +23,15 @@ log = logging.getLogger("fastmarco")
 
 OptimizeLevel = Literal["O1", "O2", "O3", "O4"]
 
+# Calibrating int8 on the corpus to be encoded: this many of its passages, from its first
+# CALIBRATION_SCAN. all-MiniLM-L6-v2 int8-static on the 4,297 DL19 BM25 passages, against fp32 (mean /
+# min cosine, share of each query's top 10 kept, nDCG@10; fp32 0.6424): the bundled demo texts 0.9949
+# / 0.930 / 95.6% / 0.6480; 300 MS MARCO passages, none of them among the 4,297, 0.9976 / 0.986 /
+# 96.7% / 0.6471 (fastmarco.model.static_quantize.CORPUS_SMOOTH_QUANT_ALPHA); sentence-transformers'
+# own static int8 (300 passages) 0.9979.
+CALIBRATION_PASSAGES = 300
+CALIBRATION_SCAN = 30_000
+
 # Texts the export is parity-checked on: short, long, mixed case, MS MARCO-like mojibake.
 PARITY_TEXTS = (
     "how big is london",
@@ -33,6 +43,19 @@ PARITY_TEXTS = (
     "a",
     "",
 )
+
+
+def calibration_passages(path: Path) -> list[str]:
+    """CALIBRATION_PASSAGES passages of the corpus file at PATH (any registered format), spread evenly
+    through its first CALIBRATION_SCAN: int8's calibration on the text the model will encode. A bad
+    line is a FormatError naming it."""
+    from fastmarco.store.formats import read_collection
+
+    texts = [text for _, text in islice(read_collection(path), CALIBRATION_SCAN)]
+    if not texts:
+        raise ExportError(f"{path}: no passages to calibrate on")
+    count = min(CALIBRATION_PASSAGES, len(texts))
+    return [texts[i * len(texts) // count] for i in range(count)]
 
 
 def read_json_object(path: Path) -> dict[str, Any]:

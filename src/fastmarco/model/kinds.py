@@ -68,9 +68,12 @@ class ModelKind(Protocol):
         """Write OUT/model.onnx with the kind's one output, and the tokenizer files; returns the graph."""
         ...
 
-    def calibration(self, source: Source, *, static: bool = False) -> list[dict[str, npt.NDArray[np.int64]]]:
+    def calibration(
+        self, source: Source, passages: list[str] | None, *, static: bool = False
+    ) -> list[dict[str, npt.NDArray[np.int64]]]:
         """The tokenized batches int8 calibrates on: dynamic int8 its outlier channels, static int8
-        (`static`) every activation's fixed scale, which must also cover the kind's shortest inputs."""
+        (`static`) every activation's fixed scale, which must also cover the kind's shortest inputs.
+        PASSAGES: from the corpus to be encoded (`export --calibration`); None: the bundled demo's."""
         ...
 
     def expected(self, source: Source, precision: Precision) -> npt.NDArray[Any]:
