@@ -40,10 +40,10 @@ from fastmarco.model.runtimes import has_vnni
 # SmoothQuant's migration strength for MatMuls when calibrating on a corpus (`export --calibration`):
 # nearly all of an activation channel's outlier scale moves into the weights, which are quantized per
 # channel. all-MiniLM-L6-v2, 300 MS MARCO passages + the demo queries: at NNCF's transformer default
-# (0.95) the empty text's cosine to fp32 sits on the int8 floor (0.9695-0.9705 over three calibration
-# sets; 0.85: 0.959) and the export is refused as often as not; at 0.99 0.991-0.992, with the DL19
-# passages' mean cosine 0.9975 -> 0.9976. On the 48 demo texts NNCF's default stays: 0.99 is worse
-# there (DL19 mean cosine 0.9949 -> 0.9928).
+# (0.95) the empty text's cosine to fp32 sits at the int8 floor (0.965-0.971 over five mixes of those
+# passages with demo texts; 0.85: 0.959) and the export is refused as often as not; at 0.99 0.991-0.992,
+# with the DL19 passages' mean cosine 0.9975 -> 0.9976. On the 48 demo texts NNCF's default stays:
+# 0.99 is worse there (DL19 mean cosine 0.9949 -> 0.9928).
 CORPUS_SMOOTH_QUANT_ALPHA = 0.99
 
 # Ops that pass a weight on unchanged in kind: a MatMul fed through them by a Constant has a weight input
