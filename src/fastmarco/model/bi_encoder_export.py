@@ -158,14 +158,6 @@ EMBEDDING_SETTINGS: tuple[str, ...] = (
 SHORTEST_TEXTS = ("x", "what", "how big", "?")
 
 
-def calibration_texts() -> list[str]:
-    """What int8 calibration sees without a corpus: the bundled demo passages and queries (written for
-    fastmarco, not MS MARCO text, so no evaluated passage shapes the quantization)."""
-    from fastmarco.corpus.bundled import demo_corpus_path, demo_queries_path, demo_texts
-
-    return demo_texts(demo_corpus_path()) + demo_texts(demo_queries_path())
-
-
 def _check_texts(precision: Precision) -> list[str]:
     """The parity texts; for a quantized precision the bundled demo passages too."""
     if not precision.quantized:
@@ -250,10 +242,13 @@ class BiEncoderKind:
     def calibration(
         self, source: Source, passages: list[str] | None, *, static: bool = False
     ) -> list[dict[str, npt.NDArray[np.int64]]]:
-        from fastmarco.corpus.bundled import demo_queries_path, demo_texts
+        """The corpus's PASSAGES, or without them the bundled demo passages (written for fastmarco, not
+        MS MARCO text, so no evaluated passage shapes the quantization), then the demo queries either
+        way (queries are embedded too, and short); static int8 adds the shortest texts."""
+        from fastmarco.corpus.bundled import demo_corpus_path, demo_queries_path, demo_texts
 
-        # a corpus's passages join the demo queries: queries are embedded too, and are short
-        texts = calibration_texts() if passages is None else [*passages, *demo_texts(demo_queries_path())]
+        texts = demo_texts(demo_corpus_path()) if passages is None else list(passages)
+        texts += demo_texts(demo_queries_path())
         texts += list(SHORTEST_TEXTS) if static else []
         return tokenized_batches(source.reference.tokenizer, texts, source.card.max_seq_length)
 
