@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 from _common import cpu_family, cpu_flags, cpu_model, environment, save, save_figure
 
+from fastmarco.model.runtimes import ONEDNN_ISA_BITS, ONEDNN_ISA_CAP
+
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "msmarco-mini"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 WORKER = Path(__file__).resolve().parent / "encode_cpu_worker.py"
@@ -59,7 +61,7 @@ PACKAGES = ["onnxruntime", "openvino", "sentence-transformers", "torch", "optimu
 RERANK_GROUP = 20  # one query's candidates, re-ranked per latency call
 ROUND_FIGURES = ("passages_per_second", "query_p50_ms", "query_p99_ms")
 WORKER_TIMEOUT = 600  # seconds a worker may take over one command (the slowest, loading, takes ~60)
-EMULATED_ISA = "ONEDNN_MAX_CPU_ISA"  # oneDNN (so OpenVINO's CPU plugin) uses no instruction above it
+EMULATED_ISA = ONEDNN_ISA_CAP  # oneDNN (so OpenVINO's CPU plugin) uses no instruction above it
 
 
 class Worker:
@@ -253,9 +255,13 @@ def systems(
             found["sentence-transformers openvino bf16"] = (
                 openvino_python, st_spec(st_openvino, "openvino", ir, INFERENCE_PRECISION_HINT="bf16")
             )  # fmt: skip
+        # OpenVINO's own precision (bf16 where the CPU has it); without bf16 its default f32, said
+        # outright, since that default reads the CPU, not an emulated family's cap
+        default = {} if bf16 else {"INFERENCE_PRECISION_HINT": "f32"}
         found["sentence-transformers openvino static int8"] = (
-            openvino_python, st_spec(st_openvino, "openvino", "openvino/openvino_model_qint8_quantized.xml")
-        )  # fmt: skip
+            openvino_python,
+            st_spec(st_openvino, "openvino", "openvino/openvino_model_qint8_quantized.xml", **default),
+        )
     return found
 
 
@@ -310,9 +316,12 @@ def main() -> None:
     parser.add_argument("--skip-quality", action="store_true", help="No DL19 re-rank per system.")
     parser.add_argument(
         "--emulate-isa",
-        help="Cap oneDNN's instruction set (ONEDNN_MAX_CPU_ISA, e.g. AVX512_CORE_BF16: no AMX) to "
-        "emulate another CPU family; only the OpenVINO systems run (ONNX Runtime and torch do not "
-        "honour it), saved apart.",
+        type=str.upper,
+        choices=sorted(ONEDNN_ISA_BITS),
+        metavar="ISA",
+        help="Cap oneDNN's instruction set (ONEDNN_MAX_CPU_ISA, e.g. AVX512_CORE_BF16: no AMX; AVX2: "
+        "no VNNI, no bf16) to emulate another CPU family; only the OpenVINO systems run (ONNX Runtime "
+        "and torch do not honour it), saved apart.",
     )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "fastmarco-bench-cpu")
     args = parser.parse_args()

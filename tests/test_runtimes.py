@@ -361,6 +361,73 @@ def test_8_bit_weights_on_a_cpu_without_vnni_warn(
     assert "VNNI" not in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("cap", "vnni", "bf16", "amx"),
+    [
+        (None, True, True, True),  # this CPU as it is
+        ("all", True, True, True),
+        ("AVX10_1_512_AMX", True, True, True),
+        ("AVX512_CORE_BF16", True, True, False),  # AMD Zen 4, Intel Cooper Lake
+        ("AVX512_CORE_VNNI", True, False, False),  # Intel Cascade Lake
+        ("AVX512_CORE", False, False, False),  # Intel Skylake-SP
+        ("AVX2_VNNI", True, False, False),  # Intel Alder Lake
+        ("AVX2", False, False, False),  # AMD Zen 2, Intel Haswell
+        ("AVX10_2_512", True, True, True),  # newer than the table: no cap known, none applied
+    ],
+)
+def test_a_onednn_cap_stands_for_the_cpu_family_it_names(
+    monkeypatch: pytest.MonkeyPatch, cap: str | None, vnni: bool, bf16: bool, amx: bool
+) -> None:
+    """Weight bits, bf16 and AMX follow ONEDNN_MAX_CPU_ISA as OpenVINO's kernels do (its own bf16
+    capability reads the CPU, which has bf16 here)."""
+    from fastmarco.model.runtimes import openvino_runtime
+
+    class Core:
+        def get_property(self, device: str, name: str) -> list[str]:
+            return ["FP32", "BF16", "INT8"]
+
+    monkeypatch.setattr(openvino_runtime, "_core", Core)
+    monkeypatch.setattr(runtimes, "cpu_flags", lambda: frozenset({"avx512_vnni", "avx512_bf16", "amx_tile"}))
+    if cap is None:
+        monkeypatch.delenv(runtimes.ONEDNN_ISA_CAP, raising=False)
+    else:
+        monkeypatch.setenv(runtimes.ONEDNN_ISA_CAP, cap)
+    assert (runtimes.has_vnni(), openvino_runtime.bf16_capable(), runtimes.has_amx()) == (vnni, bf16, amx)
+
+
+@pytest.mark.parametrize(
+    ("cap", "slow"), [("AVX2", True), ("AVX2_VNNI", False), ("AVX512_CORE", False), (None, False)]
+)
+def test_int8_static_where_openvino_has_no_fast_int8_kernels_warns(
+    models: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    cap: str | None,
+    slow: bool,
+) -> None:
+    """Plain AVX2 (no VNNI, no AVX-512): oneDNN's int8 falls back to a gemm slower than fp32. Said where
+    such an export is made and where it is opened."""
+    from fastmarco.model.export_steps import check_openvino_for
+    from fastmarco.model.precisions import precision_named
+
+    flags = {"avx2", "avx512bw", "avx512_vnni"}
+    monkeypatch.setattr(runtimes, "cpu_flags", lambda: frozenset(flags))
+    if cap is None:
+        monkeypatch.delenv(runtimes.ONEDNN_ISA_CAP, raising=False)
+    else:
+        monkeypatch.setenv(runtimes.ONEDNN_ISA_CAP, cap)
+    warning = "this CPU has neither VNNI nor AVX-512"
+    with caplog.at_level(logging.WARNING, logger="fastmarco"):
+        Encoder.open(models["bi-int8-static"], device="cpu", runtime="openvino")
+    assert (warning in caplog.text) == slow
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fastmarco"):
+        check_openvino_for(precision_named("int8-static"))
+        check_openvino_for(precision_named("fp32"))
+    assert caplog.text.count(warning) == slow
+    assert RUNTIMES["openvino"].caveat(precision_named("int8")) is None  # dynamic int8 runs on ORT
+
+
 def test_openvino_bulk_pads_to_steps_of_16_where_its_kernels_use_amx(monkeypatch: pytest.MonkeyPatch) -> None:
     openvino = RUNTIMES["openvino"]
     monkeypatch.delenv(runtimes.ONEDNN_ISA_CAP, raising=False)

@@ -129,22 +129,22 @@ class _ToDebug(logging.Filter):
 
 def check_openvino_for(precision: Precision) -> None:
     """A precision made for OpenVINO (bf16, int8-static) is made and checked there: refused before
-    anything is built where the openvino extra (OpenVINO, and NNCF for static int8) is missing; bf16
-    without bf16 instructions is checked in fp32, with a warning."""
+    anything is built where the openvino extra (OpenVINO, and NNCF for static int8) is missing; with a
+    warning where OpenVINO runs it wider or slower on this CPU (bf16 without bf16 instructions is
+    checked in fp32)."""
     if not precision.for_openvino:
         return
     from fastmarco.model.runtimes import RUNTIMES, not_installed
-    from fastmarco.model.runtimes.openvino_runtime import bf16_capable
 
-    problem = RUNTIMES["openvino"].missing() or next(
-        filter(None, map(not_installed, precision.export_modules)), None
-    )
+    openvino = RUNTIMES["openvino"]
+    problem = openvino.missing() or next(filter(None, map(not_installed, precision.export_modules)), None)
     if problem:
         raise ExportError(
             f"{precision.name} runs on the openvino runtime: {problem} (pip install 'fastmarco[openvino]')"
         )
-    if precision.computes_in == "bf16" and not bf16_capable():
-        log.warning("this CPU has no bf16 instructions: the bf16 export is checked here in fp32")
+    caveat = openvino.caveat(precision)
+    if caveat:
+        log.warning(caveat)
 
 
 def onnx_opset(path: Path) -> int:

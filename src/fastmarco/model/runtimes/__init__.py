@@ -84,8 +84,9 @@ class Runtime(Protocol):
         """Whether it runs a model of this manifest precision on DEVICE ('cpu', 'cuda' or 'auto')."""
         ...
 
-    def widened(self, precision: Precision) -> str | None:
-        """Why it runs PRECISION at a wider one here (a bf16 export in fp32), else None."""
+    def caveat(self, precision: Precision) -> str | None:
+        """Why it runs PRECISION here wider (a bf16 export in fp32) or slower than the export is made to
+        run, else None: said as a warning where the model is opened or exported."""
         ...
 
     def accelerated(self, device: str) -> bool:
@@ -201,11 +202,11 @@ def _reads(runtime: Runtime, model: ModelManifest) -> bool:
 
 
 def _noted(root: Path, model: ModelManifest, precision: Precision, opened: Opened) -> Opened:
-    """OPENED, with a warning where its runtime computes wider than the export declares, or where an
-    export's 8-bit weights meet a CPU without VNNI."""
-    widened = RUNTIMES[opened.runtime].widened(precision) if opened.device == "cpu" else None
-    if widened:
-        log.warning("%s: %s", root, widened)
+    """OPENED, with a warning where its runtime has a caveat about the precision on this CPU, or where
+    an export's 8-bit weights meet a CPU without VNNI."""
+    caveat = RUNTIMES[opened.runtime].caveat(precision) if opened.device == "cpu" else None
+    if caveat:
+        log.warning("%s: %s", root, caveat)
     eight_bit = (model.raw.get("quantization") or {}).get("weight_bits") == 8
     if eight_bit and opened.device == "cpu" and not has_vnni():
         log.warning(
@@ -337,19 +338,44 @@ def cpu_flags() -> frozenset[str]:
 
 
 def has_vnni() -> bool:
-    """Whether 8-bit int8 weights are safe here (fastmarco.model.static_quantize)."""
-    return bool(VNNI_FLAGS & cpu_flags())
+    """Whether 8-bit int8 weights are safe here (fastmarco.model.static_quantize): the CPU has VNNI and
+    no oneDNN cap stands for a family without it."""
+    return bool(VNNI_FLAGS & cpu_flags()) and isa_cap_admits("AVX2_VNNI", "AVX512_CORE_VNNI")
 
 
-# oneDNN, and with it OpenVINO's CPU plugin, uses no instruction set above the one this names (set to
-# emulate an older CPU family, as benchmarks/bench_encode_cpu.py --emulate-isa does)
+# oneDNN, and with it OpenVINO's CPU plugin, uses no instruction set above the one this names: set, it
+# stands for an older CPU family (benchmarks/bench_encode_cpu.py --emulate-isa), and what fastmarco
+# decides by the CPU's features (VNNI, bf16, AMX) follows it
 ONEDNN_ISA_CAP = "ONEDNN_MAX_CPU_ISA"
+# oneDNN's instruction sets as bit masks (dnnl_cpu_isa_t): a cap admits a set whose bits it all holds
+ONEDNN_ISA_BITS = {
+    "SSE41": 0x1,
+    "AVX": 0x3,
+    "AVX2": 0x7,
+    "AVX2_VNNI": 0xF,
+    "AVX2_VNNI_2": 0x1F,
+    "AVX512_CORE": 0x27,
+    "AVX512_CORE_VNNI": 0x67,
+    "AVX512_CORE_BF16": 0xE7,
+    "AVX10_1_512": 0x1EF,
+    "AVX512_CORE_FP16": 0x1EF,
+    "AVX10_1_512_AMX": 0xFEF,
+    "AVX512_CORE_AMX": 0xFEF,
+    "AVX10_1_512_AMX_FP16": 0x1FEF,
+    "AVX512_CORE_AMX_FP16": 0x1FEF,
+}
+
+
+def isa_cap_admits(*isas: str) -> bool:
+    """Whether oneDNN may use one of ISAS (its names) under the cap ONEDNN_ISA_CAP sets: yes where none
+    is set (or ALL, DEFAULT, a name newer than this table)."""
+    cap = ONEDNN_ISA_BITS.get(os.environ.get(ONEDNN_ISA_CAP, "ALL").upper())
+    return cap is None or any(ONEDNN_ISA_BITS[isa] & cap == ONEDNN_ISA_BITS[isa] for isa in isas)
 
 
 def has_amx() -> bool:
     """Whether oneDNN's kernels use AMX here: the CPU has it and no cap holds oneDNN below it."""
-    cap = os.environ.get(ONEDNN_ISA_CAP, "ALL").upper()
-    return "amx_tile" in cpu_flags() and (cap in ("ALL", "DEFAULT") or "AMX" in cap)
+    return "amx_tile" in cpu_flags() and isa_cap_admits("AVX512_CORE_AMX")
 
 
 def _cpu_description() -> str:

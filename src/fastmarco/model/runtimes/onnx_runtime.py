@@ -56,7 +56,7 @@ class OnnxRuntime:
     def runs(self, precision: Precision, device: str) -> bool:
         return True  # a bf16 export is an fp32 graph: it runs here in fp32
 
-    def widened(self, precision: Precision) -> str | None:
+    def caveat(self, precision: Precision) -> str | None:
         return (
             f"onnxruntime runs a {precision.name} export in fp32 (openvino runs it in bf16)"
             if precision.computes_in == "bf16"
