@@ -428,6 +428,27 @@ def test_int8_static_where_openvino_has_no_fast_int8_kernels_warns(
     assert RUNTIMES["openvino"].caveat(precision_named("int8")) is None  # dynamic int8 runs on ORT
 
 
+def test_an_export_says_its_runtime_caveat_once(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """bf16 capped away: the export says OpenVINO runs it in fp32 once, up front, not again with its
+    staging folder's name from its own parity check; opening the export says it again."""
+    from fastmarco.model.export import export_model
+
+    # `models` compiled OpenVINO models first: oneDNN read its (absent) cap then, so this one reaches
+    # fastmarco's decisions only, not the kernels of the rest of the session
+    monkeypatch.setenv(runtimes.ONEDNN_ISA_CAP, "AVX512_CORE_VNNI")
+    source = build("bert-mean-normalize", tmp_path / "bi")
+    with caplog.at_level(logging.WARNING, logger="fastmarco"):
+        export_model(str(source), tmp_path / "bf16", bf16=True)
+    said = [record.getMessage() for record in caplog.records if "no bf16 instructions" in record.getMessage()]
+    assert len(said) == 1 and "staging" not in said[0], said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fastmarco"):
+        Encoder.open(tmp_path / "bf16", device="cpu", runtime="openvino")
+    assert f"{tmp_path / 'bf16'}: this CPU has no bf16 instructions" in caplog.text
+
+
 def test_openvino_bulk_pads_to_steps_of_16_where_its_kernels_use_amx(monkeypatch: pytest.MonkeyPatch) -> None:
     openvino = RUNTIMES["openvino"]
     monkeypatch.delenv(runtimes.ONEDNN_ISA_CAP, raising=False)

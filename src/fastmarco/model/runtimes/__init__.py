@@ -12,6 +12,7 @@ measured once per model, host, thread count and runtime versions and cached in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -19,6 +20,8 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -201,10 +204,25 @@ def _reads(runtime: Runtime, model: ModelManifest) -> bool:
     return Path(model.model).suffix in runtime.graph_formats
 
 
+# Set while an export checks its own staged graph: the export said the runtime's caveat up front
+_CAVEAT_SAID: ContextVar[bool] = ContextVar("fastmarco_caveat_said", default=False)
+
+
+@contextlib.contextmanager
+def caveat_said() -> Iterator[None]:
+    """Within it, opening a model does not repeat its runtime's caveat (an export has said it)."""
+    token = _CAVEAT_SAID.set(True)
+    try:
+        yield
+    finally:
+        _CAVEAT_SAID.reset(token)
+
+
 def _noted(root: Path, model: ModelManifest, precision: Precision, opened: Opened) -> Opened:
-    """OPENED, with a warning where its runtime has a caveat about the precision on this CPU, or where
-    an export's 8-bit weights meet a CPU without VNNI."""
-    caveat = RUNTIMES[opened.runtime].caveat(precision) if opened.device == "cpu" else None
+    """OPENED, with a warning where its runtime has a caveat about the precision on this CPU (unless
+    already said), or where an export's 8-bit weights meet a CPU without VNNI."""
+    unsaid = opened.device == "cpu" and not _CAVEAT_SAID.get()
+    caveat = RUNTIMES[opened.runtime].caveat(precision) if unsaid else None
     if caveat:
         log.warning("%s: %s", root, caveat)
     eight_bit = (model.raw.get("quantization") or {}).get("weight_bits") == 8
