@@ -296,6 +296,13 @@ def cross_encoder_systems(
             found["sentence-transformers openvino bf16"] = (
                 openvino_python, theirs(folder, "openvino", INFERENCE_PRECISION_HINT="bf16")
             )  # fmt: skip
+        default = {} if bf16 else {"INFERENCE_PRECISION_HINT": "f32"}  # as for the bi-encoder's
+        found["sentence-transformers openvino static int8"] = (
+            openvino_python,
+            st_spec(
+                folder, "openvino", "openvino/openvino_model_qint8_quantized.xml", kind="st-cross", **default
+            ),
+        )
     return found
 
 
@@ -390,12 +397,28 @@ def rerank_benchmark(args: argparse.Namespace) -> None:
     ranked = [(qid, [e.pid for e in run[qid] if e.pid in passages]) for qid in sorted(run) if qid in queries]
     pairs = [[queries[q], passages[p]] for q, pids in ranked for p in pids][: args.passages]
     groups = [[[queries[q], passages[p]] for p in pids[:RERANK_GROUP]] for q, pids in ranked][: args.queries]
-    for backend, python in (("onnx", sys.executable), ("openvino", args.openvino_python)):
+    # sentence-transformers' own exports, made once: ONNX, and the OpenVINO IR with its static int8
+    # beside it, calibrated on 300 passages that are none of the measured pairs'
+    outside = [text for pid, text in read_collection(MINI / "collection.tsv") if pid not in wanted]
+    calibration = outside[:: max(1, len(outside) // CALIBRATION_PASSAGES)][:CALIBRATION_PASSAGES]
+    exported: dict[str, tuple[str | None, str, dict[str, Any]]] = {  # python, the file made last, spec
+        "onnx": (sys.executable, "onnx", {"kind": "save-cross-encoder-backend", "backend": "onnx"}),
+        "openvino": (
+            args.openvino_python,
+            "openvino/openvino_model_qint8_quantized.xml",
+            {
+                "kind": "export-openvino-static-int8",
+                "cross_encoder": True,
+                "calibration": str(texts_file(work, "cross-calibration", calibration)),
+            },
+        ),
+    }
+    for backend, (python, made, spec) in exported.items():
         folder = work / f"st-cross-{backend}"
-        if python and not (folder / backend).is_dir():  # sentence-transformers' own export, once
+        if python and not (folder / made).exists():
             shutil.rmtree(folder, ignore_errors=True)
             shutil.copytree(source, folder)
-            spec = {"kind": "save-cross-encoder-backend", "folder": str(folder), "backend": backend}
+            spec = {**spec, "folder": str(folder)}
             subprocess.run([python, str(WORKER), json.dumps(spec)], check=True, stdout=subprocess.DEVNULL)
     chosen = cross_encoder_systems(work, source, args.openvino_python, "bf16" in exports)
     auto = {name: CrossEncoderScorer.open(work / f"cross-{name}", "cpu").runtime for name in exports}

@@ -83,10 +83,14 @@ def sentence_transformers_system(spec: dict[str, Any]) -> tuple[Encode, Encode]:
 def export_openvino_static_int8(spec: dict[str, Any]) -> None:
     """The folder's OpenVINO IR as sentence-transformers saves it, and its recommended CPU path beside
     it: `export_static_quantized_openvino_model`, calibrated on the given passages instead of the hub
-    dataset it would download."""
+    dataset it would download (single texts, for a CrossEncoder too: its recipe tokenizes one column)."""
     import datasets
     from optimum.intel import OVQuantizationConfig
-    from sentence_transformers import SentenceTransformer, export_static_quantized_openvino_model
+    from sentence_transformers import (
+        CrossEncoder,
+        SentenceTransformer,
+        export_static_quantized_openvino_model,
+    )
 
     passages = json.loads(Path(spec["calibration"]).read_text())
 
@@ -100,7 +104,8 @@ def export_openvino_static_int8(spec: dict[str, Any]) -> None:
     ]
     for module in patched:
         module.load_dataset = local_dataset
-    model = SentenceTransformer(spec["folder"], device="cpu", backend="openvino")
+    kind = CrossEncoder if spec.get("cross_encoder") else SentenceTransformer
+    model = kind(spec["folder"], device="cpu", backend="openvino")
     model.save_pretrained(spec["folder"])  # its fp32 OpenVINO IR, openvino/openvino_model.xml
     config = OVQuantizationConfig(num_samples=len(passages))
     export_static_quantized_openvino_model(model, config, spec["folder"])
