@@ -64,10 +64,46 @@ def test_export_matches_cross_encoder_predict(
         manifest = json.loads((directory / "fastmarco.json").read_text())
         assert manifest["kind"] == "cross-encoder" and manifest["output"] == "score"
         assert manifest["activation"] == ("identity" if family.startswith("bert") else "sigmoid")
-        assert manifest["precision"] == precision and manifest["fusions"].get("Attention") == 2
+        # the first layer's attention fused; the last computes one query row (first_token_last_layer)
+        assert manifest["precision"] == precision and manifest["fusions"].get("Attention") == 1
         got = CrossEncoderScorer.open(directory, device="cpu").score(QUERIES, PASSAGES)
         assert got.dtype == np.float32 and got.shape == (len(QUERIES),)
         np.testing.assert_allclose(got, expected, atol=tolerance * max(1.0, np.abs(expected).max()), rtol=0)
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("family", CROSS_ENCODER_FAMILIES)
+def test_the_last_layer_for_the_first_token_scores_as_the_whole_one(
+    family: str, attention: str, cross_encoders: dict[str, Path], exported_cross: dict
+) -> None:
+    """The traced last layer computes the first token's row alone: the same logits as the whole layer
+    (padding and truncation included), the layer restored after; the exports carry one fused attention
+    fewer than the model has layers, except dynamic int8's (traced whole)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from fastmarco.model.cross_encoder_export import last_layer_for_the_first_token
+
+    if attention == "sdpa" and family.startswith("electra"):
+        pytest.skip("transformers has no SDPA attention for ELECTRA: it traces eager attention")
+    folder = cross_encoders[family]
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder), attn_implementation=attention)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    batch = tokenizer(
+        QUERIES, PASSAGES, padding=True, truncation="longest_first", max_length=48, return_tensors="pt"
+    )
+    layers = getattr(model, model.base_model_prefix).encoder.layer
+    whole = layers[-1]
+    with torch.no_grad():
+        expected = model(**batch).logits
+        with last_layer_for_the_first_token(model):
+            assert layers[-1] is not whole
+            narrowed = model(**batch).logits
+    assert layers[-1] is whole
+    np.testing.assert_allclose(narrowed.numpy(), expected.numpy(), atol=1e-5)
+    fusions = json.loads((exported_cross[family, "fp32"] / "fastmarco.json").read_text())["fusions"]
+    assert fusions["Attention"] == len(layers) - 1
 
 
 def test_batches_across_queries_keep_input_order(exported_cross: dict) -> None:

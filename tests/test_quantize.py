@@ -88,6 +88,9 @@ def test_int8_cross_encoders_rewrite_exactly_and_pass_their_parity_check(family:
     assert quantization["method"] == "onnxruntime dynamic, outlier channels kept in fp32"
     assert quantization["quantized_ops"] == (["MatMul", "Attention"] if attention else ["MatMul"])
     assert quantization["calibration_batches"] == 40  # 8 demo queries x 40 demo passages, 8 pairs a batch
+    # dynamic int8 is traced with the whole last layer (first_token_last_layer): every layer's attention
+    fused = json.loads((tmp_path / "int8" / "fastmarco.json").read_text())["fusions"]
+    assert fused["Attention"] == 2  # the tiny models' two layers
 
 
 def test_int8_attention_needs_int8(tmp_path: Path) -> None:

@@ -232,7 +232,7 @@ class BiEncoderKind:
     def _normalized(card: ModelCard) -> bool:
         return card.similarity == "cosine" or "Normalize" in card.modules
 
-    def trace(self, source: Source, out: Path, opset: int | None) -> Path:
+    def trace(self, source: Source, out: Path, opset: int | None, precision: Precision) -> Path:
         onnx_path = trace_to_onnx(
             source.reference, out, task="feature-extraction", library="sentence_transformers", opset=opset
         )

@@ -11,7 +11,9 @@ before it is published, atomically.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -118,6 +120,48 @@ def _card(cross_encoder: Any, folder: Path, max_seq_length: int | None) -> Cross
     )
 
 
+@contextlib.contextmanager
+def last_layer_for_the_first_token(model: Any) -> Iterator[None]:
+    """MODEL (a transformers sequence classifier) with its last layer computing the first token's row
+    alone, for tracing; restored on leaving.
+
+    A one-label classifier reads the last layer at the first token only (BERT's pooler, the ELECTRA,
+    RoBERTa and DistilBERT heads): there the last layer's query, attention output and feed-forward
+    run on that row alone, over every token's keys and values, which is exact (each row is computed on
+    its own) and saves most of a layer: MiniLM-L6, a sixth of the model's matrix products, less the
+    keys and values. Every export is still checked against `CrossEncoder.predict`."""
+    import torch
+
+    base = getattr(model, model.base_model_prefix)
+    layers = base.transformer.layer if hasattr(base, "transformer") else base.encoder.layer
+    last = layers[-1]
+
+    def first_row_mask(mask: Any) -> Any:  # a (batch, 1, queries, keys) mask: the first query's row
+        return mask[:, :, :1, :] if mask is not None and mask.dim() == 4 else mask
+
+    class FirstTokenLayer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = last
+
+        def forward(self, hidden: Any, mask: Any = None, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+            first = hidden[:, :1]
+            mask = first_row_mask(mask)
+            if hasattr(last, "sa_layer_norm"):  # DistilBERT's block
+                attended = last.attention(query=first, key=hidden, value=hidden, mask=mask)[0]
+                attended = last.sa_layer_norm(attended + first)
+                return (last.output_layer_norm(last.ffn(attended) + attended),)
+            context = last.attention.self(first, mask, encoder_hidden_states=hidden)[0]
+            attended = last.attention.output(context, first)
+            return (last.output(last.intermediate(attended), attended),)
+
+    layers[-1] = FirstTokenLayer()
+    try:
+        yield
+    finally:
+        layers[-1] = last
+
+
 def _score_head(path: Path, activation: str) -> None:
     """logits (batch, 1) -> [Sigmoid] -> score (batch,): the only output of the graph."""
     import onnx
@@ -195,11 +239,13 @@ class CrossEncoderKind:
         setattr(cross_encoder, _length_attribute(cross_encoder), card.max_seq_length)
         return Source(folder, card, cross_encoder)
 
-    def trace(self, source: Source, out: Path, opset: int | None) -> Path:
+    def trace(self, source: Source, out: Path, opset: int | None, precision: Precision) -> Path:
         cross_encoder = source.reference
-        onnx_path = trace_to_onnx(
-            cross_encoder.model, out, task="text-classification", library="transformers", opset=opset
-        )
+        narrowed = precision.first_token_last_layer
+        with last_layer_for_the_first_token(cross_encoder.model) if narrowed else contextlib.nullcontext():
+            onnx_path = trace_to_onnx(
+                cross_encoder.model, out, task="text-classification", library="transformers", opset=opset
+            )
         cross_encoder.tokenizer.save_pretrained(str(out))
         assert isinstance(source.card, CrossEncoderCard)
         _score_head(onnx_path, source.card.activation)

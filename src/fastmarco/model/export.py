@@ -104,7 +104,7 @@ def export_model(
             similarity=similarity,
             attention_implementation=precision.attention_implementation,
         )
-        onnx_path = kind.trace(source, staging, opset)
+        onnx_path = kind.trace(source, staging, opset, precision)
         if not (staging / "tokenizer.json").is_file():
             raise ExportError(f"{folder}: no fast tokenizer (tokenizer.json) could be saved for this model")
         # the transformer fusions help ORT's CPU kernels too; NNCF reads only the unfused graph

@@ -64,8 +64,9 @@ class ModelKind(Protocol):
         of the attention to trace (None: the model's default)."""
         ...
 
-    def trace(self, source: Source, out: Path, opset: int | None) -> Path:
-        """Write OUT/model.onnx with the kind's one output, and the tokenizer files; returns the graph."""
+    def trace(self, source: Source, out: Path, opset: int | None, precision: Precision) -> Path:
+        """Write OUT/model.onnx with the kind's one output, and the tokenizer files, traced for
+        PRECISION; returns the graph."""
         ...
 
     def calibration(

@@ -39,6 +39,9 @@ class Precision:
     # kernels; False keeps each operation its own kernel where AMX computes the bf16 part
     openvino_amx_bf16_snippets: bool = True
     # transformers' attention implementation the graph is traced from (None: the model's default, SDPA)
+    # A cross-encoder's last layer computes the first token's row alone (exact in floating point; see
+    # fastmarco.model.cross_encoder_export.last_layer_for_the_first_token)
+    first_token_last_layer: bool = True
     attention_implementation: str | None = None
     for_gpu: bool = False  # an fp16 graph, made for CUDA: OpenVINO does not take it
     # The optimization level its export defaults to; where `only_optimize` says why, the only one
@@ -79,7 +82,19 @@ def precision_named(name: str | None, where: str = "the manifest") -> Precision:
 register_precision(Precision(FP32, "fp32", min_cosine=0.9999, score_tolerance=1e-4))
 register_precision(Precision("fp16", "fp16", 0.999, 1e-2, for_gpu=True))
 register_precision(Precision("bf16", "bf16", 0.999, 3e-2, for_openvino=True, float_in_bf16=True))
-register_precision(Precision("int8", "int8", INT8_MIN_COSINE, 5e-2, quantization="dynamic"))
+register_precision(
+    Precision(
+        "int8",
+        "int8",
+        INT8_MIN_COSINE,
+        5e-2,
+        quantization="dynamic",
+        # Dynamic int8 scales each MatMul input by its batch's range: from the first tokens' rows alone
+        # the last layer's ranges differ, and the tiny BERT cross-encoder of the tests went from passing
+        # its parity check to 0.30 off CrossEncoder.predict (allowed: 0.25)
+        first_token_last_layer=False,
+    )
+)
 register_precision(
     Precision(
         "int8-static",

@@ -133,8 +133,8 @@ class OpenVinoRuntime:
         if precision.quantization == "static" and not int8_kernels():
             return (
                 f"this CPU has neither VNNI nor AVX-512: OpenVINO's int8 matrix products fall back to a "
-                f"generic gemm, and the {precision.name} export runs slower than fp32 here; `fastmarco "
-                f"export --int8` (ONNX Runtime) is the fast int8 on this CPU"
+                f"generic gemm, and the {precision.name} export runs slower than fp32 here; the int8 made "
+                f"for this CPU is `fastmarco export --int8` (ONNX Runtime's kernels, 7-bit weights)"
             )
         return None
 
