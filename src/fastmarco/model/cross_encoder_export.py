@@ -136,24 +136,22 @@ def last_layer_for_the_first_token(model: Any) -> Iterator[None]:
     layers = base.transformer.layer if hasattr(base, "transformer") else base.encoder.layer
     last = layers[-1]
 
-    def first_row_mask(mask: Any) -> Any:  # a (batch, 1, queries, keys) mask: the first query's row
-        return mask[:, :, :1, :] if mask is not None and mask.dim() == 4 else mask
-
     class FirstTokenLayer(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.layer = last
+            self.layer = last  # registered: its weights stay the model's parameters in the trace
 
         def forward(self, hidden: Any, mask: Any = None, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-            first = hidden[:, :1]
-            mask = first_row_mask(mask)
-            if hasattr(last, "sa_layer_norm"):  # DistilBERT's block
-                attended = last.attention(query=first, key=hidden, value=hidden, mask=mask)[0]
-                attended = last.sa_layer_norm(attended + first)
-                return (last.output_layer_norm(last.ffn(attended) + attended),)
-            context = last.attention.self(first, mask, encoder_hidden_states=hidden)[0]
-            attended = last.attention.output(context, first)
-            return (last.output(last.intermediate(attended), attended),)
+            layer, first = self.layer, hidden[:, :1]
+            if mask is not None and mask.dim() == 4:  # (batch, 1, queries, keys): the first query's row
+                mask = mask[:, :, :1, :]
+            if hasattr(layer, "sa_layer_norm"):  # DistilBERT's block
+                attended = layer.attention(query=first, key=hidden, value=hidden, mask=mask)[0]
+                attended = layer.sa_layer_norm(attended + first)
+                return (layer.output_layer_norm(layer.ffn(attended) + attended),)
+            context = layer.attention.self(first, mask, encoder_hidden_states=hidden)[0]
+            attended = layer.attention.output(context, first)
+            return (layer.output(layer.intermediate(attended), attended),)
 
     layers[-1] = FirstTokenLayer()
     try:
