@@ -62,6 +62,7 @@ RERANK_GROUP = 20  # one query's candidates, re-ranked per latency call
 ROUND_FIGURES = ("passages_per_second", "query_p50_ms", "query_p99_ms")
 WORKER_TIMEOUT = 600  # seconds a worker may take over one command (the slowest, loading, takes ~60)
 EMULATED_ISA = ONEDNN_ISA_CAP  # oneDNN (so OpenVINO's CPU plugin) uses no instruction above it
+ST_STATIC_INT8_IR = "openvino/openvino_model_qint8_quantized.xml"  # export_static_quantized_openvino_model's
 
 
 class Worker:
@@ -194,7 +195,7 @@ def prepare_peers(source: Path, work: Path, openvino_python: str | None, calibra
         exported.save_pretrained(str(st_onnx))
         export_dynamic_quantized_onnx_model(exported, onnx_int8_config(), str(st_onnx))
     st_openvino = work / "st-openvino"
-    if openvino_python and not (st_openvino / "openvino" / "openvino_model_qint8_quantized.xml").is_file():
+    if openvino_python and not (st_openvino / ST_STATIC_INT8_IR).is_file():
         shutil.rmtree(st_openvino, ignore_errors=True)
         shutil.copytree(source, st_openvino)
         spec = {
@@ -227,6 +228,12 @@ def st_spec(
     return {"kind": kind, "folder": str(folder), "backend": backend, "model_kwargs": model_kwargs or None}
 
 
+def openvino_default(bf16: bool) -> dict[str, str]:
+    """OpenVINO's own precision for a peer: bf16 where the CPU has it (nothing to say); without bf16 its
+    default f32, said outright, since that default reads the CPU, not an emulated family's cap."""
+    return {} if bf16 else {"INFERENCE_PRECISION_HINT": "f32"}
+
+
 def systems(
     work: Path, source: Path, openvino_python: str | None, bf16: bool
 ) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -255,13 +262,9 @@ def systems(
             found["sentence-transformers openvino bf16"] = (
                 openvino_python, st_spec(st_openvino, "openvino", ir, INFERENCE_PRECISION_HINT="bf16")
             )  # fmt: skip
-        # OpenVINO's own precision (bf16 where the CPU has it); without bf16 its default f32, said
-        # outright, since that default reads the CPU, not an emulated family's cap
-        default = {} if bf16 else {"INFERENCE_PRECISION_HINT": "f32"}
         found["sentence-transformers openvino static int8"] = (
-            openvino_python,
-            st_spec(st_openvino, "openvino", "openvino/openvino_model_qint8_quantized.xml", **default),
-        )
+            openvino_python, st_spec(st_openvino, "openvino", ST_STATIC_INT8_IR, **openvino_default(bf16))
+        )  # fmt: skip
     return found
 
 
@@ -296,12 +299,9 @@ def cross_encoder_systems(
             found["sentence-transformers openvino bf16"] = (
                 openvino_python, theirs(folder, "openvino", INFERENCE_PRECISION_HINT="bf16")
             )  # fmt: skip
-        default = {} if bf16 else {"INFERENCE_PRECISION_HINT": "f32"}  # as for the bi-encoder's
         found["sentence-transformers openvino static int8"] = (
             openvino_python,
-            st_spec(
-                folder, "openvino", "openvino/openvino_model_qint8_quantized.xml", kind="st-cross", **default
-            ),
+            st_spec(folder, "openvino", ST_STATIC_INT8_IR, kind="st-cross", **openvino_default(bf16)),
         )
     return found
 
@@ -393,19 +393,20 @@ def rerank_benchmark(args: argparse.Namespace) -> None:
     exports = fresh_exports(source, work, "cross-")
     run, queries = load_run(MINI / "run.dl19.bm25.trec"), load_queries(MINI / "queries.dl19.tsv")
     wanted = {entry.pid for entries in run.values() for entry in entries}
-    passages = {pid: text for pid, text in read_collection(MINI / "collection.tsv") if pid in wanted}
+    collection = list(read_collection(MINI / "collection.tsv"))
+    passages = {pid: text for pid, text in collection if pid in wanted}
     ranked = [(qid, [e.pid for e in run[qid] if e.pid in passages]) for qid in sorted(run) if qid in queries]
     pairs = [[queries[q], passages[p]] for q, pids in ranked for p in pids][: args.passages]
     groups = [[[queries[q], passages[p]] for p in pids[:RERANK_GROUP]] for q, pids in ranked][: args.queries]
     # sentence-transformers' own exports, made once: ONNX, and the OpenVINO IR with its static int8
     # beside it, calibrated on 300 passages that are none of the measured pairs'
-    outside = [text for pid, text in read_collection(MINI / "collection.tsv") if pid not in wanted]
+    outside = [text for pid, text in collection if pid not in wanted]
     calibration = outside[:: max(1, len(outside) // CALIBRATION_PASSAGES)][:CALIBRATION_PASSAGES]
     exported: dict[str, tuple[str | None, str, dict[str, Any]]] = {  # python, the file made last, spec
         "onnx": (sys.executable, "onnx", {"kind": "save-cross-encoder-backend", "backend": "onnx"}),
         "openvino": (
             args.openvino_python,
-            "openvino/openvino_model_qint8_quantized.xml",
+            ST_STATIC_INT8_IR,
             {
                 "kind": "export-openvino-static-int8",
                 "cross_encoder": True,
