@@ -361,6 +361,14 @@ def test_8_bit_weights_on_a_cpu_without_vnni_warn(
     assert "VNNI" not in caplog.text
 
 
+def cap_onednn(monkeypatch: pytest.MonkeyPatch, cap: str | None) -> None:
+    """ONEDNN_MAX_CPU_ISA set to CAP for the test (None: unset), as `--emulate-isa` sets it."""
+    if cap is None:
+        monkeypatch.delenv(runtimes.ONEDNN_ISA_CAP, raising=False)
+    else:
+        monkeypatch.setenv(runtimes.ONEDNN_ISA_CAP, cap)
+
+
 @pytest.mark.parametrize(
     ("cap", "vnni", "bf16", "amx"),
     [
@@ -388,10 +396,7 @@ def test_a_onednn_cap_stands_for_the_cpu_family_it_names(
 
     monkeypatch.setattr(openvino_runtime, "_core", Core)
     monkeypatch.setattr(runtimes, "cpu_flags", lambda: frozenset({"avx512_vnni", "avx512_bf16", "amx_tile"}))
-    if cap is None:
-        monkeypatch.delenv(runtimes.ONEDNN_ISA_CAP, raising=False)
-    else:
-        monkeypatch.setenv(runtimes.ONEDNN_ISA_CAP, cap)
+    cap_onednn(monkeypatch, cap)
     assert (runtimes.has_vnni(), openvino_runtime.bf16_capable(), runtimes.has_amx()) == (vnni, bf16, amx)
 
 
@@ -412,10 +417,7 @@ def test_int8_static_where_openvino_has_no_fast_int8_kernels_warns(
 
     flags = {"avx2", "avx512bw", "avx512_vnni"}
     monkeypatch.setattr(runtimes, "cpu_flags", lambda: frozenset(flags))
-    if cap is None:
-        monkeypatch.delenv(runtimes.ONEDNN_ISA_CAP, raising=False)
-    else:
-        monkeypatch.setenv(runtimes.ONEDNN_ISA_CAP, cap)
+    cap_onednn(monkeypatch, cap)
     warning = "this CPU has neither VNNI nor AVX-512"
     with caplog.at_level(logging.WARNING, logger="fastmarco"):
         Encoder.open(models["bi-int8-static"], device="cpu", runtime="openvino")
