@@ -320,7 +320,7 @@ def rerank_cpu_table(body: dict[str, Any], name: str) -> str:
             system, _speed_cell(s), f"{s['query_p50_ms']:.2f} / {s['query_p99_ms']:.2f}",
             f"{s['max_abs_diff_vs_cross_encoder_predict']:.2g}"
             if "max_abs_diff_vs_cross_encoder_predict" in s
-            else "not run (no torch reference under an emulation)",
+            else "not run (no torch reference in this run: `--only`)",
             str(s.get("batch_size") or default_batch(system)),
         ]))  # fmt: skip
     lines += ["", _versus_best_peer(body, "pairs/s")]
