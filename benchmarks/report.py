@@ -34,7 +34,11 @@ SERVE_PEERS_BF16_FILES = (
     "serve_peers_avx512_bf16.json",
     "serve_peers_avx512_bf16_infinity-torch-bfloat16.json",
 )
-RERANK_CPU_FILES = ("rerank_cpu_avx512_intel.json", "rerank_cpu_avx512_intel_emulated-avx512_core_bf16.json")
+RERANK_CPU_FILES = (
+    "rerank_cpu_avx512_intel.json",
+    "rerank_cpu_avx512_intel_emulated-avx512_core_bf16.json",
+    "rerank_cpu_avx512_intel_emulated-avx2.json",
+)
 SCALE_FILES = ("scale_8841823x384.json", "scale_8841823x768.json")
 QUERY_HNSW_FILES = (
     ("1M x 384, all-MiniLM-L6-v2", "`--int8 --int8-attention`", "query_cpu-int8-attention-1000000x384.json"),
