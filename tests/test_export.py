@@ -102,6 +102,43 @@ def test_transformer_fusions_take_in_every_family(
     assert fusions.get("BiasGelu") == layers
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_cpu_session_runs_layer_norm_unfused_from_the_residual_add(
+    tiny: dict[str, Path],
+    exported: dict[tuple[str, str], Path],
+    family: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ORT's SkipLayerNormalization CPU kernel is the slow way to add a residual and normalize: an fp32
+    export leaves it unfused, and the CPU session, whose optimized graph ORT writes here, keeps it so."""
+    import onnx
+    import onnxruntime as ort
+
+    layers = json.loads((tiny[family] / "config.json").read_text())
+    layers = layers.get("num_hidden_layers", layers.get("n_layers"))
+    manifest = json.loads((exported[family, "fp32"] / "fastmarco.json").read_text())
+    assert "SkipLayerNormalization" not in manifest["fusions"]
+    assert manifest["fusions"].get("LayerNormalization", 0) >= 2 * layers  # and the embeddings' if unfused
+    assert manifest["fusions"].get("Attention") == layers
+
+    optimized = tmp_path / "optimized.onnx"
+    real_options = ort.SessionOptions
+
+    def writing_options() -> ort.SessionOptions:
+        options = real_options()
+        options.optimized_model_filepath = str(optimized)
+        return options
+
+    monkeypatch.setattr(ort, "SessionOptions", writing_options)
+    encoder = Encoder.open(exported[family, "fp32"], device="cpu")
+    ops = [node.op_type for node in onnx.load(str(optimized)).graph.node]
+    assert ops.count("SkipLayerNormalization") == 0
+    assert ops.count("LayerNormalization") == manifest["fusions"]["LayerNormalization"]
+    expected = Encoder.open(exported[family, "fp16"], device="cpu").encode(TEXTS[:8])
+    assert row_cosines(encoder.encode(TEXTS[:8]), expected).min() >= 0.999
+
+
 def test_results_do_not_depend_on_batching(exported: dict[tuple[str, str], Path]) -> None:
     directory = exported["roberta-mean-cosine", "fp32"]
     small = Encoder.open(directory, device="cpu", max_tokens=64, max_batch=3).encode(TEXTS)

@@ -18,6 +18,10 @@ from fastmarco.model.runtimes import DEFAULT_CPU_MAX_TOKENS, not_installed, regi
 
 log = logging.getLogger("fastmarco")
 
+# ORT's own fusions a CPU session leaves out: its SkipLayerNormalization CPU kernel is ~3x slower than
+# the Adds and LayerNormalization it would fuse (ORT 1.32, with or without AVX-512)
+CPU_UNFUSED = "SkipLayerNormFusion"
+
 
 class OrtSession:
     def __init__(self, session: Any, cuda_device: int | None) -> None:
@@ -101,6 +105,8 @@ class OnnxRuntime:
             options.intra_op_num_threads = threads
         if not busy_wait:
             options.add_session_config_entry("session.force_spinning_stop", "1")
+        if not use_cuda:  # the export keeps these apart on purpose (export_steps.optimize_graph)
+            options.add_session_config_entry("optimization.disable_specified_optimizers", CPU_UNFUSED)
         providers: list[Any] = (
             [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
             if use_cuda
