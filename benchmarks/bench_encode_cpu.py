@@ -11,7 +11,8 @@ and quality: nDCG@10 of re-ranking the DL19 BM25 top-100 with each system's embe
 Systems, each in its own process (encode_cpu_worker.py) so only one runs at a time, in interleaved
 rounds (the order rotates each round), every one on all cores with its library's thread defaults:
 - fastmarco fp32 export on onnxruntime and on openvino, the int8 export (`export --int8`, ORT
-  dynamic int8) on onnxruntime, the static int8 export (`export --int8-static`, NNCF, an OpenVINO
+  dynamic int8) on onnxruntime, with its attention quantized too (`--int8 --int8-attention`),
+  the static int8 export (`export --int8-static`, NNCF, an OpenVINO
   graph) and the bf16 export (`export --bf16`, where the CPU has bf16) on openvino, the int8 ones
   calibrated on the 300 passages sentence-transformers' static int8 calibrates on (`--calibration`);
   bulk work uses the model's token budget, one query the Engine's settings;
@@ -22,6 +23,10 @@ rounds (the order rotates each round), every one on all cores with its library's
   MS MARCO passages not among the measured ones). Each runs at its best batch size of 8/16/32/64/128,
   chosen on the first 512 passages before the rounds; fastmarco's systems encode those 512 as many
   times before the rounds, so every system starts round 1 equally warm.
+The best system on each side is the fastest whose nDCG@10 is within QUALITY_BAND of
+sentence-transformers' torch (the fp32 reference); one outside the band is measured and shown, not
+counted. Re-ranking (--cross-encoder) has the same systems, sentence-transformers' int8 ONNX made by
+the same call for its CrossEncoder.
 
 The OpenVINO venv, offline (sentence-transformers' own recipe, with torch pinned to the CPU build):
     python -m venv VENV && VENV/bin/pip install torch==2.13.0
@@ -62,6 +67,8 @@ CALIBRATION_PASSAGES = 300
 PACKAGES = ["onnxruntime", "openvino", "sentence-transformers", "torch", "optimum-onnx"]
 RERANK_GROUP = 20  # one query's candidates, re-ranked per latency call
 ROUND_FIGURES = ("passages_per_second", "query_p50_ms", "query_p99_ms")
+QUALITY_BAND = 0.005  # DL19 nDCG@10 either side of the fp32 reference: "equal quality" (issue #32)
+QUALITY_REFERENCE = "sentence-transformers torch"
 WORKER_TIMEOUT = 600  # seconds a worker may take over one command (the slowest, loading, takes ~60)
 EMULATED_ISA = ONEDNN_ISA_CAP  # set by --emulate-isa, beside the CPUID mask (cpuid_mask.py)
 ST_STATIC_INT8_IR = "openvino/openvino_model_qint8_quantized.xml"  # export_static_quantized_openvino_model's
@@ -249,6 +256,10 @@ def systems(
         "fastmarco fp32 (onnxruntime)": (here, fastmarco_spec(work / "fp32", "onnxruntime")),
         "fastmarco fp32 (openvino)": (here, fastmarco_spec(work / "fp32", "openvino")),
         "fastmarco int8 (onnxruntime)": (here, fastmarco_spec(work / "int8", "onnxruntime")),
+        "fastmarco int8-attention (onnxruntime)": (
+            here,
+            fastmarco_spec(work / "int8-attention", "onnxruntime"),
+        ),
         "fastmarco int8-static (openvino)": (here, fastmarco_spec(work / "int8-static", "openvino")),
     }
     if bf16:
@@ -290,9 +301,14 @@ def cross_encoder_systems(
         "fastmarco fp32 (onnxruntime)": (here, ours("fp32", "onnxruntime")),
         "fastmarco fp32 (openvino)": (here, ours("fp32", "openvino")),
         "fastmarco int8 (onnxruntime)": (here, ours("int8", "onnxruntime")),
+        "fastmarco int8-attention (onnxruntime)": (here, ours("int8-attention", "onnxruntime")),
         "fastmarco int8-static (openvino)": (here, ours("int8-static", "openvino")),
         "sentence-transformers torch": (here, theirs(source, "torch")),
         "sentence-transformers onnx": (here, theirs(work / "st-cross-onnx", "onnx")),
+        "sentence-transformers onnx int8": (
+            here,
+            st_spec(work / "st-cross-onnx", "onnx", onnx_int8_config()[1], kind="st-cross"),
+        ),
     }
     if bf16:
         found["fastmarco bf16 (openvino)"] = (here, ours("bf16", "openvino"))
@@ -410,7 +426,11 @@ def rerank_benchmark(args: argparse.Namespace) -> None:
     outside = [text for pid, text in collection if pid not in wanted]
     calibration = outside[:: max(1, len(outside) // CALIBRATION_PASSAGES)][:CALIBRATION_PASSAGES]
     exported: dict[str, tuple[str | None, str, dict[str, Any]]] = {  # python, the file made last, spec
-        "onnx": (sys.executable, "onnx", {"kind": "save-cross-encoder-backend", "backend": "onnx"}),
+        "onnx": (
+            sys.executable,
+            onnx_int8_config()[1],
+            {"kind": "save-cross-encoder-backend", "backend": "onnx", "int8_config": onnx_int8_config()[0]},
+        ),
         "openvino": (
             args.openvino_python,
             ST_STATIC_INT8_IR,
@@ -454,15 +474,17 @@ def rerank_benchmark(args: argparse.Namespace) -> None:
 
 
 def fresh_exports(source: Path, work: Path, prefix: str, calibration: Path | None = None) -> list[str]:
-    """fp32, int8, int8-static and (where the CPU has bf16) bf16 exports of SOURCE into
-    WORK/<prefix><precision>, always made anew: a cached export may predate the code measured. The int8
-    ones calibrate on CALIBRATION's passages (`export --calibration`) where given, else on the demo."""
+    """fp32, int8 (alone and with its attention int8 too), int8-static and (where the CPU has bf16)
+    bf16 exports of SOURCE into WORK/<prefix><precision>, always made anew: a cached export may predate
+    the code measured. The int8 ones calibrate on CALIBRATION's passages (`export --calibration`)
+    where given, else on the demo."""
     from fastmarco.model.export import export_model
     from fastmarco.model.runtimes.openvino_runtime import bf16_capable
 
     exports: dict[str, dict[str, Any]] = {
         "fp32": {},
         "int8": {"int8": True, "calibration": calibration},
+        "int8-attention": {"int8": True, "int8_attention": True, "calibration": calibration},
         "int8-static": {"int8_static": True, "calibration": calibration},
     }
     if bf16_capable():
@@ -541,8 +563,19 @@ def host_label() -> str:
 
 
 def summarize(results: dict[str, Any]) -> None:
-    """Per round, the best fastmarco system's passages/s over the best peer's; latency the same way."""
+    """Per round, the best fastmarco system's passages/s over the best peer's; latency the same way.
+    Where quality was measured, only systems within QUALITY_BAND of the reference's nDCG@10 count."""
     systems_ = results["systems"]
+    reference = systems_.get(QUALITY_REFERENCE, {}).get("dl19_rerank_ndcg10")
+    if reference is not None:
+        outside = [
+            name
+            for name, figures in systems_.items()
+            if abs(figures.get("dl19_rerank_ndcg10", reference) - reference) > QUALITY_BAND
+        ]
+        results["quality_band"] = {"reference": QUALITY_REFERENCE, "ndcg10_within": QUALITY_BAND}
+        results["outside_quality_band"] = outside
+        systems_ = {name: figures for name, figures in systems_.items() if name not in outside}
     ours = [n for n in systems_ if n.startswith("fastmarco")]
     peers = [n for n in systems_ if not n.startswith("fastmarco")]
     if not ours or not peers:

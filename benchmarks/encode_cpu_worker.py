@@ -120,10 +120,14 @@ SYSTEMS: dict[str, Callable[[dict[str, Any]], tuple[Encode, Encode]]] = {
 
 
 def save_cross_encoder_backend(spec: dict[str, Any]) -> None:
-    """The folder's CrossEncoder exported to `backend` (ONNX or OpenVINO IR) and saved beside it."""
-    from sentence_transformers import CrossEncoder
+    """The folder's CrossEncoder exported to `backend` (ONNX or OpenVINO IR) and saved beside it, and
+    with `int8_config` its dynamic int8 ONNX (`export_dynamic_quantized_onnx_model`) too."""
+    from sentence_transformers import CrossEncoder, export_dynamic_quantized_onnx_model
 
-    CrossEncoder(spec["folder"], device="cpu", backend=spec["backend"]).save_pretrained(spec["folder"])
+    model = CrossEncoder(spec["folder"], device="cpu", backend=spec["backend"])
+    model.save_pretrained(spec["folder"])
+    if spec.get("int8_config"):
+        export_dynamic_quantized_onnx_model(model, spec["int8_config"], spec["folder"])
 
 
 def answer(body: dict[str, Any]) -> None:

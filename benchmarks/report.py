@@ -295,9 +295,16 @@ def encode_cpu_table(body: dict[str, Any], name: str) -> str:
             str(s.get("batch_size") or default_batch(system)),
         ]))  # fmt: skip
     if "best_fastmarco_vs_best_peer" in body:
+        outside = body.get("outside_quality_band")
         lines += [
             "",
-            _versus_best_peer(body, "passages/s")
+            (
+                f"Not counted, nDCG@10 more than {body['quality_band']['ndcg10_within']} from "
+                f"{body['quality_band']['reference']}'s: {', '.join(outside)}. "
+                if outside
+                else ""
+            )
+            + _versus_best_peer(body, "passages/s")
             + " What `runtime=auto` picks here: "
             + ", ".join(f"{export} export: {runtime}" for export, runtime in body["auto_runtime"].items())
             + ".",
