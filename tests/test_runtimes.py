@@ -46,6 +46,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ("bi-fp32", bi, {}),
         ("bi-bf16", bi, {"bf16": True}),
         ("bi-int8", bi, {"int8": True}),
+        ("bi-int8-attention", bi, {"int8": True, "int8_attention": True}),
         ("cross-fp32", cross, {}),
         ("cross-bf16", cross, {"bf16": True}),
         ("bi-int8-static", bi, {"int8_static": True}),
@@ -541,6 +542,22 @@ def test_auto_measures_for_real(
     assert encoder.runtime == min(entry["seconds_per_row"], key=entry["seconds_per_row"].get)
     assert choices_path() == auto
     assert ("onnxruntime runs a bf16 export in fp32" in caplog.text) == (encoder.runtime == "onnxruntime")
+
+
+def test_auto_leaves_out_a_runtime_that_cannot_open_the_graph(
+    models: dict[str, Path], auto: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OpenVINO has no rule for an int8 export's QAttention: auto measures ONNX Runtime alone and says
+    so; naming openvino is an error naming the graph."""
+    with caplog.at_level(logging.INFO, logger="fastmarco"):
+        encoder = Encoder.open(models["bi-int8-attention"], device="cpu")
+    assert encoder.runtime == "onnxruntime"
+    assert encoder.encode(TEXTS).shape == (len(TEXTS), 32)
+    entry = next(iter(json.loads(auto.read_text()).values()))
+    assert set(entry["seconds_per_row"]) == {"onnxruntime"} and entry["cannot_open"] == ["openvino"]
+    assert "openvino cannot open it" in caplog.text
+    with pytest.raises(EncoderError, match=r"bi-int8-attention.*OpenVINO cannot read it"):
+        Encoder.open(models["bi-int8-attention"], device="cpu", runtime="openvino")
 
 
 def test_auto_with_one_candidate_measures_nothing(

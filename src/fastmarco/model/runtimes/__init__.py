@@ -239,7 +239,7 @@ def _fastest(
     root: Path, model: ModelManifest, candidates: list[Runtime], kwargs: dict[str, Any], vocab_size: int
 ) -> Opened:
     """The candidate the cache names for this model and host, else the fastest on the calibration
-    batch (and that choice cached)."""
+    batch of those that can open the graph (and that choice cached)."""
     key = _choice_key(model, candidates, kwargs["threads"])
     path = choices_path()
     choices = _read_choices(path)
@@ -249,23 +249,35 @@ def _fastest(
             session, device = runtime.open(root, model, "cpu", **kwargs)
             return Opened(session, device, runtime.name)
     timings: dict[str, float] = {}
+    unreadable: dict[str, EncoderError] = {}
     best: Opened | None = None
     for runtime in candidates:
-        session, device = runtime.open(root, model, "cpu", **kwargs)
+        try:
+            session, device = runtime.open(root, model, "cpu", **kwargs)
+        except EncoderError as exc:  # an operator it has no rule for (an int8 export's QAttention)
+            unreadable[runtime.name] = exc
+            continue
         rows = max(1, runtime.cpu_max_tokens // CALIBRATION_WIDTH)
         timings[runtime.name] = seconds = calibration_seconds(session, model, vocab_size, rows) / rows
         if best is None or seconds < timings[best.runtime]:
             best = Opened(session, device, runtime.name)
-    assert best is not None
+    if best is None:
+        raise next(iter(unreadable.values()))
     log.info(
         "runtime auto: %s for %s (%s)",
         best.runtime,
         root,
-        ", ".join(f"{name} {seconds * 1000:.2f} ms a row" for name, seconds in timings.items()),
+        ", ".join(
+            [f"{name} {seconds * 1000:.2f} ms a row" for name, seconds in timings.items()]
+            + [f"{name} cannot open it" for name in unreadable]
+        ),
     )
+    for name, exc in unreadable.items():
+        log.debug("runtime auto: %s left out: %s", name, exc)
     choices[key] = {
         "runtime": best.runtime,
         "seconds_per_row": timings,
+        "cannot_open": sorted(unreadable),
         "model": str(root),
         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
