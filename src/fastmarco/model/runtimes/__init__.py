@@ -272,8 +272,8 @@ def _fastest(
             + [f"{name} cannot open it" for name in unreadable]
         ),
     )
-    for name, exc in unreadable.items():
-        log.debug("runtime auto: %s left out: %s", name, exc)
+    for name, error in unreadable.items():
+        log.debug("runtime auto: %s left out: %s", name, error)
     choices[key] = {
         "runtime": best.runtime,
         "seconds_per_row": timings,
