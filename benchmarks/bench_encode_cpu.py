@@ -11,10 +11,10 @@ and quality: nDCG@10 of re-ranking the DL19 BM25 top-100 with each system's embe
 Systems, each in its own process (encode_cpu_worker.py) so only one runs at a time, in interleaved
 rounds (the order rotates each round), every one on all cores with its library's thread defaults:
 - fastmarco fp32 export on onnxruntime and on openvino, the int8 export (`export --int8`, ORT
-  dynamic int8) on onnxruntime, with its attention quantized too (`--int8 --int8-attention`),
-  the static int8 export (`export --int8-static`, NNCF, an OpenVINO
-  graph) and the bf16 export (`export --bf16`, where the CPU has bf16) on openvino, the int8 ones
-  calibrated on the 300 passages sentence-transformers' static int8 calibrates on (`--calibration`);
+  dynamic int8) on onnxruntime, alone and with its attention int8 too (`--int8 --int8-attention`),
+  the static int8 export (`export --int8-static`, NNCF, an OpenVINO graph) and the bf16 export
+  (`export --bf16`, where the CPU has bf16) on openvino, the int8 ones calibrated on the 300
+  passages sentence-transformers' static int8 calibrates on (`--calibration`);
   bulk work uses the model's token budget, one query the Engine's settings;
 - sentence-transformers: torch, `backend="onnx"`, its own dynamic int8 ONNX
   (`export_dynamic_quantized_onnx_model`, avx512_vnni where the CPU has VNNI, else avx2), and with
