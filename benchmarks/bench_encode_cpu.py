@@ -425,11 +425,12 @@ def rerank_benchmark(args: argparse.Namespace) -> None:
     # beside it, calibrated on 300 passages that are none of the measured pairs'
     outside = [text for pid, text in collection if pid not in wanted]
     calibration = outside[:: max(1, len(outside) // CALIBRATION_PASSAGES)][:CALIBRATION_PASSAGES]
+    int8_config, int8_onnx = onnx_int8_config()
     exported: dict[str, tuple[str | None, str, dict[str, Any]]] = {  # python, the file made last, spec
         "onnx": (
             sys.executable,
-            onnx_int8_config()[1],
-            {"kind": "save-cross-encoder-backend", "backend": "onnx", "int8_config": onnx_int8_config()[0]},
+            int8_onnx,
+            {"kind": "save-cross-encoder-backend", "backend": "onnx", "int8_config": int8_config},
         ),
         "openvino": (
             args.openvino_python,

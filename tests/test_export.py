@@ -89,13 +89,18 @@ def test_manifest_records_what_was_exported(exported: dict[tuple[str, str], Path
     assert (exported["bert-mean-normalize", "fp16"] / "tokenizer.json").is_file()
 
 
+def layer_count(model: Path) -> int:
+    """The tiny model's transformer layers (DistilBERT calls them n_layers)."""
+    config = json.loads((model / "config.json").read_text())
+    return int(config.get("num_hidden_layers", config.get("n_layers")))
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_transformer_fusions_take_in_every_family(
     tiny: dict[str, Path], exported: dict[tuple[str, str], Path], family: str
 ) -> None:
     """Fused attention is what the GPU path is for; a graph that silently stays unfused is a bug."""
-    layers = json.loads((tiny[family] / "config.json").read_text())
-    layers = layers.get("num_hidden_layers", layers.get("n_layers"))
+    layers = layer_count(tiny[family])
     fusions = json.loads((exported[family, "fp16"] / "fastmarco.json").read_text())["fusions"]
     assert fusions.get("Attention") == layers
     assert fusions.get("SkipLayerNormalization") == 2 * layers
@@ -115,8 +120,7 @@ def test_a_cpu_session_runs_layer_norm_unfused_from_the_residual_add(
     import onnx
     import onnxruntime as ort
 
-    layers = json.loads((tiny[family] / "config.json").read_text())
-    layers = layers.get("num_hidden_layers", layers.get("n_layers"))
+    layers = layer_count(tiny[family])
     manifest = json.loads((exported[family, "fp32"] / "fastmarco.json").read_text())
     assert "SkipLayerNormalization" not in manifest["fusions"]
     assert manifest["fusions"].get("LayerNormalization", 0) >= 2 * layers  # and the embeddings' if unfused
