@@ -78,7 +78,7 @@ def test_the_last_layer_for_the_first_token_scores_as_the_whole_one(
 ) -> None:
     """The traced last layer computes the first token's row alone: the same logits as the whole layer
     (padding and truncation included), the layer restored after; the exports carry one fused attention
-    fewer than the model has layers, except dynamic int8's (traced whole)."""
+    fewer than the model has layers."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

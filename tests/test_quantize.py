@@ -62,7 +62,9 @@ def test_the_rewrite_is_exact_on_every_bi_encoder_family(
     # a low factor marks many channels (random weights have no real outliers): both rewrites run
     plan = rewrite_is_exact(exported[family, "fp32"] / "model.onnx", feeds, factor=0.9)
     assert plan.split and plan.scaled
-    assert len(plan.fp32_nodes) == 2 * len(plan.split)
+    # ANCE's Dense reads the first token's row (one per text): fp32 whole; the side paths two MatMuls each
+    assert plan.one_row == (["/2/linear/Gemm"] if "cls-dense" in family else [])
+    assert len(plan.fp32_nodes) == 2 * len(plan.split) + len(plan.one_row)
     with_attention = rewrite_is_exact(
         exported[family, "fp32"] / "model.onnx", feeds, 0.9, ("MatMul", "Attention")
     )
@@ -71,6 +73,7 @@ def test_the_rewrite_is_exact_on_every_bi_encoder_family(
 
 @pytest.mark.parametrize("family", CROSS_ENCODER_FAMILIES)
 def test_int8_cross_encoders_rewrite_exactly_and_pass_their_parity_check(family: str, tmp_path: Path) -> None:
+    import onnx
     from transformers import AutoTokenizer
 
     from fastmarco.model.export import export_model
@@ -82,15 +85,25 @@ def test_int8_cross_encoders_rewrite_exactly_and_pass_their_parity_check(family:
     assert set(feeds[0]) >= {"input_ids", "attention_mask"}
     plan = rewrite_is_exact(tmp_path / "fp32" / "model.onnx", feeds, factor=0.9)
     assert plan.split or plan.scaled
+    # over the first token's row: the last layer's query, attention output and feed-forward in and out,
+    # and the head's two Gemms
+    assert len(plan.one_row) == 6 and sum(name.endswith("Gemm") for name in plan.one_row) == 2
+    assert not set(plan.one_row) & {*plan.split, *plan.scaled}
     attention = family == "electra-cross-encoder"  # one family each way
     export_model(str(folder), tmp_path / "int8", int8=True, int8_attention=attention)  # refused past 5e-2
     quantization = json.loads((tmp_path / "int8" / "fastmarco.json").read_text())["quantization"]
     assert quantization["method"] == "onnxruntime dynamic, outlier channels kept in fp32"
     assert quantization["quantized_ops"] == (["MatMul", "Attention"] if attention else ["MatMul"])
     assert quantization["calibration_batches"] == 40  # 8 demo queries x 40 demo passages, 8 pairs a batch
-    # dynamic int8 is traced with the whole last layer (first_token_last_layer): every layer's attention
+    assert quantization["fp32_one_row"] == plan.one_row  # found by shape, whatever the family names them
+    int8_graph = onnx.load(str(tmp_path / "int8" / "model.onnx")).graph
+    float_products = {node.name for node in int8_graph.node if node.op_type == "MatMul"}
+    assert all({name, f"{name}_MatMul"} & float_products for name in plan.one_row)
+    integer = [node.name for node in int8_graph.node if node.op_type in ("MatMulInteger", "QAttention")]
+    assert integer and not [name for name in integer if name.startswith(tuple(plan.one_row))]
+    # the last layer computes the first token's row alone (first_token_last_layer): one attention fused
     fused = json.loads((tmp_path / "int8" / "fastmarco.json").read_text())["fusions"]
-    assert fused["Attention"] == 2  # the tiny models' two layers
+    assert fused["Attention"] == 1  # the tiny models' two layers, less the last
 
 
 def test_int8_attention_needs_int8(tmp_path: Path) -> None:

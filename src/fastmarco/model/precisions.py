@@ -89,10 +89,6 @@ register_precision(
         INT8_MIN_COSINE,
         5e-2,
         quantization="dynamic",
-        # Dynamic int8 scales each MatMul input by its batch's range: from the first tokens' rows alone
-        # the last layer's ranges differ, and the tiny BERT cross-encoder of the tests went from passing
-        # its parity check to 0.30 off CrossEncoder.predict (allowed: 0.25)
-        first_token_last_layer=False,
     )
 )
 register_precision(
