@@ -20,9 +20,9 @@ computed for the first token alone (fastmarco.model.cross_encoder_export.last_la
 and its head, ANCE's Dense after CLS pooling. They cost a few rows of the batch, and per-batch int8
 scales drawn from those rows alone, where the outlier channels live, are coarse: the MiniLM-L6-shaped
 cross-encoder's int8 scores went from 0.0026 to 0.0008 off CrossEncoder.predict with them fp32 (and
-from 86 to 100 pairs/s, AVX2, the last layer cut to one row), the tiny BERT one of the tests from 0.26
-(0.25 with the whole last layer int8) to 0.14. The calibration pass finds them by their shape,
-whatever the architecture names them.
+from 86 to 100 pairs/s, AVX2, the last layer cut to one row); the tiny BERT one of the tests from 0.25
+(the whole last layer and the head int8) to 0.14, where the cut layer fp32 with the head int8 read
+0.26. The calibration pass finds them by their shape, whatever the architecture names them.
 
 By default only MatMuls are quantized: the fused Attention (QKV projection plus the attention itself)
 stays fp32. On all-MiniLM-L6-v2 its int8 form is ~15% faster but, once the outliers are handled,
@@ -73,7 +73,7 @@ class ActivationStats:
     """What a calibration pass saw of each named tensor."""
 
     maxima: dict[str, np.ndarray]  # per-channel max |value| over the real (unpadded) tokens
-    one_row: set[str]  # one row per sequence (shape (..., 1, channels)) in every batch of 2+ tokens
+    one_row: set[str]  # one row per sequence (see _one_row) in every batch of 2+ tokens
 
 
 class _DropQuantizationAdvice(logging.Filter):
