@@ -64,7 +64,7 @@ def test_export_matches_cross_encoder_predict(
         manifest = json.loads((directory / "fastmarco.json").read_text())
         assert manifest["kind"] == "cross-encoder" and manifest["output"] == "score"
         assert manifest["activation"] == ("identity" if family.startswith("bert") else "sigmoid")
-        # the first layer's attention fused; the last computes one query row (first_token_last_layer)
+        # the first layer's attention fused; the last computes one query row (last_layer_for_the_first_token)
         assert manifest["precision"] == precision and manifest["fusions"].get("Attention") == 1
         got = CrossEncoderScorer.open(directory, device="cpu").score(QUERIES, PASSAGES)
         assert got.dtype == np.float32 and got.shape == (len(QUERIES),)

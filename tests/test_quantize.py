@@ -101,9 +101,9 @@ def test_int8_cross_encoders_rewrite_exactly_and_pass_their_parity_check(family:
     assert all({name, f"{name}_MatMul"} & float_products for name in plan.one_row)
     integer = [node.name for node in int8_graph.node if node.op_type in ("MatMulInteger", "QAttention")]
     assert integer and not [name for name in integer if name.startswith(tuple(plan.one_row))]
-    # the last layer computes the first token's row alone (first_token_last_layer): one attention fused
+    # the last layer computes the first token's row alone (last_layer_for_the_first_token): one fused
     fused = json.loads((tmp_path / "int8" / "fastmarco.json").read_text())["fusions"]
-    assert fused["Attention"] == 1  # the tiny models' two layers, less the last
+    assert fused["Attention"] == 1  # attention in the tiny models' two layers
 
 
 def test_int8_attention_needs_int8(tmp_path: Path) -> None:

@@ -239,8 +239,7 @@ class CrossEncoderKind:
 
     def trace(self, source: Source, out: Path, opset: int | None, precision: Precision) -> Path:
         cross_encoder = source.reference
-        narrowed = precision.first_token_last_layer
-        with last_layer_for_the_first_token(cross_encoder.model) if narrowed else contextlib.nullcontext():
+        with last_layer_for_the_first_token(cross_encoder.model):  # every precision: exact, and a layer less
             onnx_path = trace_to_onnx(
                 cross_encoder.model, out, task="text-classification", library="transformers", opset=opset
             )

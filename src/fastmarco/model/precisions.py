@@ -38,9 +38,6 @@ class Precision:
     # OpenVINO may compile chains of operations (attention among them) into its generated "snippets"
     # kernels; False keeps each operation its own kernel where AMX computes the bf16 part
     openvino_amx_bf16_snippets: bool = True
-    # A cross-encoder's last layer computes the first token's row alone (exact in floating point; see
-    # fastmarco.model.cross_encoder_export.last_layer_for_the_first_token)
-    first_token_last_layer: bool = True
     # transformers' attention implementation the graph is traced from (None: the model's default, SDPA)
     attention_implementation: str | None = None
     for_gpu: bool = False  # an fp16 graph, made for CUDA: OpenVINO does not take it
