@@ -6,6 +6,7 @@ import contextlib
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -105,6 +106,158 @@ def test_transformer_fusions_take_in_every_family(
     assert fusions.get("Attention") == layers
     assert fusions.get("SkipLayerNormalization") == 2 * layers
     assert fusions.get("BiasGelu") == layers
+
+
+def expanded_masks(graph: Any) -> list[str]:
+    """The Expands in GRAPH that copy the attention mask (unsqueezed) to another tensor's shape."""
+    producer = {output: node for node in graph.node for output in node.output}
+    return [
+        node.name
+        for node in graph.node
+        if node.op_type == "Expand"
+        and node.input[0] in producer
+        and producer[node.input[0]].op_type == "Unsqueeze"
+        and producer[node.input[0]].input[0] == "attention_mask"
+    ]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_mean_pooling_broadcasts_the_mask_in_every_family(
+    exported: dict[tuple[str, str], Path], family: str, precision: str
+) -> None:
+    """No export copies the mask to (batch, length, hidden): mean pooling multiplies by it broadcast."""
+    import onnx
+
+    graph = onnx.load(str(exported[family, precision] / "model.onnx")).graph
+    assert expanded_masks(graph) == []
+    producer = {output: node for node in graph.node for output in node.output}
+    broadcast = [
+        node
+        for node in graph.node
+        if node.op_type == "Mul"
+        and any(
+            name in producer
+            and producer[name].op_type == "Cast"
+            and producer[producer[name].input[0]].op_type == "Unsqueeze"
+            for name in node.input
+        )
+    ]
+    assert len(broadcast) == (0 if "-cls-" in family else 1)
+
+
+def test_an_exported_graph_pools_as_the_traced_one_to_the_bit(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """The rewrite on a real trace: the same embeddings, padded rows included, as the graph optimum
+    traced from sentence-transformers (both fp32, unfused, on ONNX Runtime)."""
+    import onnx
+    import onnxruntime as ort
+
+    from fastmarco.model.bi_encoder_export import BiEncoderKind, _broadcast_mean_pooling_mask
+    from fastmarco.model.export_steps import trace_to_onnx
+
+    source = BiEncoderKind().load(tiny["bert-mean-normalize"], max_seq_length=None, similarity=None)
+    traced = onnx.load(
+        str(
+            trace_to_onnx(
+                source.reference,
+                tmp_path,
+                task="feature-extraction",
+                library="sentence_transformers",
+                opset=None,
+            )
+        )
+    )
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(traced)
+    assert _broadcast_mean_pooling_mask(rewritten.graph) == 1
+    assert len(expanded_masks(traced.graph)) == 1 and expanded_masks(rewritten.graph) == []
+    tokenizer = source.reference.tokenizer
+    feeds = dict(tokenizer(TEXTS, padding=True, truncation=True, max_length=48, return_tensors="np"))
+    assert not feeds["attention_mask"].all()  # padded rows: the mask matters
+
+    def embed(model: Any) -> list[np.ndarray]:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        names = {port.name for port in session.get_inputs()}
+        return session.run(None, {k: v.astype(np.int64) for k, v in feeds.items() if k in names})
+
+    for before, after in zip(embed(traced), embed(rewritten), strict=True):
+        np.testing.assert_array_equal(before, after)
+
+
+def pooling_graph(
+    *,
+    keepdims: tuple[int, int] = (0, 0),
+    count_axis: int = 1,
+    swap_div: bool = False,
+    count_out: bool = False,
+) -> Any:
+    """sentence-transformers' mean pooling as its trace writes it, over token embeddings fed as an
+    input; the keyword arguments bend the pattern in ways the rewrite must not take."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node
+    nodes = [
+        node("Constant", [], ["last"], value=helper.make_tensor("last", TensorProto.INT64, [1], [-1])),
+        node("Constant", [], ["one"], value=helper.make_tensor("one", TensorProto.INT64, [1], [1])),
+        node(
+            "Constant", [], ["axis"], value=helper.make_tensor("axis", TensorProto.INT64, [1], [count_axis])
+        ),
+        node("Constant", [], ["tiny"], value=helper.make_tensor("tiny", TensorProto.FLOAT, [], [1e-9])),
+        node("Unsqueeze", ["attention_mask", "last"], ["unsqueezed"]),
+        node("Shape", ["tokens"], ["shape"]),
+        node("Expand", ["unsqueezed", "shape"], ["expanded"]),
+        node("Cast", ["expanded"], ["mask"], to=TensorProto.FLOAT),
+        node("Mul", ["tokens", "mask"], ["masked"]),
+        node("ReduceSum", ["masked", "one"], ["summed"], keepdims=keepdims[0]),
+        node("ReduceSum", ["mask", "axis"], ["count"], keepdims=keepdims[1]),
+        node("Clip", ["count", "tiny"], ["clamped"]),
+        node("Div", ["clamped", "summed"] if swap_div else ["summed", "clamped"], ["pooled"]),
+    ]
+    outputs = [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, None)]
+    if count_out:
+        outputs.append(helper.make_tensor_value_info("count", TensorProto.FLOAT, None))
+    graph = helper.make_graph(
+        nodes,
+        "pooling",
+        [
+            helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["batch", "length", 4]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "length"]),
+        ],
+        outputs,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize(
+    ("bend", "rewritten"),
+    [
+        ({}, 1),
+        ({"keepdims": (1, 1)}, 1),
+        ({"count_axis": -2}, 1),
+        ({"count_axis": 2, "keepdims": (1, 1)}, 0),  # over the hidden channels: H times the mask there
+        ({"keepdims": (0, 1)}, 0),  # a (batch, 1, 1) count would broadcast a (batch, hidden) sum wrongly
+        ({"swap_div": True}, 0),
+        ({"count_out": True}, 0),  # the mask's sum leaves the graph: its shape is part of the output
+    ],
+)
+def test_the_mask_rewrite_keeps_every_value_and_takes_only_the_pattern(bend: dict, rewritten: int) -> None:  # type: ignore[type-arg]
+    import onnxruntime as ort
+
+    from fastmarco.model.bi_encoder_export import _broadcast_mean_pooling_mask
+
+    original = pooling_graph(**bend)
+    model = pooling_graph(**bend)
+    assert _broadcast_mean_pooling_mask(model.graph) == rewritten
+    assert len(expanded_masks(model.graph)) == 1 - rewritten
+    rng = np.random.default_rng(0)
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=np.int64)
+    feeds = {"tokens": rng.standard_normal((3, 5, 4)).astype(np.float32), "attention_mask": mask}
+    run = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+        for m in (original, model)
+    ]
+    for before, after in zip(*run, strict=True):
+        np.testing.assert_array_equal(before, after)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -85,37 +85,6 @@ def test_openvino_embeds_as_onnxruntime_does(models: dict[str, Path], precision:
     np.testing.assert_allclose(ov.encode(TEXTS), ort.encode(TEXTS), atol=tolerance)
 
 
-def test_openvino_narrows_the_pooling_mask(models: dict[str, Path]) -> None:
-    """Mean pooling's mask, widened to every hidden unit as traced, is one unit wide on OpenVINO: the
-    same embeddings to the bit, padded rows included; a graph without it (a cross-encoder's) is kept."""
-    import openvino
-
-    from fastmarco.model.runtimes.openvino_runtime import pool_mask_unbroadcast
-
-    core = openvino.Core()
-    traced = core.read_model(str(models["bi-fp32"] / "model.onnx"))
-    narrowed, count = pool_mask_unbroadcast(traced)
-    assert count == 1 and narrowed is not traced
-
-    def broadcasts(model: object) -> int:
-        return sum(op.get_type_name() == "Broadcast" for op in model.get_ops())  # type: ignore[attr-defined]
-
-    assert broadcasts(narrowed) == broadcasts(traced) - 1
-    encoder = Encoder.open(models["bi-fp32"], device="cpu", runtime="onnxruntime")
-    tokenized = encoder.tokenize(TEXTS)
-    feeds = encoder.pad(list(tokenized.encodings), int(tokenized.lengths.max()))
-    assert not feeds["attention_mask"].all()  # padded rows: the mask matters
-
-    def embed(model: object) -> npt.NDArray[np.float32]:
-        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        names = {name for port in compiled.inputs for name in port.get_names()}
-        return np.asarray(compiled({k: v for k, v in feeds.items() if k in names})[0])
-
-    np.testing.assert_array_equal(embed(narrowed), embed(traced))
-    cross = core.read_model(str(models["cross-fp32"] / "model.onnx"))
-    assert pool_mask_unbroadcast(cross) == (cross, 0)
-
-
 def test_openvino_scores_pairs_as_onnxruntime_does(models: dict[str, Path]) -> None:
     queries, passages = [TEXTS[0]] * len(TEXTS), TEXTS
     ort = CrossEncoderScorer.open(models["cross-fp32"], device="cpu", runtime="onnxruntime")

@@ -11,6 +11,7 @@ against `SentenceTransformer.encode` before it is published.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,18 @@ import numpy as np
 import numpy.typing as npt
 
 from fastmarco.errors import ExportError
-from fastmarco.model.export_steps import PARITY_TEXTS, model_kwargs, read_json_object, trace_to_onnx
+from fastmarco.model.export_steps import (
+    PARITY_TEXTS,
+    constant_values,
+    model_kwargs,
+    read_json_object,
+    trace_to_onnx,
+)
 from fastmarco.model.kinds import Similarity, Source, register_model_kind
 from fastmarco.model.precisions import Precision
 from fastmarco.model.quantize import tokenized_batches
+
+log = logging.getLogger("fastmarco")
 
 OUTPUT_NAME = "sentence_embedding"
 
@@ -167,17 +176,92 @@ def _check_texts(precision: Precision) -> list[str]:
     return [*PARITY_TEXTS, *demo_texts(demo_corpus_path())]
 
 
-def _keep_only_sentence_embedding(path: Path) -> None:
+def _keep_only_sentence_embedding(graph: Any) -> None:
     """Drop the token_embeddings output so no (batch, length, hidden) tensor leaves the graph."""
-    import onnx
-
-    model = onnx.load(str(path))
-    outputs = [o for o in model.graph.output if o.name == OUTPUT_NAME]
+    outputs = [o for o in graph.output if o.name == OUTPUT_NAME]
     if not outputs:
         raise ExportError(f"the exported graph has no '{OUTPUT_NAME}' output")
-    del model.graph.output[:]
-    model.graph.output.extend(outputs)
-    onnx.save(model, str(path))
+    del graph.output[:]
+    graph.output.extend(outputs)
+
+
+def _broadcast_mean_pooling_mask(graph: Any) -> int:
+    """Let mean pooling broadcast the attention mask instead of expanding it to every hidden channel;
+    returns how many poolings were rewritten (0 where the graph does not hold the pattern).
+
+    sentence-transformers' mean pooling traces as
+    `M = Cast(Expand(Unsqueeze(attention_mask, -1), Shape(T)))` and
+    `Div(ReduceSum(Mul(T, M), 1), Clip(ReduceSum(M, 1)))`, T the token embeddings: the mask is copied
+    (int64, then float) to T's (batch, length, hidden) shape and summed H times over. Without the
+    Expand, M is (batch, length, 1): the Mul broadcasts it to T's shape, the mask's sum is (batch, 1)
+    where it was H equal columns, and the Div broadcasts that over the hidden channels. Every value is
+    the same. all-MiniLM-L6-v2, 32 x 128 tokens, one thread: 7% of a static int8 batch on OpenVINO
+    (with AMX, and with CPUID masked to AVX512_CORE_BF16), 7% of a dynamic int8 and 11% of an fp32
+    batch on ONNX Runtime (with AMX)."""
+    import onnx
+
+    constants = constant_values(graph)
+    producer = {output: node for node in graph.node for output in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for output in graph.output:  # a graph output is a use whose shape must not change
+        consumers.setdefault(output.name, []).append(onnx.helper.make_node("Identity", [output.name], []))
+
+    def made_by(tensor: str, op_type: str) -> Any | None:
+        node = producer.get(tensor)
+        return node if node is not None and node.op_type == op_type else None
+
+    def axes(node: Any) -> list[int] | None:
+        """NODE's axes (Unsqueeze, ReduceSum): an input since opset 13, an attribute before."""
+        if len(node.input) > 1:
+            value = constants.get(node.input[1])
+            return None if value is None else [int(axis) for axis in value.ravel()]
+        return next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+
+    def keepdims(node: Any) -> int:
+        return next((int(a.i) for a in node.attribute if a.name == "keepdims"), 1)
+
+    rewritten = 0
+    for expand in [node for node in graph.node if node.op_type == "Expand"]:
+        shape, unsqueeze = made_by(expand.input[1], "Shape"), made_by(expand.input[0], "Unsqueeze")
+        if shape is None or unsqueeze is None or unsqueeze.input[0] != "attention_mask":
+            continue
+        if axes(unsqueeze) not in ([-1], [2]):  # (batch, length) -> (batch, length, 1)
+            continue
+        tokens, users = shape.input[0], consumers.get(expand.output[0], [])
+        if len(users) != 1 or users[0].op_type != "Cast":
+            continue
+        mask = users[0].output[0]
+        by_type = {node.op_type: node for node in consumers.get(mask, [])}
+        if len(consumers.get(mask, [])) != 2 or set(by_type) != {"Mul", "ReduceSum"}:
+            continue
+        multiply, count = by_type["Mul"], by_type["ReduceSum"]
+        if sorted(multiply.input) != sorted([tokens, mask]) or count.input[0] != mask:
+            continue
+        summed = consumers.get(multiply.output[0], [])
+        if len(summed) != 1 or summed[0].op_type != "ReduceSum":
+            continue
+        over_length = [axes(node) in ([1], [-2]) for node in (summed[0], count)]
+        if not all(over_length) or keepdims(summed[0]) != keepdims(count):
+            continue
+        divisor = count.output[0]  # through clamps only, to the Div of the summed embeddings
+        while len(consumers.get(divisor, [])) == 1 and consumers[divisor][0].op_type in ("Clip", "Max"):
+            divisor = consumers[divisor][0].output[0]
+        divides = consumers.get(divisor, [])
+        if (
+            len(divides) != 1
+            or divides[0].op_type != "Div"
+            or list(divides[0].input) != [summed[0].output[0], divisor]
+        ):
+            continue
+        users[0].input[0] = unsqueeze.output[0]
+        graph.node.remove(expand)
+        if len(consumers[shape.output[0]]) == 1:
+            graph.node.remove(shape)
+        rewritten += 1
+    return rewritten
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -236,7 +320,12 @@ class BiEncoderKind:
         onnx_path = trace_to_onnx(
             source.reference, out, task="feature-extraction", library="sentence_transformers", opset=opset
         )
-        _keep_only_sentence_embedding(onnx_path)
+        import onnx
+
+        model = onnx.load(str(onnx_path))
+        _keep_only_sentence_embedding(model.graph)
+        log.debug("mean poolings broadcasting the mask: %d", _broadcast_mean_pooling_mask(model.graph))
+        onnx.save(model, str(onnx_path))
         return onnx_path
 
     def calibration(

@@ -198,7 +198,8 @@ def _source_fingerprint(folder: Path) -> str:
     return fingerprints.of_files(files)
 
 
-def _constant_values(graph: Any) -> dict[str, np.ndarray]:
+def constant_values(graph: Any) -> dict[str, np.ndarray]:
+    """GRAPH's constant tensors by name: its initializers and its Constant nodes' values."""
     from onnx import numpy_helper
 
     values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
@@ -230,7 +231,7 @@ def _make_shapes_inferable(path: Path) -> dict[str, int]:
 
     model = onnx.load(str(path))
     graph = model.graph
-    constants = _constant_values(graph)
+    constants = constant_values(graph)
     producer = {output: node for node in graph.node for output in node.output}
     rewrites = {"token_type_zeros": 0, "reduce_l2": 0}
     for node in list(graph.node):

@@ -165,8 +165,6 @@ class OpenVinoRuntime:
             read = _core().read_model(str(graph))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
             raise EncoderError(f"{graph}: OpenVINO cannot read it ({exc})") from exc
-        read, narrowed = pool_mask_unbroadcast(read)
-        log.debug("%s: %d pooling masks narrowed", graph, narrowed)
 
         def compile_for(hint: str) -> Any:
             try:
@@ -190,41 +188,6 @@ def compile_config(precision: Precision, threads: int) -> dict[str, Any]:
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     return config
-
-
-def pool_mask_unbroadcast(model: Any) -> tuple[Any, int]:
-    """MODEL with mean pooling's mask one unit wide, and how many masks were narrowed.
-
-    Pooling as traced widens the attention mask to every hidden unit before it weighs and counts the
-    tokens (Unsqueeze -> Broadcast to the token embeddings' shape -> Convert -> Multiply and ReduceSum);
-    the narrow mask gives the same products (the Multiply broadcasts it) and the same counts (one column
-    instead of identical ones; the Divide after broadcasts it back): exact, and it saves writing,
-    converting and summing a batch x tokens x hidden mask (48 x 96 tokens, all-MiniLM int8-static: 101
-    -> 97-100 ms with AMX, 170 -> 163 ms capped at AVX512_CORE_BF16; ONNX Runtime's broadcasting
-    Multiply made the same change 4% slower, so the exported graph keeps the traced form). Done on a
-    copy whose outputs' shapes must come out unchanged; otherwise MODEL as it was."""
-    narrowed = model.clone()
-    rewired = 0
-    for convert in narrowed.get_ordered_ops():
-        if convert.get_type_name() != "Convert":
-            continue
-        broadcast = convert.input_value(0).get_node()
-        if broadcast.get_type_name() != "Broadcast":
-            continue
-        mask = broadcast.input_value(0)
-        consumers = {target.get_node().get_type_name() for target in convert.output(0).get_target_inputs()}
-        if mask.get_node().get_type_name() != "Unsqueeze" or not consumers <= {"Multiply", "ReduceSum"}:
-            continue
-        convert.input(0).replace_source_output(mask)
-        rewired += 1
-    if not rewired:
-        return model, 0
-    narrowed.validate_nodes_and_infer_types()
-
-    def shapes(graph: Any) -> list[Any]:
-        return [port.get_partial_shape() for port in graph.outputs]
-
-    return (narrowed, rewired) if shapes(narrowed) == shapes(model) else (model, 0)
 
 
 register_runtime(OpenVinoRuntime())
