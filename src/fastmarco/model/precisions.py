@@ -34,10 +34,6 @@ class Precision:
     # `export_modules` too
     for_openvino: bool = False
     export_modules: tuple[str, ...] = ()
-    float_in_bf16: bool = False  # OpenVINO computes its floating-point part in bf16 where the CPU has it
-    # OpenVINO may compile chains of operations (attention among them) into its generated "snippets"
-    # kernels; False keeps each operation its own kernel where AMX computes the bf16 part
-    openvino_amx_bf16_snippets: bool = True
     # transformers' attention implementation the graph is traced from (None: the model's default, SDPA)
     attention_implementation: str | None = None
     for_gpu: bool = False  # an fp16 graph, made for CUDA: OpenVINO does not take it
@@ -78,7 +74,7 @@ def precision_named(name: str | None, where: str = "the manifest") -> Precision:
 
 register_precision(Precision(FP32, "fp32", min_cosine=0.9999, score_tolerance=1e-4))
 register_precision(Precision("fp16", "fp16", 0.999, 1e-2, for_gpu=True))
-register_precision(Precision("bf16", "bf16", 0.999, 3e-2, for_openvino=True, float_in_bf16=True))
+register_precision(Precision("bf16", "bf16", 0.999, 3e-2, for_openvino=True))
 register_precision(
     Precision(
         "int8",
@@ -97,13 +93,13 @@ register_precision(
         quantization="static",
         for_openvino=True,
         export_modules=("nncf",),
-        float_in_bf16=True,  # its unquantized rest (softmax, norms), as OpenVINO itself would choose
-        # On AMX, in bf16, OpenVINO 2026.4's attention snippet over the int8 graph's int8 values is far
-        # off (all-MiniLM-L6-v2, 600 MS MARCO passages against the fp32 export: min cosine 0.82, mean
-        # 0.9935; without snippets 0.971 / 0.9948, at 102 ms a 48 x 96 batch against 96 with them).
-        # Without AMX (oneDNN capped at AVX512_CORE_BF16) snippets are right (0.970 / 0.9948) and
-        # faster: 145 ms against 160 (bf16 or fp32 alike; 2-core Xeon VM, 2026-12-07)
-        openvino_amx_bf16_snippets=False,
+        # Its unquantized rest (attention, softmax, norms) computes in fp32 (`computes_in` is int8, so
+        # OpenVINO is asked for f32), not in bf16 as OpenVINO itself would choose on CPUs with bf16:
+        # as fast or faster and as close to fp32 (all-MiniLM-L6-v2, 2,000 MS MARCO passages, paired
+        # rounds, 2026-12-08: +4% bulk with CPUID masked to AVX512_CORE_BF16, +2% with AMX and one query
+        # 2.45 against 2.6 ms; the MiniLM-shaped cross-encoder +3.5% and +1%; cosines to the fp32 export
+        # within 0.0003 of bf16's). In bf16 on AMX, OpenVINO 2026.4's attention snippet over the int8
+        # values was far off (min cosine 0.82) and had to be turned off; in fp32 it is right.
         # Traced from eager attention: the SDPA trace computes its scale from the query's shape at run
         # time, so OpenVINO keeps a float Multiply and Transpose on every layer's query path and the
         # query enters attention dequantized; from eager's constant scale each layer's graph is

@@ -1,8 +1,8 @@
 """OpenVINO: the second CPU runtime (the `openvino` extra). It reads the exported ONNX graph as it is
-(ONNX Runtime's fused contrib operators included) and compiles it for this CPU; a `bf16` export, and
-the float rest of an `int8-static` one, runs in bf16 where the CPU has bf16 instructions (AVX512_BF16,
-AMX), anything else in fp32 (OpenVINO's own default would be bf16 on such CPUs: fastmarco asks for
-what the precision says, `Precision.float_in_bf16`)."""
+(ONNX Runtime's fused contrib operators included) and compiles it for this CPU; a `bf16` export runs
+in bf16 where the CPU has bf16 instructions (AVX512_BF16, AMX), anything else in fp32, the float rest
+of an `int8-static` one included (OpenVINO's own default would be bf16 on such CPUs: fastmarco asks
+for what the precision computes in, `Precision.computes_in`)."""
 
 from __future__ import annotations
 
@@ -181,10 +181,8 @@ class OpenVinoRuntime:
 def compile_config(precision: Precision, threads: int) -> dict[str, Any]:
     """OpenVINO's CPU settings for a PRECISION's graph on this CPU (THREADS: 0 is OpenVINO's default),
     the performance hint aside."""
-    in_bf16 = precision.float_in_bf16 and bf16_capable()
+    in_bf16 = precision.computes_in == "bf16" and bf16_capable()
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if in_bf16 else "f32"}
-    if in_bf16 and has_amx() and not precision.openvino_amx_bf16_snippets:
-        config["SNIPPETS_MODE"] = "DISABLE"
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     return config
